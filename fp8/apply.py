@@ -1,0 +1,138 @@
+"""Putting a policy into a model: build or swap linear layers, and switch their compute mode at run time."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .formats import HIGH_PRECISION_DTYPES, ComputeMode, compute_mode, fp8_dtype, is_fp8
+from .linear import FP8Linear
+from .policy import PrecisionPolicy
+from .quantize import dequantize, quantize_rowwise
+
+__all__ = ["QuantizationReport", "make_linear", "quantize_model_", "set_compute_mode", "compute_override"]
+
+logger = logging.getLogger("hyvideo_fp8")
+
+
+@dataclass
+class QuantizationReport:
+    """What ``quantize_model_`` did: layers per effective compute mode and the layers that fell back."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    fallbacks: list[tuple[str, str]] = field(default_factory=list)  # (layer name, reason)
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{mode} {n}" for mode, n in sorted(self.counts.items()))
+        s = f"[hyvideo_fp8] {sum(self.counts.values())} linear layers: {counts or 'none'}"
+        if self.fallbacks:
+            s += f"; {len(self.fallbacks)} fell back to fp8-weight-only (first: {self.fallbacks[0][0]}: " \
+                 f"{self.fallbacks[0][1]})"
+        return s
+
+
+def _effective_mode(layer: nn.Module) -> str:
+    if isinstance(layer, FP8Linear):
+        return layer.effective_mode.value
+    return "bf16" if layer.weight.dtype == torch.bfloat16 else "fp32" if layer.weight.dtype == torch.float32 \
+        else str(layer.weight.dtype)
+
+
+def make_linear(
+    name: str,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    policy: PrecisionPolicy,
+    block_order: Sequence[str] = (),
+    weight_scale: torch.Tensor | None = None,
+) -> nn.Module:
+    """The layer ``name`` as the policy wants it: an ``FP8Linear`` for fp8 / fp8-weight-only, else an ``nn.Linear``
+    in that dtype.
+
+    ``weight`` may be high precision, or FP8 with ``weight_scale`` (``[]`` / ``[N]``; None means an unscaled FP8
+    checkpoint, i.e. scale 1). An FP8 weight in another format than the policy's is re-quantized per channel; an FP8
+    weight for a high-precision layer is dequantized. Parameters do not require grad (inference).
+    """
+    mode = policy.mode_for(name, block_order)
+    if weight.dim() != 2:
+        raise ValueError(f"{name}: a linear weight must be 2-D [out_features, in_features], got {tuple(weight.shape)}")
+    if is_fp8(weight) and weight_scale is None:
+        weight_scale = torch.ones((), device=weight.device)
+    if not is_fp8(weight) and weight_scale is not None:
+        raise ValueError(f"{name}: weight_scale was given but the weight is {weight.dtype}, not FP8")
+    if mode in (ComputeMode.FP8, ComputeMode.FP8_WEIGHT_ONLY):
+        options = dict(compute_dtype=policy.compute_dtype, activation_scaling=policy.activation_scaling, name=name)
+        target = fp8_dtype(policy.fp8_format)
+        if is_fp8(weight) and weight.dtype == target:
+            return FP8Linear.from_quantized(weight, weight_scale, bias, mode, **options)
+        if is_fp8(weight):
+            q, scale = quantize_rowwise(dequantize(weight, weight_scale), target)
+            return FP8Linear.from_quantized(q, scale, bias, mode, **options)
+        return FP8Linear.from_float(weight, bias, mode, fp8_format=target, **options)
+    dtype = HIGH_PRECISION_DTYPES[mode.value]
+    w = dequantize(weight, weight_scale, dtype) if is_fp8(weight) else weight.detach().to(dtype)
+    n, k = w.shape
+    layer = nn.Linear(k, n, bias=bias is not None, device="meta", dtype=dtype)
+    layer.weight = nn.Parameter(w, requires_grad=False)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.detach().to(dtype), requires_grad=False)
+    return layer
+
+
+def quantize_model_(model: nn.Module, policy: PrecisionPolicy, block_order: Sequence[str] = ()) -> QuantizationReport:
+    """Replace every ``nn.Linear`` of ``model`` in place as ``policy`` says; returns a report (also logged).
+
+    Layers are swapped one at a time and the original is released right away, so peak memory is the converted
+    model plus one layer. Already-converted ``FP8Linear`` layers are left alone.
+    """
+    # Exact nn.Linear only: subclasses (e.g. MultiheadAttention's out_proj) are read directly by their owners.
+    names = [n for n, m in model.named_modules() if type(m) is nn.Linear]
+    if "" in names:
+        raise ValueError("quantize_model_ replaces child modules in place; wrap a bare nn.Linear in a container")
+    report = QuantizationReport()
+    counts: Counter[str] = Counter()
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        old = getattr(parent, child)
+        new = make_linear(name, old.weight, old.bias, policy, block_order)
+        setattr(parent, child, new)
+        del old  # the last reference to the high-precision weight goes here
+        counts[_effective_mode(new)] += 1
+        if isinstance(new, FP8Linear) and new.mode is ComputeMode.FP8 and new.fallback_reason is not None:
+            report.fallbacks.append((name, new.fallback_reason))
+    report.counts = dict(counts)
+    logger.info(report.summary())
+    return report
+
+
+def set_compute_mode(model: nn.Module, mode: ComputeMode | str) -> int:
+    """Set the compute mode of every ``FP8Linear`` in ``model``; returns how many layers were set."""
+    mode = compute_mode(mode)
+    layers = [m for m in model.modules() if isinstance(m, FP8Linear)]
+    for layer in layers:
+        layer.mode = mode
+    return len(layers)
+
+
+@contextmanager
+def compute_override(model: nn.Module, mode: ComputeMode | str) -> Iterator[nn.Module]:
+    """Temporarily run every ``FP8Linear`` in ``mode`` (hybrid schedule: bf16 steps on the same FP8 weights).
+
+    Each layer's own mode is restored on exit, also when the body raises.
+    """
+    mode = compute_mode(mode)
+    saved = [(m, m.mode) for m in model.modules() if isinstance(m, FP8Linear)]
+    try:
+        for layer, _ in saved:
+            layer.mode = mode
+        yield model
+    finally:
+        for layer, previous in saved:
+            layer.mode = previous

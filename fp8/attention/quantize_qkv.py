@@ -1,0 +1,271 @@
+"""Quantize Q, K, V for the FP8 attention kernel: one pure-torch version (the reference, CPU CI) and Triton kernels.
+
+Both produce the same :class:`QuantizedQKV` buffers, which are the whole contract with the attention kernel:
+
+- ``q``: int8 ``[B*H, Lq_pad, D]``, one scale per token in ``q_scale`` fp32 ``[B*H, Lq_pad]``. The softmax scale
+  and log2(e) are folded into the Q scale, so ``q_scale[i] * k_scale[j] * (q_i . k_j)`` is the logit in log2 units
+  and the kernel's exponential is a bare ``exp2``. Per-token scales cost the kernel nothing (one FMA per logit either
+  way) and are finer than SageAttention's per-block Q scales.
+- ``k``: int8 ``[B*H, Lk_pad, D]`` after subtracting the per-head mean over the valid keys ("smoothing": it shifts
+  every logit of a query by the same amount, so softmax is unchanged, and it removes the shared per-channel offset
+  that would otherwise eat the INT8 range). One scale per ``K_BLOCK`` keys in ``k_scale`` ``[B*H, Lk_pad // K_BLOCK]``.
+- ``v_t``: float8_e4m3fn, TRANSPOSED ``[B*H, D, Lk_pad]`` with one scale per channel in ``v_scale`` ``[B*H, D]``.
+  Hopper's FP8 wgmma reads its B operand K-major only, so V is stored with the key axis contiguous.
+- Key padding: the valid keys of each batch element are packed first (stable order), ``kv_len[b]`` says how many;
+  rows from ``kv_len[b]`` to ``Lk_pad`` are zeros and the kernel masks them, so padded keys are excluded exactly.
+
+A producer kernel that fuses RMS q/k norm + RoPE in front of attention can write these buffers directly: Q needs
+nothing global (per-token scales); K needs its column mean first (a reduction pass over the normed, roped K, as
+:func:`_kv_stats_kernel` does here) and V its per-channel amax; then one pass writes int8 K + block scales and the
+transposed FP8 V.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..formats import SCALE_FLOOR
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the torch version below is all that is needed there
+    triton = None
+
+__all__ = ["QuantizedQKV", "quantize_qkv_torch", "quantize_qkv_triton", "pack_keys", "Q_BLOCK", "K_BLOCK"]
+
+LOG2E = 1.4426950408889634
+INT8_MAX = 127.0
+FP8_E4M3_MAX = 448.0
+Q_BLOCK = 128  # Lq is padded to a multiple of this (the largest query tile the kernel uses)
+K_BLOCK = 128  # keys per K scale, and the padding of Lk; the kernel's key tile must divide it
+STATS_CHUNK = 512  # keys per program in the K-mean / V-amax reduction
+
+
+@dataclass
+class QuantizedQKV:
+    """The quantized operands of one attention call (layouts in the module docstring)."""
+
+    q: torch.Tensor
+    q_scale: torch.Tensor
+    k: torch.Tensor
+    k_scale: torch.Tensor
+    v_t: torch.Tensor
+    v_scale: torch.Tensor
+    kv_len: torch.Tensor
+    batch: int
+    heads: int
+    seq_len: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.q.shape[-1]
+
+
+def _round_up(n: int, m: int) -> int:
+    return (n + m - 1) // m * m
+
+
+def pack_keys(key_padding_mask: torch.Tensor | None, batch: int, seq_len: int, device) -> tuple[torch.Tensor, ...]:
+    """``(kv_len [B] int32, key_index [B, L] int64)``: valid keys first in their original order, and how many.
+
+    Raises if some batch element has no valid key at all (softmax over nothing is undefined; SDPA returns NaN).
+    This is one host sync per call, negligible next to the attention it guards.
+    """
+    if key_padding_mask is None:
+        kv_len = torch.full((batch,), seq_len, dtype=torch.int32, device=device)
+        return kv_len, torch.arange(seq_len, device=device).expand(batch, seq_len)
+    valid = key_padding_mask.to(device=device, dtype=torch.bool)
+    kv_len = valid.sum(dim=1, dtype=torch.int32)
+    if not bool((kv_len > 0).all()):
+        raise ValueError("key_padding_mask has a batch element with no valid key (all False): nothing to attend to")
+    key_index = torch.argsort((~valid).to(torch.uint8), dim=1, stable=True)
+    return kv_len, key_index
+
+
+def _quantize_int8(x: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = amax.clamp_min(SCALE_FLOOR) / INT8_MAX
+    return torch.round(x / scale.unsqueeze(-1)).to(torch.int8), scale
+
+
+def quantize_qkv_torch(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, sm_scale: float
+) -> QuantizedQKV:
+    """Pure-torch quantization, ``q, k, v`` ``[B, H, L, D]``; the reference for :func:`quantize_qkv_triton`."""
+    B, H, L, D = q.shape
+    lq_pad, lk_pad = _round_up(L, Q_BLOCK), _round_up(L, K_BLOCK)
+    device = q.device
+
+    x = q.float() * (sm_scale * LOG2E)
+    q_i8, q_scale = _quantize_int8(x, x.abs().amax(dim=-1))
+    q_out = torch.zeros(B * H, lq_pad, D, dtype=torch.int8, device=device)
+    q_out[:, :L] = q_i8.reshape(B * H, L, D)
+    q_scale_out = torch.full((B * H, lq_pad), SCALE_FLOOR / INT8_MAX, dtype=torch.float32, device=device)
+    q_scale_out[:, :L] = q_scale.reshape(B * H, L)
+
+    kv_len, key_index = pack_keys(key_padding_mask, B, L, device)
+    index = key_index[:, None, :, None].expand(B, H, L, D)
+    valid = (torch.arange(lk_pad, device=device)[None, :] < kv_len[:, None].long())[:, None, :, None]  # [B,1,Lk_pad,1]
+    kf = torch.zeros(B, H, lk_pad, D, dtype=torch.float32, device=device)
+    kf[:, :, :L] = torch.gather(k, 2, index).float()
+    kf = kf * valid
+    k_mean = kf.sum(dim=2, keepdim=True) / kv_len.float()[:, None, None, None]
+    kf = (kf - k_mean) * valid
+    k_blocks = kf.reshape(B * H, lk_pad // K_BLOCK, K_BLOCK * D)
+    k_i8, k_scale = _quantize_int8(k_blocks, k_blocks.abs().amax(dim=-1))
+
+    vf = torch.zeros(B, H, lk_pad, D, dtype=torch.float32, device=device)
+    vf[:, :, :L] = torch.gather(v, 2, index).float()
+    vf = vf * valid
+    v_scale = vf.abs().amax(dim=2).clamp_min(SCALE_FLOOR) / FP8_E4M3_MAX  # [B, H, D]
+    v8 = (vf / v_scale[:, :, None, :]).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    return QuantizedQKV(
+        q=q_out,
+        q_scale=q_scale_out,
+        k=k_i8.reshape(B * H, lk_pad, D),
+        k_scale=k_scale,
+        v_t=v8.reshape(B * H, lk_pad, D).transpose(1, 2).contiguous(),
+        v_scale=v_scale.reshape(B * H, D),
+        kv_len=kv_len,
+        batch=B,
+        heads=H,
+        seq_len=L,
+    )
+
+
+if triton is not None:
+
+    @triton.jit
+    def _round_to_int8(x):
+        """Round half to even like ``torch.round`` (the float add of 1.5 * 2**23 does it), then narrow to int8."""
+        bits = (x + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000
+        return bits.to(tl.int8)
+
+    @triton.jit
+    def _kv_stats_kernel(
+        k_ptr, v_ptr, valid_ptr, ksum_ptr, vmax_ptr,
+        L, H, n_chunks,
+        skb, skh, skl, skd, svb, svh, svl, svd,
+        HAS_MASK: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr, ROWS: tl.constexpr,
+    ):  # fmt: skip
+        """Partial column sums of K and column amax of |V| over one chunk of valid keys: ``[B*H, n_chunks, D]``."""
+        chunk = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        cols = tl.arange(0, D)
+        k_base = k_ptr + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+        v_base = v_ptr + b.to(tl.int64) * svb + h.to(tl.int64) * svh
+        ksum = tl.zeros([D], dtype=tl.float32)
+        vmax = tl.zeros([D], dtype=tl.float32)
+        for r0 in range(0, CHUNK, ROWS):
+            rows = chunk * CHUNK + r0 + tl.arange(0, ROWS)
+            ok = rows < L
+            if HAS_MASK:
+                ok = ok & (tl.load(valid_ptr + b * L + rows, mask=ok, other=0) != 0)
+            rows64 = rows.to(tl.int64)[:, None]
+            kt = tl.load(k_base + rows64 * skl + cols[None, :] * skd, mask=ok[:, None], other=0.0).to(tl.float32)
+            vt = tl.load(v_base + rows64 * svl + cols[None, :] * svd, mask=ok[:, None], other=0.0).to(tl.float32)
+            ksum += tl.sum(kt, axis=0)
+            vmax = tl.maximum(vmax, tl.max(tl.abs(vt), axis=0))
+        out = (bh * n_chunks + chunk) * D + cols
+        tl.store(ksum_ptr + out, ksum)
+        tl.store(vmax_ptr + out, vmax)
+
+    @triton.jit
+    def _quantize_q_kernel(
+        q_ptr, qo_ptr, qs_ptr, L, L_pad, H, sqb, sqh, sql, sqd, scale_mult,
+        D: tl.constexpr, BLOCK: tl.constexpr, FLOOR: tl.constexpr,
+    ):  # fmt: skip
+        """One pass: Q * (sm_scale * log2 e) -> int8 with one scale per token; padded rows become zeros."""
+        blk = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        rows = blk * BLOCK + tl.arange(0, BLOCK)
+        cols = tl.arange(0, D)
+        src = q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + rows.to(tl.int64)[:, None] * sql + cols[None, :] * sqd
+        x = tl.load(src, mask=(rows < L)[:, None], other=0.0).to(tl.float32) * scale_mult
+        scale = tl.maximum(tl.max(tl.abs(x), axis=1), FLOOR) / 127.0
+        dst = bh.to(tl.int64) * L_pad + rows
+        tl.store(qo_ptr + dst[:, None] * D + cols[None, :], _round_to_int8(x / scale[:, None]))
+        tl.store(qs_ptr + dst, scale)
+
+    @triton.jit
+    def _quantize_kv_kernel(
+        k_ptr, v_ptr, index_ptr, kv_len_ptr, kmean_ptr, vscale_ptr, ko_ptr, ks_ptr, vo_ptr,
+        L, Lk_pad, H,
+        skb, skh, skl, skd, svb, svh, svl, svd,
+        HAS_MASK: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, FLOOR: tl.constexpr,
+    ):  # fmt: skip
+        """One pass over a block of keys: gather valid keys, smooth + int8 K with one block scale, FP8 V transposed."""
+        blk = tl.program_id(0)
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        n_valid = tl.load(kv_len_ptr + b)
+        rows = blk * BLOCK + tl.arange(0, BLOCK)
+        cols = tl.arange(0, D)
+        ok = rows < n_valid
+        if HAS_MASK:
+            src = tl.load(index_ptr + b.to(tl.int64) * L + rows, mask=ok, other=0)
+        else:
+            src = rows.to(tl.int64)
+        src = src[:, None]
+        k_src = k_ptr + b.to(tl.int64) * skb + h.to(tl.int64) * skh + src * skl + cols[None, :] * skd
+        kt = tl.load(k_src, mask=ok[:, None], other=0.0).to(tl.float32)
+        kt = tl.where(ok[:, None], kt - tl.load(kmean_ptr + bh * D + cols)[None, :], 0.0)
+        k_scale = tl.maximum(tl.max(tl.max(tl.abs(kt), axis=1), axis=0), FLOOR) / 127.0
+        dst = bh.to(tl.int64) * Lk_pad + rows
+        tl.store(ko_ptr + dst[:, None] * D + cols[None, :], _round_to_int8(kt / k_scale))
+        tl.store(ks_ptr + bh * (Lk_pad // BLOCK) + blk, k_scale)
+
+        v_src = v_ptr + b.to(tl.int64) * svb + h.to(tl.int64) * svh + src * svl + cols[None, :] * svd
+        vt = tl.load(v_src, mask=ok[:, None], other=0.0).to(tl.float32) / tl.load(vscale_ptr + bh * D + cols)[None, :]
+        v8 = tl.clamp(vt, -448.0, 448.0).to(tl.float8e4nv)
+        v_dst = vo_ptr + (bh.to(tl.int64) * D + cols[None, :]) * Lk_pad + rows[:, None]
+        tl.store(v_dst, v8)
+
+
+def quantize_qkv_triton(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, sm_scale: float
+) -> QuantizedQKV:
+    """Same result as :func:`quantize_qkv_torch` in three Triton passes (K/V stats, Q, K+V); any input strides."""
+    if triton is None:
+        raise RuntimeError("Triton is not installed: use quantize_qkv_torch (backend='reference')")
+    B, H, L, D = q.shape
+    lq_pad, lk_pad = _round_up(L, Q_BLOCK), _round_up(L, K_BLOCK)
+    device = q.device
+    kv_len, key_index = pack_keys(key_padding_mask, B, L, device)
+    has_mask = key_padding_mask is not None
+    valid_u8 = key_padding_mask.to(device=device, dtype=torch.uint8).contiguous() if has_mask else kv_len
+    key_index = key_index.contiguous() if has_mask else kv_len
+
+    n_chunks = math.ceil(L / STATS_CHUNK)
+    ksum = torch.empty(B * H, n_chunks, D, dtype=torch.float32, device=device)
+    vmax = torch.empty_like(ksum)
+    _kv_stats_kernel[(n_chunks, B * H)](
+        k, v, valid_u8, ksum, vmax, L, H, n_chunks, *k.stride(), *v.stride(),
+        HAS_MASK=has_mask, D=D, CHUNK=STATS_CHUNK, ROWS=64, num_warps=4,
+    )  # fmt: skip
+    k_mean = ksum.sum(dim=1) / kv_len.float().repeat_interleave(H)[:, None]
+    v_scale = vmax.amax(dim=1).clamp_min(SCALE_FLOOR) / FP8_E4M3_MAX
+
+    q_out = torch.empty(B * H, lq_pad, D, dtype=torch.int8, device=device)
+    q_scale = torch.empty(B * H, lq_pad, dtype=torch.float32, device=device)
+    _quantize_q_kernel[(lq_pad // Q_BLOCK, B * H)](
+        q, q_out, q_scale, L, lq_pad, H, *q.stride(), sm_scale * LOG2E,
+        D=D, BLOCK=Q_BLOCK, FLOOR=SCALE_FLOOR, num_warps=8,
+    )  # fmt: skip
+
+    k_out = torch.empty(B * H, lk_pad, D, dtype=torch.int8, device=device)
+    k_scale = torch.empty(B * H, lk_pad // K_BLOCK, dtype=torch.float32, device=device)
+    v_t = torch.empty(B * H, D, lk_pad, dtype=torch.float8_e4m3fn, device=device)
+    _quantize_kv_kernel[(lk_pad // K_BLOCK, B * H)](
+        k, v, key_index, kv_len, k_mean, v_scale, k_out, k_scale, v_t, L, lk_pad, H, *k.stride(), *v.stride(),
+        HAS_MASK=has_mask, D=D, BLOCK=K_BLOCK, FLOOR=SCALE_FLOOR, num_warps=8,
+    )  # fmt: skip
+    return QuantizedQKV(q_out, q_scale, k_out, k_scale, v_t, v_scale, kv_len, B, H, L)

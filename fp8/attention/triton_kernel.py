@@ -1,0 +1,124 @@
+"""Triton FP8 attention kernel: INT8 Q.K (int32 accumulator), fp32 online softmax, FP8 e4m3 P.V (fp32 accumulator).
+
+Reads the buffers of :mod:`.quantize_qkv` through TMA tensor descriptors. Per key tile the inner loop does, per
+logit: one int->float conversion, one max, one FMA (scales and running max folded into one row factor and one row
+offset), one exp2, one add for the row sum, half an FP8 pack; per output element one FMA (``acc * alpha + P.V``:
+each tile's P.V starts from a zeroed wgmma accumulator and is added into the fp32 accumulator in registers, which
+also avoids the reduced-precision accumulation of Hopper's FP8 MMA over long key sequences). Only the last, partial
+key tile carries a mask, so the main loop has no per-element index arithmetic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
+
+from .quantize_qkv import K_BLOCK, Q_BLOCK, QuantizedQKV
+from .reference import P_LOG2_SCALE
+
+__all__ = ["AttentionConfig", "DEFAULT_CONFIG", "attention_triton", "SUPPORTED_HEAD_DIMS"]
+
+SUPPORTED_HEAD_DIMS = (64, 128)
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Tile shape and scheduling of one kernel variant (the benchmark sweeps these)."""
+
+    block_m: int = 128
+    block_n: int = 128
+    num_warps: int = 8
+    num_stages: int = 2
+
+    def __post_init__(self):
+        if Q_BLOCK % self.block_m or K_BLOCK % self.block_n:
+            raise ValueError(f"{self}: block_m must divide {Q_BLOCK} and block_n must divide {K_BLOCK}")
+
+
+DEFAULT_CONFIG = AttentionConfig()
+
+
+@triton.jit
+def _attend_tile(
+    acc, l_i, m_i, q, row_factor, desc_k, desc_v, k_scale_ptr, k_row, v_row, start_n, kv_len,
+    BLOCK_N: tl.constexpr, K_SCALE_BLOCK: tl.constexpr, P_SHIFT: tl.constexpr, MASKED: tl.constexpr,
+):  # fmt: skip
+    k = desc_k.load([k_row + start_n, 0])
+    s = tl.dot(q, k.T, out_dtype=tl.int32).to(tl.float32)
+    rf = row_factor * tl.load(k_scale_ptr + start_n // K_SCALE_BLOCK)
+    if MASKED:
+        cols = start_n + tl.arange(0, BLOCK_N)
+        s = tl.where((cols < kv_len)[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * rf)
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s * rf[:, None] - (m_new - P_SHIFT)[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    v = desc_v.load([v_row, start_n])
+    pv = tl.dot(p.to(tl.float8e4nv), v.T)
+    acc = acc * alpha[:, None] + pv
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _fp8_attention_kernel(
+    desc_q, desc_k, desc_v, q_scale_ptr, k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr,
+    H, L, Lq_pad, Lk_pad,
+    sob, soh, sol, sod,
+    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    K_SCALE_BLOCK: tl.constexpr, P_SHIFT: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    kv_len = tl.load(kv_len_ptr + b)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+
+    q = desc_q.load([bh * Lq_pad + pid_m * BLOCK_M, 0])
+    row_factor = tl.load(q_scale_ptr + bh * Lq_pad + offs_m)
+    ks_ptr = k_scale_ptr + bh * (Lk_pad // K_SCALE_BLOCK)
+    k_row = bh * Lk_pad
+    v_row = bh * HEAD_DIM
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    n_full = (kv_len // BLOCK_N) * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        acc, l_i, m_i = _attend_tile(
+            acc, l_i, m_i, q, row_factor, desc_k, desc_v, ks_ptr, k_row, v_row, start_n, kv_len,
+            BLOCK_N, K_SCALE_BLOCK, P_SHIFT, False,
+        )  # fmt: skip
+    if n_full < kv_len:
+        acc, l_i, m_i = _attend_tile(
+            acc, l_i, m_i, q, row_factor, desc_k, desc_v, ks_ptr, k_row, v_row, n_full, kv_len,
+            BLOCK_N, K_SCALE_BLOCK, P_SHIFT, True,
+        )  # fmt: skip
+
+    cols = tl.arange(0, HEAD_DIM)
+    v_scale = tl.load(v_scale_ptr + bh * HEAD_DIM + cols)
+    o = acc * (1.0 / l_i)[:, None] * v_scale[None, :]
+    o_ptrs = out_ptr + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m.to(tl.int64)[:, None] * sol + cols[None, :] * sod
+    tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=(offs_m < L)[:, None])
+
+
+def attention_triton(qkv: QuantizedQKV, out: torch.Tensor, config: AttentionConfig = DEFAULT_CONFIG) -> torch.Tensor:
+    """Run the kernel on quantized operands into ``out`` ``[B, H, L, D]`` (any strides); returns ``out``."""
+    BH, lq_pad, D = qkv.q.shape
+    lk_pad = qkv.k.shape[1]
+    cfg = config
+    desc_q = TensorDescriptor.from_tensor(qkv.q.view(BH * lq_pad, D), [cfg.block_m, D])
+    desc_k = TensorDescriptor.from_tensor(qkv.k.view(BH * lk_pad, D), [cfg.block_n, D])
+    desc_v = TensorDescriptor.from_tensor(qkv.v_t.view(BH * D, lk_pad), [D, cfg.block_n])
+    grid = (lq_pad // cfg.block_m, BH)
+    _fp8_attention_kernel[grid](
+        desc_q, desc_k, desc_v, qkv.q_scale, qkv.k_scale, qkv.v_scale, qkv.kv_len, out,
+        qkv.heads, qkv.seq_len, lq_pad, lk_pad, *out.stride(),
+        HEAD_DIM=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, K_SCALE_BLOCK=K_BLOCK, P_SHIFT=P_LOG2_SCALE,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return out

@@ -1,0 +1,60 @@
+"""Can this device run FP8 matmuls? One place that answers, with a message that says what to do instead."""
+
+from __future__ import annotations
+
+import torch
+
+from .formats import ComputeMode, compute_mode
+
+__all__ = ["fp8_compute_support", "resolve_mode", "fp8_supported_on"]
+
+MIN_CAPABILITY = (8, 9)  # Ada (sm_89) and Hopper (sm_90) have FP8 tensor cores
+
+_SUPPORT_CACHE: dict[tuple[str, int | None], tuple[bool, str]] = {}
+
+
+def fp8_compute_support(
+    device: torch.device | str, capability: tuple[int, int] | None = None, device_name: str | None = None
+) -> tuple[bool, str]:
+    """``(supported, reason)`` for FP8 compute (``torch._scaled_mm``) on ``device``.
+
+    CPU counts as supported: torch emulates ``_scaled_mm`` there (slowly), which lets CI run the real code path.
+    ``capability``/``device_name`` override the CUDA query so tests can cover GPUs they do not have.
+    """
+    device = torch.device(device)
+    if not hasattr(torch, "_scaled_mm"):
+        return False, (f"torch {torch.__version__} has no torch._scaled_mm: "
+                       "update torch or use the fp8-weight-only policy")
+    if device.type == "cpu":
+        return True, "CPU: torch emulates FP8 matmuls (correct but slow; meant for tests)"
+    if device.type != "cuda":
+        return False, f"{device.type} devices have no FP8 matmul in torch: use the fp8-weight-only policy"
+    if capability is None:
+        capability = torch.cuda.get_device_capability(device)
+    if device_name is None:
+        device_name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else "unknown GPU"
+    sm = f"sm_{capability[0]}{capability[1]}"
+    if tuple(capability) < MIN_CAPABILITY:
+        return False, (f"this GPU ({sm}, {device_name}) has no FP8 tensor cores (needs sm_89 Ada or sm_90 Hopper): "
+                       "use the fp8-weight-only policy")
+    return True, f"{device_name} ({sm}) has FP8 tensor cores"
+
+
+def fp8_supported_on(device: torch.device) -> tuple[bool, str]:
+    """Cached :func:`fp8_compute_support` for a real device (cheap enough to call in a forward)."""
+    key = (device.type, device.index)
+    hit = _SUPPORT_CACHE.get(key)
+    if hit is None:
+        hit = _SUPPORT_CACHE[key] = fp8_compute_support(device)
+    return hit
+
+
+def resolve_mode(
+    mode: ComputeMode | str, device: torch.device | str, capability: tuple[int, int] | None = None
+) -> tuple[ComputeMode, str | None]:
+    """Downgrade ``fp8`` to ``fp8-weight-only`` where FP8 compute is unavailable; returns ``(mode, reason or None)``."""
+    mode = compute_mode(mode)
+    if mode is not ComputeMode.FP8:
+        return mode, None
+    ok, reason = fp8_compute_support(device, capability)
+    return (mode, None) if ok else (ComputeMode.FP8_WEIGHT_ONLY, reason)

@@ -1,0 +1,77 @@
+"""The single attention entry point of the model: every block calls ``attention``.
+
+``mode`` is the one switch between torch SDPA and the pack's FP8 attention
+(``fp8.attention.fp8_attention``); the policy picks it per block.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ATTENTION_MODES = ("sdpa", "fp8")
+
+try:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    # cuDNN first, then flash (skipped by torch when a mask is given), then memory-efficient, then math.
+    _CUDA_PRIORITY = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                      SDPBackend.MATH]
+    _HAS_PRIORITY = "set_priority" in inspect.signature(sdpa_kernel).parameters
+except ImportError:  # torch without torch.nn.attention: plain SDPA
+    _HAS_PRIORITY = False
+
+
+def key_bias(key_padding_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Additive ``[B, 1, 1, Lk]`` bias: 0 for valid keys, ``-finfo.max`` for padding.
+
+    A finite bias excludes padded keys exactly (exp underflows to 0) and, unlike -inf,
+    cannot turn a row whose keys are all padding into NaN.
+    """
+    bias = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)
+    bias.masked_fill_(~key_padding_mask.bool(), -torch.finfo(dtype).max)
+    return bias[:, None, None, :]
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
+    if q.is_cuda and _HAS_PRIORITY:
+        with sdpa_kernel(_CUDA_PRIORITY, set_priority=True):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+def _fp8(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+    try:
+        from ..fp8.attention import fp8_attention
+    except ImportError as e:
+        raise RuntimeError(
+            f"attention mode 'fp8' needs the pack's fp8.attention module, which failed to import ({e}); "
+            "use a policy with attention='sdpa'"
+        ) from e
+    return fp8_attention(q, k, v, key_padding_mask=key_padding_mask)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, *, key_padding_mask: Tensor | None = None,
+              mode: str = "sdpa") -> Tensor:
+    """Softmax attention, ``q, k, v [B, H, L, D]`` -> ``[B, L, H*D]``.
+
+    Args:
+        key_padding_mask: ``[B, Lk]``, 1/True = valid key, 0/False = padding. Pass None when
+            nothing is padded, so flash/cuDNN kernels stay eligible.
+        mode: "sdpa" (torch SDPA, fp32 softmax inside the backend) or "fp8" (the pack's FP8 attention).
+    """
+    if mode == "sdpa":
+        bias = key_bias(key_padding_mask, q.dtype) if key_padding_mask is not None else None
+        out = _sdpa(q, k, v, bias)
+    elif mode == "fp8":
+        out = _fp8(q, k, v, key_padding_mask)
+    else:
+        raise ValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
+    b, h, L, d = out.shape
+    return out.transpose(1, 2).reshape(b, L, h * d)
+
+
+__all__ = ["ATTENTION_MODES", "attention", "key_bias"]

@@ -1,0 +1,264 @@
+"""File formats: safetensors (lazy, tensor by tensor) and PyTorch ``.pt`` (``weights_only``, memory-mapped).
+
+A reader turns a file into a :class:`TensorSource`: names, shapes and dtypes known up front, tensors fetched one at
+a time, so a 25 GB checkpoint never has to sit in RAM. Wrappers (DeepSpeed ``module``/``ema``, ``state_dict``, any
+single-key dict) are unwrapped here; key prefixes and layouts are :mod:`.layouts`' job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import pickle
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import torch
+from safetensors import safe_open
+
+from .errors import CheckpointError, CorruptCheckpointError, UnsafePickleError
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+SAFETENSORS_NAMES: dict[torch.dtype, str] = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+
+MAX_HEADER_BYTES = 100_000_000  # a 13B model's header is ~100 kB; anything this large is not a real header
+WRAPPER_KEYS = ("module", "ema")
+_ZIP_MAGIC = b"PK\x03\x04"
+_GGUF_MAGIC = b"GGUF"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype of a stored tensor, known without reading its data."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+@dataclass
+class TensorSource:
+    """A checkpoint's tensors by name, fetched lazily.
+
+    ``wrapper`` records the dict keys that were unwrapped (e.g. ``("module",)``), ``dropped`` the non-tensor entries
+    that were skipped (DeepSpeed bookkeeping), ``metadata`` the safetensors ``__metadata__`` (empty for ``.pt``).
+    """
+
+    path: Path
+    file_format: str
+    specs: dict[str, TensorSpec]
+    metadata: dict[str, str] = field(default_factory=dict)
+    wrapper: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    _tensors: Mapping[str, torch.Tensor] | None = None
+    _handle: object | None = None
+    _stack: contextlib.ExitStack | None = None
+
+    def keys(self) -> list[str]:
+        return list(self.specs)
+
+    def get(self, name: str) -> torch.Tensor:
+        """Read one tensor (a fresh CPU tensor for safetensors, a memory-mapped view for ``.pt``)."""
+        if name not in self.specs:
+            raise KeyError(f"{name!r} is not in {self.path.name}")
+        if self._tensors is not None:
+            return self._tensors[name]
+        return self._handle.get_tensor(name)  # type: ignore[union-attr]
+
+    def items(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.specs:
+            yield name, self.get(name)
+
+    def close(self) -> None:
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
+        self._tensors = None
+        self._handle = None
+
+    def __enter__(self) -> "TensorSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def sniff_format(path: str | os.PathLike) -> str:
+    """``"safetensors"`` or ``"pt"`` from the file's first bytes (extensions lie: ``.bin``, ``.sft``, ``.ckpt``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head.startswith(_GGUF_MAGIC):
+        raise CheckpointError(f"{path.name} is a GGUF file: load it with city96's ComfyUI-GGUF (Unet Loader (GGUF)); "
+                              "this pack reads safetensors and .pt checkpoints")
+    if head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80":
+        return "pt"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    if path.suffix.lower() in (".safetensors", ".sft"):
+        return "safetensors"  # malformed: read_safetensors_header says how
+    raise CorruptCheckpointError(f"{path.name} is neither a safetensors nor a PyTorch checkpoint (first bytes "
+                                 f"{head[:8]!r}); the file may be truncated or not a model file")
+
+
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, TensorSpec], dict[str, str]]:
+    """Parse and validate a safetensors header without touching tensor data.
+
+    Checks what the safetensors library would only report cryptically: header length, JSON, known dtypes, and that
+    every tensor's bytes lie inside the file (a truncated download fails here, naming the first missing tensor).
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    where = f"{path.name} ({size} bytes)"
+    if size < 8:
+        raise CorruptCheckpointError(f"{where} is truncated: a safetensors file starts with an 8-byte header length. "
+                                     "Download it again")
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > MAX_HEADER_BYTES:
+            raise CorruptCheckpointError(f"{where} has a bad safetensors header: declared length {header_len} bytes "
+                                         "is implausible (not a safetensors file, or corrupt)")
+        if 8 + header_len > size:
+            raise CorruptCheckpointError(f"{where} is truncated inside its safetensors header ({header_len} bytes "
+                                         "declared). Download it again")
+        raw = f.read(header_len)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptCheckpointError(f"{where} has a bad safetensors header (invalid JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise CorruptCheckpointError(f"{where} has a bad safetensors header (not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    data_size = size - 8 - header_len
+    specs: dict[str, TensorSpec] = {}
+    for name, entry in sorted(header.items(), key=_file_order):
+        try:
+            dtype = SAFETENSORS_DTYPES[entry["dtype"]]
+            shape = tuple(int(d) for d in entry["shape"])
+            begin, end = _offsets(entry)
+        except (KeyError, TypeError, ValueError):
+            raise CorruptCheckpointError(f"{where} has a bad safetensors header entry for {name!r}: {entry!r}") from None
+        if end - begin != math.prod(shape) * dtype.itemsize or begin < 0:
+            raise CorruptCheckpointError(f"{where}: tensor {name!r} declares shape {shape} {dtype} but "
+                                         f"{end - begin} bytes; the header is corrupt")
+        if end > data_size:
+            raise CorruptCheckpointError(f"{where} is truncated: tensor {name!r} ends at byte {8 + header_len + end}. "
+                                         "Download the file again")
+        specs[name] = TensorSpec(shape, dtype)
+    return specs, {str(k): str(v) for k, v in metadata.items()}
+
+
+def _file_order(item: tuple[str, object]) -> int:
+    try:
+        return _offsets(item[1])[0]  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError):
+        return -1  # malformed entries sort first and fail validation with their name
+
+
+def _offsets(entry: dict) -> tuple[int, int]:
+    begin, end = entry["data_offsets"]
+    return int(begin), int(end)
+
+
+def open_safetensors(path: str | os.PathLike) -> TensorSource:
+    path = Path(path)
+    specs, metadata = read_safetensors_header(path)
+    stack = contextlib.ExitStack()
+    try:
+        handle = stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
+    except Exception as e:  # the header passed our checks, so this is a library-level refusal
+        stack.close()
+        raise CorruptCheckpointError(f"{path.name}: safetensors could not open it: {e}") from None
+    return TensorSource(path, "safetensors", specs, metadata, _handle=handle, _stack=stack)
+
+
+def load_torch_weights(path: str | os.PathLike) -> object:
+    """``torch.load`` with ``weights_only=True`` (memory-mapped for zip files); never executes pickled code."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == _ZIP_MAGIC
+    try:
+        # mmap only exists for the zip format; legacy (pre-1.6) pickles are read into RAM, still weights_only
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower():
+            raise UnsafePickleError(
+                f"{path.name} contains Python code/objects; refusing to unpickle. Convert it to safetensors with a "
+                f"trusted tool (or re-save only its tensors), then load that file. Detail: {_first_line(e)}"
+            ) from None
+        raise CorruptCheckpointError(f"{path.name} is not a readable PyTorch checkpoint: {_first_line(e)}") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CorruptCheckpointError(f"{path.name} is corrupt or truncated ({_first_line(e)}). "
+                                     "Download it again") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+
+
+def unwrap_state_dict(obj: object, prefer: str = "module", where: str = "checkpoint"
+                      ) -> tuple[dict[str, torch.Tensor], tuple[str, ...], tuple[str, ...]]:
+    """Find the tensor dict inside training wrappers.
+
+    Handles DeepSpeed ``{"module": ..., "ema": ...}`` (``prefer`` picks one when both exist), ``{"state_dict": ...}``
+    and any single-key dict, nested. Returns ``(tensors, wrapper_path, dropped_non_tensor_keys)``.
+    """
+    if prefer not in WRAPPER_KEYS:
+        raise ValueError(f"prefer must be one of {WRAPPER_KEYS}, got {prefer!r}")
+    path: list[str] = []
+    for _ in range(8):
+        if not isinstance(obj, Mapping):
+            raise CheckpointError(f"{where}: {'/'.join(path) or 'the top level'} holds a {type(obj).__name__}, "
+                                  "not a dict of tensors")
+        present = [k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
+        if present:
+            key = prefer if prefer in present else present[0]
+            if prefer not in present and prefer != "module":
+                raise CheckpointError(f"{where} has no {prefer!r} weights (it has {present}); load it with "
+                                      f"prefer={present[0]!r}")
+        elif isinstance(obj.get("state_dict"), Mapping):
+            key = "state_dict"
+        elif len(obj) == 1 and isinstance(next(iter(obj.values())), Mapping):
+            key = next(iter(obj))
+        else:
+            break
+        path.append(str(key))
+        obj = obj[key]
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    dropped = tuple(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
+    if not tensors:
+        raise CheckpointError(f"{where} has no tensors under {'/'.join(path) or 'the top level'}; "
+                              f"its keys are {sorted(map(str, obj))[:10]}")
+    return tensors, tuple(path), dropped
+
+
+def open_torch(path: str | os.PathLike, prefer: str = "module") -> TensorSource:
+    path = Path(path)
+    tensors, wrapper, dropped = unwrap_state_dict(load_torch_weights(path), prefer, path.name)
+    specs = {k: TensorSpec(tuple(t.shape), t.dtype) for k, t in tensors.items()}
+    return TensorSource(path, "pt", specs, {}, wrapper, dropped, _tensors=tensors)
+
+
+def open_checkpoint(path: str | os.PathLike, prefer: str = "module") -> TensorSource:
+    """Open any supported file lazily (format sniffed from its bytes)."""
+    if sniff_format(path) == "safetensors":
+        return open_safetensors(path)
+    return open_torch(path, prefer)
+
+
+__all__ = ["TensorSpec", "TensorSource", "SAFETENSORS_DTYPES", "SAFETENSORS_NAMES", "sniff_format",
+           "read_safetensors_header", "open_safetensors", "open_torch", "open_checkpoint", "load_torch_weights",
+           "unwrap_state_dict"]

@@ -1,0 +1,128 @@
+"""Small building blocks of the HunyuanVideo transformer: embedders, norms, modulation.
+
+Parameter names follow ComfyUI's native model (``comfy/ldm/flux/layers.py`` and
+``comfy/ldm/hunyuan_video/model.py``) so state dicts and LoRA keys line up. The
+element-wise steps (LayerNorm+modulate, GELU, RMS norm) are separate functions so
+a fused FP8 producer kernel can replace each one without touching the blocks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NORM_EPS = 1e-6
+
+
+def timestep_embedding(t: Tensor, dim: int = 256, max_period: float = 10000.0, time_factor: float = 1.0) -> Tensor:
+    """Sinusoidal embedding ``[cos | sin]`` of ``time_factor * t``, in fp32.
+
+    ComfyUI passes the timestep in [0, 1000] with ``time_factor=1`` and the embedded
+    guidance with ``time_factor=1000`` (Tencent's ``guidance * 1000``).
+    """
+    t = t * time_factor
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+class MLPEmbedder(nn.Module):
+    """Linear -> SiLU -> Linear (time, guidance, pooled-text and refiner embedders)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.in_layer = nn.Linear(in_dim, hidden_dim, bias=True, device=device, dtype=dtype)
+        self.out_layer = nn.Linear(hidden_dim, hidden_dim, bias=True, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out_layer(F.silu(self.in_layer(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Conv3d patchifier ``[B, C, T, H, W] -> [B, T'H'W', hidden]`` (tokens in t, h, w order)."""
+
+    def __init__(self, in_channels: int, hidden: int, patch_size: tuple[int, int, int], device=None, dtype=None) -> None:
+        super().__init__()
+        self.proj = nn.Conv3d(in_channels, hidden, kernel_size=patch_size, stride=patch_size, bias=True,
+                              device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def rms_norm(x: Tensor, scale: Tensor, norm_dtype: torch.dtype) -> Tensor:
+    """RMS norm over the last dim computed in ``norm_dtype``; returns ``norm_dtype`` (caller casts once)."""
+    return F.rms_norm(x.to(norm_dtype), (x.shape[-1],), weight=scale.to(norm_dtype), eps=NORM_EPS)
+
+
+class RMSNorm(nn.Module):
+    """Holds the learnable ``scale`` of a q or k RMS norm (ComfyUI name ``*.query_norm.scale``)."""
+
+    def __init__(self, dim: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+
+class QKNorm(nn.Module):
+    def __init__(self, dim: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.query_norm = RMSNorm(dim, device=device, dtype=dtype)
+        self.key_norm = RMSNorm(dim, device=device, dtype=dtype)
+
+
+def layer_norm(x: Tensor, norm_dtype: torch.dtype, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+    """LayerNorm (eps 1e-6) over the last dim computed in ``norm_dtype``, returned in x's dtype."""
+    w = weight.to(norm_dtype) if weight is not None else None
+    b = bias.to(norm_dtype) if bias is not None else None
+    return F.layer_norm(x.to(norm_dtype), (x.shape[-1],), w, b, NORM_EPS).to(x.dtype)
+
+
+def norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, norm_dtype: torch.dtype) -> Tensor:
+    """``LayerNorm(x) * (1 + scale) + shift``: the pre-norm of every DiT block and the final layer.
+
+    The norm runs in ``norm_dtype``; the modulation in x's (compute) dtype, as in ComfyUI.
+    ``shift``/``scale`` are ``[B, 1, hidden]``.
+    """
+    return torch.addcmul(shift, layer_norm(x, norm_dtype), 1 + scale)
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+class LayerNorm(nn.Module):
+    """Affine LayerNorm of the token refiner (``norm1``/``norm2``: ``weight`` and ``bias``)."""
+
+    def __init__(self, dim: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
+
+    def forward(self, x: Tensor, norm_dtype: torch.dtype) -> Tensor:
+        return layer_norm(x, norm_dtype, self.weight, self.bias)
+
+
+class Modulation(nn.Module):
+    """SiLU -> Linear(hidden, factor * hidden), split into ``factor`` chunks of ``[B, 1, hidden]``.
+
+    Chunk order is (shift, scale, gate) per half, as in Tencent and ComfyUI.
+    """
+
+    def __init__(self, dim: int, factor: int, device=None, dtype=None) -> None:
+        super().__init__()
+        self.factor = factor
+        self.lin = nn.Linear(dim, factor * dim, bias=True, device=device, dtype=dtype)
+
+    def forward(self, vec: Tensor) -> tuple[Tensor, ...]:
+        return self.lin(F.silu(vec))[:, None, :].chunk(self.factor, dim=-1)
+
+
+__all__ = ["NORM_EPS", "timestep_embedding", "MLPEmbedder", "PatchEmbed", "rms_norm", "RMSNorm", "QKNorm",
+           "layer_norm", "norm_modulate", "gelu_tanh", "LayerNorm", "Modulation"]

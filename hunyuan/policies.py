@@ -1,0 +1,89 @@
+"""HunyuanVideo precision presets, as ``PrecisionPolicy`` objects over ComfyUI's internal module names.
+
+Linear layers of the transformer (ComfyUI names): ``double_blocks.{i}.{img,txt}_{mod.lin, attn.qkv, attn.proj,
+mlp.0, mlp.2}``, ``single_blocks.{i}.{linear1, linear2, modulation.lin}``, ``txt_in.*`` (embedders and the token
+refiner), ``time_in.*``, ``guidance_in.*``, ``vector_in.*``, ``final_layer.{linear, adaLN_modulation.1}``.
+``img_in.proj`` is a Conv3d and never quantized. Error budgets are the accepted relative L2 error of one
+denoising step's output against the bf16 preset; they are initial values to be re-measured on the real model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..fp8.formats import ComputeMode
+from ..fp8.policy import PrecisionPolicy, Rule
+from ..fp8.policy import load_policy as _load_policy
+
+__all__ = ["PRESETS", "DEFAULT_PRESET", "get_preset", "load_policy", "BLOCK_LINEARS", "MODULATION_LINEARS"]
+
+FP8, WEIGHT_ONLY = ComputeMode.FP8, ComputeMode.FP8_WEIGHT_ONLY
+
+# The linears that carry essentially all of the transformer's FLOPs (9.06 B parameters).
+BLOCK_LINEARS: tuple[str, ...] = tuple(
+    f"double_blocks.*.{side}_{layer}"
+    for side in ("img", "txt")
+    for layer in ("attn.qkv", "attn.proj", "mlp.0", "mlp.2")
+) + ("single_blocks.*.linear1", "single_blocks.*.linear2")
+
+# Applied to one conditioning vector per sample: 26 % of the weights, negligible FLOPs.
+MODULATION_LINEARS: tuple[str, ...] = (
+    "double_blocks.*.img_mod.lin", "double_blocks.*.txt_mod.lin", "single_blocks.*.modulation.lin",
+)
+
+PRESETS: dict[str, PrecisionPolicy] = {
+    p.name: p
+    for p in (
+        PrecisionPolicy(
+            name="bf16",
+            description="Reference: every linear in bf16, SDPA attention, norms and softmax in fp32.",
+            default_mode=ComputeMode.BF16,
+            attention="sdpa",
+            error_budget=0.0,
+        ),
+        PrecisionPolicy(
+            name="fp8-weight-only",
+            description="FP8 storage of all block linears incl. modulation (like the official FP8 release), "
+                        "bf16 compute: about half the memory, no speed-up; works on any GPU.",
+            rules=tuple(Rule(p, WEIGHT_ONLY) for p in ("double_blocks.*", "single_blocks.*")),
+            default_mode=ComputeMode.BF16,
+            attention="sdpa",
+            error_budget=0.02,
+        ),
+        PrecisionPolicy(
+            name="fp8-balanced",
+            description="W8A8 FP8 on the attention and MLP block linears (per-token activations), FP8 attention; "
+                        "modulation, embedders, token refiner and final layer in bf16; first and last block in bf16.",
+            rules=tuple(Rule(p, FP8) for p in BLOCK_LINEARS),
+            default_mode=ComputeMode.BF16,
+            attention="fp8",
+            high_precision_boundary_blocks=1,
+            error_budget=0.08,
+        ),
+        PrecisionPolicy(
+            name="fp8-max",
+            description="Every linear in W8A8 FP8 incl. modulation, embedders and token refiner, FP8 attention "
+                        "everywhere; layers whose shapes FP8 GEMMs cannot take fall back to weight-only (reported).",
+            default_mode=FP8,
+            attention="fp8",
+            error_budget=0.12,
+        ),
+    )
+}
+
+DEFAULT_PRESET = "fp8-balanced"
+
+
+def get_preset(name: str) -> PrecisionPolicy:
+    """The preset called ``name``; the error lists the valid names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown precision preset {name!r}; valid presets: {list(PRESETS)}") from None
+
+
+def load_policy(source: PrecisionPolicy | Mapping[str, Any] | str | Path) -> PrecisionPolicy:
+    """A policy from a preset name, a JSON string, a JSON file, a dict or a policy object."""
+    return _load_policy(source, PRESETS)

@@ -1,0 +1,107 @@
+"""Loader node: a HunyuanVideo checkpoint from ComfyUI's ``diffusion_models`` folder, in FP8 under a policy, as a
+native ``MODEL`` (drivable by KSampler / SamplerCustomAdvanced / ModelSamplingSD3 / FluxGuidance and by our sampler).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+
+from ..fp8.formats import ComputeMode
+from ..fp8.hardware import fp8_compute_support
+from ..fp8.policy import PrecisionPolicy
+from ..hunyuan.policies import DEFAULT_PRESET, PRESETS
+from .policy import CATEGORY, POLICY_TYPE, NodePolicy
+
+logger = logging.getLogger("hyvideo_fp8")
+
+
+def uses_fp8_compute(policy: PrecisionPolicy) -> bool:
+    """Whether any layer or the attention of ``policy`` needs FP8 tensor cores."""
+    modes = [policy.default_mode, *(r.mode for r in policy.rules)]
+    return ComputeMode.FP8 in modes or policy.attention == "fp8"
+
+
+def check_device(policy: PrecisionPolicy, device: torch.device) -> None:
+    """Refuse an FP8-compute policy on a device without FP8 matmuls, naming the way out."""
+    if not uses_fp8_compute(policy):
+        return
+    ok, reason = fp8_compute_support(device)
+    if not ok:
+        raise RuntimeError(f"precision policy '{policy.name}' computes in FP8, but {reason}.")
+
+
+def resolve_node_policy(preset: str, policy: Optional[NodePolicy]) -> NodePolicy:
+    """The connected policy if any, else the preset widget's."""
+    if policy is not None:
+        if not isinstance(policy, NodePolicy):
+            raise ValueError(f"the 'policy' input must come from the HunyuanVideo FP8 Policy node, got "
+                             f"{type(policy).__name__}")
+        return policy
+    if preset not in PRESETS:
+        raise ValueError(f"unknown precision preset {preset!r}; valid presets: {list(PRESETS)}")
+    return NodePolicy(PRESETS[preset])
+
+
+def load_model_file(path: str, node_policy: NodePolicy, load_device: torch.device, build_device: torch.device):
+    """Read, detect and build the transformer; returns (transformer, config, info). ComfyUI-free for direct tests."""
+    from ..hunyuan.checkpoint import load_canonical_state_dict
+    from ..hunyuan.config import detect_config
+    from ..hunyuan.loader import load_transformer
+
+    policy = node_policy.policy
+    check_device(policy, load_device)
+    state_dict, info = load_canonical_state_dict(path)
+    cfg = detect_config({k: tuple(v.shape) for k, v in state_dict.items()})
+    transformer = load_transformer(state_dict, policy, build_device, config=cfg)
+    del state_dict
+    return transformer, cfg, info
+
+
+class HyVideoFP8Loader:
+    """ComfyUI node: load a HunyuanVideo diffusion model with FP8 compute."""
+
+    DESCRIPTION = ("Loads a HunyuanVideo 1.0 diffusion model (Tencent .pt with or without fp8_map, ComfyUI or "
+                   "diffusers safetensors, scaled-FP8 or our FP8 files) and runs it with real FP8 compute under a "
+                   "precision policy. Use it in place of 'Load Diffusion Model' (UNETLoader).")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("A native ComfyUI HunyuanVideo MODEL: works with KSampler, SamplerCustomAdvanced, "
+                       "ModelSamplingSD3, FluxGuidance and the HunyuanVideo FP8 Sampler.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        import folder_paths
+
+        return {
+            "required": {
+                "model_name": (folder_paths.get_filename_list("diffusion_models"), {"tooltip": (
+                    "A HunyuanVideo transformer file from models/diffusion_models (or models/unet).")}),
+                "preset": (list(PRESETS), {"default": DEFAULT_PRESET, "tooltip": (
+                    "Precision preset, used when no policy is connected. " + "; ".join(
+                        f"{name}: {p.description}" for name, p in PRESETS.items()))}),
+            },
+            "optional": {
+                "policy": (POLICY_TYPE, {"tooltip": (
+                    "A policy from the 'HunyuanVideo FP8 Precision Policy' node; overrides the preset widget and "
+                    "sets the hybrid high-precision steps.")}),
+            },
+        }
+
+    def load(self, model_name: str, preset: str, policy: Optional[NodePolicy] = None) -> tuple:
+        import comfy.model_management as mm
+        import folder_paths
+
+        from .comfy_model import wrap_transformer
+
+        node_policy = resolve_node_policy(preset, policy)
+        path = folder_paths.get_full_path_or_raise("diffusion_models", model_name)
+        transformer, cfg, info = load_model_file(path, node_policy, mm.get_torch_device(), mm.unet_offload_device())
+        model = wrap_transformer(transformer, cfg, node_policy.policy.compute_dtype, node_policy.hybrid,
+                                 info={"policy": node_policy.policy.to_dict(), "file": model_name})
+        logger.info("[hyvideo_fp8] loaded %s under policy '%s' (hybrid steps %s)", model_name,
+                    node_policy.policy.name, node_policy.hybrid)
+        return (model,)
