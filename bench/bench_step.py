@@ -17,7 +17,6 @@ import math
 import sys
 
 import torch
-
 from common import environment, load_pack, markdown_table, median, time_cuda, write_result
 
 SIZES = {"480x848x61f": (480, 848, 61), "544x960x129f": (544, 960, 129), "720x1280x129f": (720, 1280, 129)}
@@ -157,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         weight_gib = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())) / 2**30
         for size_name, size in sizes.items():
             inputs = make_inputs(cfg, size, args.device, args.seed, args.text_tokens)
-            fn = lambda: model(**inputs)  # noqa: E731
+            def fn(model=model, inputs=inputs):
+                return model(**inputs)
+
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()

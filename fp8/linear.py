@@ -33,6 +33,7 @@ ACTIVATION_SCALINGS = ("per-token", "per-tensor")
 # Activations are always e4m3fn: it has the precision, and CUDA's _scaled_mm rejects e5m2 x e5m2.
 ACTIVATION_DTYPE = torch.float8_e4m3fn
 _COMPUTE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_DEVICES_REPORTED: set[torch.device] = set()
 
 
 def _as_compute_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -206,9 +207,11 @@ class FP8Linear(nn.Module):
         mode = self._mode
         if mode is ComputeMode.FP8 and self.fallback_reason is None and x.device.type != "cpu":
             ok, reason = fp8_supported_on(x.device)
-            if not ok:
-                self.fallback_reason = reason
-                self._log_fallback()
+            if not ok:  # one line per device, not one per layer
+                self.fallback_reason, self._fallback_logged = reason, True
+                if x.device not in _DEVICES_REPORTED:
+                    _DEVICES_REPORTED.add(x.device)
+                    logger.warning("[hyvideo_fp8] %s; FP8 layers compute weight-only", reason)
         if mode is ComputeMode.FP8 and self.fallback_reason is None:
             return self._forward_fp8(x)
         high = mode in (ComputeMode.BF16, ComputeMode.FP32)

@@ -48,13 +48,15 @@ class MLPEmbedder(nn.Module):
 class PatchEmbed(nn.Module):
     """Conv3d patchifier ``[B, C, T, H, W] -> [B, T'H'W', hidden]`` (tokens in t, h, w order)."""
 
-    def __init__(self, in_channels: int, hidden: int, patch_size: tuple[int, int, int], device=None, dtype=None) -> None:
+    def __init__(self, in_channels: int, hidden: int, patch_size: tuple[int, int, int], device=None,
+                 dtype=None) -> None:
         super().__init__()
         self.proj = nn.Conv3d(in_channels, hidden, kernel_size=patch_size, stride=patch_size, bias=True,
                               device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)
+        w, b = self.proj.weight.to(x.dtype), self.proj.bias.to(x.dtype)  # no-ops unless the policy changed dtype
+        return F.conv3d(x, w, b, stride=self.proj.stride).flatten(2).transpose(1, 2)
 
 
 def rms_norm(x: Tensor, scale: Tensor, norm_dtype: torch.dtype) -> Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Optional, Sequence, Union
+from typing import Callable, ContextManager, Iterator, Optional, Sequence, Union
 
 import torch
 
@@ -35,7 +35,7 @@ class TextCondition:
 
     context: torch.Tensor  # [B, L, context_in_dim]
     y: torch.Tensor  # [B, vec_in_dim]
-    attention_mask: Optional[torch.Tensor] = None  # [B, L], 1 = real token
+    attention_mask: Optional[torch.Tensor] = None  # [B, L] 0/1 (1 = real token), as ComfyUI's text encoders give
 
     def __post_init__(self) -> None:
         if self.context.dim() != 3:
@@ -82,13 +82,16 @@ def initial_noise(shape: Sequence[int], seed: int) -> torch.Tensor:
 
 
 def _pad_tokens(cond: TextCondition, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad a prompt's tokens with zeros up to ``length`` and return (context, 0/1 mask) so two prompts can batch."""
+    """Pad a prompt's tokens with zeros up to ``length``; returns (context, 0/1 integer mask) so two prompts batch."""
     b, n, _ = cond.context.shape
-    mask = cond.attention_mask if cond.attention_mask is not None else torch.ones(b, n, device=cond.context.device)
+    if cond.attention_mask is None:
+        mask = torch.ones(b, n, dtype=torch.long, device=cond.context.device)
+    else:
+        mask = cond.attention_mask.to(cond.context.device).long()
     if n == length:
         return cond.context, mask
     ctx = torch.nn.functional.pad(cond.context, (0, 0, 0, length - n))
-    return ctx, torch.nn.functional.pad(mask.to(ctx.device), (0, length - n))
+    return ctx, torch.nn.functional.pad(mask, (0, length - n))
 
 
 def _batch_conditions(pos: TextCondition, neg: Optional[TextCondition]) -> TextCondition:
@@ -104,7 +107,7 @@ def _batch_conditions(pos: TextCondition, neg: Optional[TextCondition]) -> TextC
         return TextCondition(torch.cat([pos.context, neg.context]), torch.cat([pos.y, neg.y]))
     length = max(pos.context.shape[1], neg.context.shape[1])
     (pc, pm), (nc, nm) = _pad_tokens(pos, length), _pad_tokens(neg, length)
-    return TextCondition(torch.cat([pc, nc]), torch.cat([pos.y, neg.y]), torch.cat([pm, nm.to(pm.dtype)]))
+    return TextCondition(torch.cat([pc, nc]), torch.cat([pos.y, neg.y]), torch.cat([pm, nm]))
 
 
 def model_compute_dtype(model: torch.nn.Module) -> torch.dtype:
@@ -115,11 +118,22 @@ def model_compute_dtype(model: torch.nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def default_high_precision(model: torch.nn.Module) -> ContextManager:
-    """Same FP8 weights, bf16 dequantize+matmul compute (the hybrid schedule's accurate steps)."""
+@contextlib.contextmanager
+def default_high_precision(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The hybrid schedule's accurate steps: the same FP8 weights dequantized to the policy's compute dtype (bf16 by
+    default) and SDPA attention, restored on exit (also when the body raises)."""
     from ..fp8.apply import compute_override
 
-    return compute_override(model, "bf16")
+    policy = getattr(model, "policy", None)
+    with compute_override(model, policy.compute_dtype if policy is not None else "bf16"):
+        if policy is None or policy.attention == "sdpa":
+            yield model
+            return
+        model.policy = policy.with_overrides(attention="sdpa")
+        try:
+            yield model
+        finally:
+            model.policy = policy
 
 
 @torch.no_grad()

@@ -45,8 +45,8 @@ def step_index(transformer_options: dict) -> Optional[tuple[int, int]]:
 def hybrid_wrapper(hybrid: Sequence[int], high_precision: Callable[[torch.nn.Module], Any]) -> Callable:
     """An APPLY_MODEL wrapper running the first/last hybrid steps of a native sampler under ``high_precision``."""
 
-    def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={}, **kwargs):
-        where = step_index(transformer_options)
+    def wrapper(executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
+        where = step_index(transformer_options or {})
         if where is not None and precision_plan(where[1], hybrid)[where[0]]:
             with high_precision(executor.class_obj.diffusion_model):
                 return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)

@@ -47,14 +47,13 @@ def resolve_node_policy(preset: str, policy: Optional[NodePolicy]) -> NodePolicy
 
 def load_model_file(path: str, node_policy: NodePolicy, load_device: torch.device, build_device: torch.device):
     """Read, detect and build the transformer; returns (transformer, config, info). ComfyUI-free for direct tests."""
-    from ..hunyuan.checkpoint import load_canonical_state_dict
-    from ..hunyuan.config import detect_config
+    from ..hunyuan.checkpoint.canonical import load_canonical_state_dict
     from ..hunyuan.loader import load_transformer
 
     policy = node_policy.policy
     check_device(policy, load_device)
     state_dict, info = load_canonical_state_dict(path)
-    cfg = detect_config({k: tuple(v.shape) for k, v in state_dict.items()})
+    cfg = info.config
     transformer = load_transformer(state_dict, policy, build_device, config=cfg)
     del state_dict
     return transformer, cfg, info

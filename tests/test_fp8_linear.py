@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from hyvideo_fp8.fp8 import linear as linear_module
 from hyvideo_fp8.fp8.apply import compute_override, make_linear, quantize_model_, set_compute_mode
 from hyvideo_fp8.fp8.hardware import fp8_compute_support, resolve_mode
 from hyvideo_fp8.fp8.linear import ComputeMode, FP8Linear
@@ -102,10 +103,10 @@ def test_saturation_and_zero_rows():
     out = layer(x)
     assert torch.isfinite(out).all()
     assert torch.equal(out[2], torch.zeros(192))
-    assert rel_l2(out[0], reference(x[0:1], w, None)[0]) <= 0.05  # measured 0.02
+    assert rel_l2(out[0], reference(x[0:1], w, None)[0]) <= 0.06  # measured 0.035-0.041
     w_big = w * 1e3  # weights beyond 448 quantize with a scale, nothing saturates to garbage
     out_big = FP8Linear.from_float(w_big, b, "fp8")(x[1:2])
-    assert rel_l2(out_big, reference(x[1:2], w_big, b)) <= 0.05
+    assert rel_l2(out_big, reference(x[1:2], w_big, b)) <= 0.05  # measured ~0.03
 
 
 def test_odd_shapes_fall_back_and_report(caplog):
@@ -120,7 +121,7 @@ def test_odd_shapes_fall_back_and_report(caplog):
     out = layer(x)
     layer.mode = "fp8-weight-only"
     torch.testing.assert_close(out, layer(x), rtol=0, atol=0)
-    assert rel_l2(out, reference(x, w, b)) <= 0.04  # measured 0.02
+    assert rel_l2(out, reference(x, w, b)) <= 0.04  # measured 0.015-0.018
 
 
 def test_unsupported_gpu_gets_a_clear_message_and_weight_only():
@@ -135,6 +136,20 @@ def test_unsupported_gpu_gets_a_clear_message_and_weight_only():
     assert fp8_compute_support("cpu")[0]
     ok, reason = fp8_compute_support("mps")
     assert not ok and "fp8-weight-only" in reason
+
+
+def test_layers_on_a_gpu_without_fp8_fall_back_at_run_time(monkeypatch, caplog):
+    """Simulated on the meta device: the device check reports once per device, each layer records the reason."""
+    reason = "this GPU (sm_86, NVIDIA RTX A6000) has no FP8 tensor cores: use the fp8-weight-only policy"
+    monkeypatch.setattr(linear_module, "fp8_supported_on", lambda device: (False, reason))
+    monkeypatch.setattr(linear_module, "_DEVICES_REPORTED", set())
+    layers = [FP8Linear.from_float(*layer_data(k=64, n=48), "fp8").to("meta") for _ in range(2)]
+    with caplog.at_level(logging.WARNING, logger="hyvideo_fp8"):
+        for layer in layers:
+            out = layer(torch.empty(5, 64, device="meta"))
+            assert out.shape == (5, 48) and layer.fallback_reason == reason
+            assert layer.effective_mode is ComputeMode.FP8_WEIGHT_ONLY
+    assert [r.getMessage() for r in caplog.records] == [f"[hyvideo_fp8] {reason}; FP8 layers compute weight-only"]
 
 
 @pytest.mark.parametrize("scale_shape", [(), (1,), (48,), (48, 1)])
@@ -213,7 +228,7 @@ class TinyBlock(nn.Module):
 
     def forward(self, x):
         h = self.norm(x)
-        return x + self.fc2(nn.functional.gelu(self.fc1(h))) + self.back(self.odd(h))
+        return self.fc2(nn.functional.gelu(self.fc1(h))) + self.back(self.odd(h))  # no residual: errors show
 
 
 def tiny_model() -> nn.ModuleDict:
@@ -241,7 +256,7 @@ def test_quantize_model_reproduces_float_output_and_reports():
     with torch.no_grad():
         out = run(model, x.float())
     assert torch.isfinite(out).all()
-    assert rel_l2(out, ref) <= 0.05  # measured 0.02-0.03
+    assert rel_l2(out, ref) <= 0.1  # measured 0.040-0.063 (30 draws): four chained FP8 GEMMs, no residual
 
 
 def test_make_linear_follows_policy_and_checkpoint_format():
@@ -249,14 +264,15 @@ def test_make_linear_follows_policy_and_checkpoint_format():
     q, s = quantize_rowwise(w)
     policy = PrecisionPolicy(rules=(("a.*", "fp8"), ("b.*", "fp8-weight-only")), default_mode="bf16")
     fp8 = make_linear("a.x", q, b, policy, weight_scale=s.reshape(48))
-    assert isinstance(fp8, FP8Linear) and fp8.mode is ComputeMode.FP8 and torch.equal(fp8.weight.view(torch.uint8), q.view(torch.uint8))
+    assert isinstance(fp8, FP8Linear) and fp8.mode is ComputeMode.FP8
+    assert torch.equal(fp8.weight.view(torch.uint8), q.view(torch.uint8))  # kept as is, not re-quantized
     hp = make_linear("c.x", q, b, policy, weight_scale=s.reshape(48))  # FP8 checkpoint, bf16 layer: dequantized
     assert type(hp) is nn.Linear and hp.weight.dtype == torch.bfloat16 and not hp.weight.requires_grad
     torch.testing.assert_close(hp.weight, fp8.dequantized_weight(torch.bfloat16))
     q5, s5 = quantize_rowwise(w, "e5m2")  # other format than the policy's: re-quantized to e4m3fn
     re = make_linear("b.x", q5, b, policy, weight_scale=s5)
     assert re.weight.dtype == torch.float8_e4m3fn and re.mode is ComputeMode.FP8_WEIGHT_ONLY
-    assert rel_l2(re.dequantized_weight(torch.float32), w) <= 0.06  # measured 0.04 (two roundings)
+    assert rel_l2(re.dequantized_weight(torch.float32), w) <= 0.07  # measured 0.048-0.050 (e5m2, then e4m3fn)
     unscaled = make_linear("a.y", saturating_cast(w), None, policy)  # unscaled FP8 file: scale 1
     assert torch.equal(unscaled.weight_scale, torch.ones(48))
     with pytest.raises(ValueError, match="weight_scale was given but the weight is torch.float32"):

@@ -2,13 +2,18 @@
 
 Both produce the same :class:`QuantizedQKV` buffers, which are the whole contract with the attention kernel:
 
-- ``q``: int8 ``[B*H, Lq_pad, D]``, one scale per token in ``q_scale`` fp32 ``[B*H, Lq_pad]``. The softmax scale
-  and log2(e) are folded into the Q scale, so ``q_scale[i] * k_scale[j] * (q_i . k_j)`` is the logit in log2 units
+Q and K are first rotated by the same orthonormal Hadamard matrix (``x @ H / sqrt(D)``; Q.K^T is unchanged because
+H H^T = D I). The rotation spreads outlier channels over all channels, so one INT8 scale per token / per key block
+no longer has to cover a few channels that are many times larger than the rest (FA3's "incoherent processing").
+
+- ``q``: int8 ``[B*H, Lq_pad, D]`` (rotated), one scale per token in ``q_scale`` fp32 ``[B*H, Lq_pad]``. The softmax
+  scale and log2(e) are folded into the Q scale, so ``q_scale[i] * k_scale[j] * (q_i . k_j)`` is the logit in log2 units
   and the kernel's exponential is a bare ``exp2``. Per-token scales cost the kernel nothing (one FMA per logit either
   way) and are finer than SageAttention's per-block Q scales.
-- ``k``: int8 ``[B*H, Lk_pad, D]`` after subtracting the per-head mean over the valid keys ("smoothing": it shifts
-  every logit of a query by the same amount, so softmax is unchanged, and it removes the shared per-channel offset
-  that would otherwise eat the INT8 range). One scale per ``K_BLOCK`` keys in ``k_scale`` ``[B*H, Lk_pad // K_BLOCK]``.
+- ``k``: int8 ``[B*H, Lk_pad, D]`` (rotated) after subtracting the per-head mean over the valid keys ("smoothing": it
+  shifts every logit of a query by the same amount, so softmax is unchanged, and it removes the shared per-channel
+  offset that would otherwise eat the INT8 range). One scale per ``K_BLOCK`` keys in ``k_scale``
+  ``[B*H, Lk_pad // K_BLOCK]``.
 - ``v_t``: float8_e4m3fn, TRANSPOSED ``[B*H, D, Lk_pad]`` with one scale per channel in ``v_scale`` ``[B*H, D]``.
   Hopper's FP8 wgmma reads its B operand K-major only, so V is stored with the key axis contiguous.
 - Key padding: the valid keys of each batch element are packed first (stable order), ``kv_len[b]`` says how many;
@@ -35,7 +40,10 @@ try:
 except ImportError:  # CPU-only installs: the torch version below is all that is needed there
     triton = None
 
-__all__ = ["QuantizedQKV", "quantize_qkv_torch", "quantize_qkv_triton", "pack_keys", "Q_BLOCK", "K_BLOCK"]
+__all__ = [
+    "QuantizedQKV", "quantize_qkv_torch", "quantize_qkv_triton", "pack_keys", "hadamard", "Q_BLOCK", "K_BLOCK",
+    "HEAD_DIMS",
+]  # fmt: skip
 
 LOG2E = 1.4426950408889634
 INT8_MAX = 127.0
@@ -43,6 +51,7 @@ FP8_E4M3_MAX = 448.0
 Q_BLOCK = 128  # Lq is padded to a multiple of this (the largest query tile the kernel uses)
 K_BLOCK = 128  # keys per K scale, and the padding of Lk; the kernel's key tile must divide it
 STATS_CHUNK = 512  # keys per program in the K-mean / V-amax reduction
+HEAD_DIMS = (32, 64, 128, 256)  # powers of two (the Hadamard rotation) that the tensor-core tiles take
 
 
 @dataclass
@@ -67,6 +76,16 @@ class QuantizedQKV:
 
 def _round_up(n: int, m: int) -> int:
     return (n + m - 1) // m * m
+
+
+def hadamard(dim: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """Sylvester Hadamard matrix of +-1 entries, ``[dim, dim]``; exact in any float dtype (normalize separately)."""
+    if dim not in HEAD_DIMS:
+        raise ValueError(f"head dim {dim} is not supported (supported: {HEAD_DIMS})")
+    h = torch.ones(1, 1, dtype=dtype, device=device)
+    while h.shape[0] < dim:
+        h = torch.cat([torch.cat([h, h], dim=1), torch.cat([h, -h], dim=1)], dim=0)
+    return h
 
 
 def pack_keys(key_padding_mask: torch.Tensor | None, batch: int, seq_len: int, device) -> tuple[torch.Tensor, ...]:
@@ -99,7 +118,8 @@ def quantize_qkv_torch(
     lq_pad, lk_pad = _round_up(L, Q_BLOCK), _round_up(L, K_BLOCK)
     device = q.device
 
-    x = q.float() * (sm_scale * LOG2E)
+    rot = hadamard(D, device=device) * D**-0.5
+    x = (q.float() @ rot) * (sm_scale * LOG2E)
     q_i8, q_scale = _quantize_int8(x, x.abs().amax(dim=-1))
     q_out = torch.zeros(B * H, lq_pad, D, dtype=torch.int8, device=device)
     q_out[:, :L] = q_i8.reshape(B * H, L, D)
@@ -110,7 +130,7 @@ def quantize_qkv_torch(
     index = key_index[:, None, :, None].expand(B, H, L, D)
     valid = (torch.arange(lk_pad, device=device)[None, :] < kv_len[:, None].long())[:, None, :, None]  # [B,1,Lk_pad,1]
     kf = torch.zeros(B, H, lk_pad, D, dtype=torch.float32, device=device)
-    kf[:, :, :L] = torch.gather(k, 2, index).float()
+    kf[:, :, :L] = torch.gather(k, 2, index).float() @ rot
     kf = kf * valid
     k_mean = kf.sum(dim=2, keepdim=True) / kv_len.float()[:, None, None, None]
     kf = (kf - k_mean) * valid
@@ -177,18 +197,21 @@ if triton is not None:
 
     @triton.jit
     def _quantize_q_kernel(
-        q_ptr, qo_ptr, qs_ptr, L, L_pad, H, sqb, sqh, sql, sqd, scale_mult,
-        D: tl.constexpr, BLOCK: tl.constexpr, FLOOR: tl.constexpr,
+        q_ptr, h_ptr, qo_ptr, qs_ptr, L, L_pad, H, sqb, sqh, sql, sqd, scale_mult,
+        D: tl.constexpr, BLOCK: tl.constexpr, FLOOR: tl.constexpr, PRECISION: tl.constexpr,
     ):  # fmt: skip
-        """One pass: Q * (sm_scale * log2 e) -> int8 with one scale per token; padded rows become zeros."""
+        """One pass: rotate, times sm_scale * log2(e), int8 with one scale per token; padded rows become zeros."""
         blk = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
         h = bh % H
         rows = blk * BLOCK + tl.arange(0, BLOCK)
         cols = tl.arange(0, D)
-        src = q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + rows.to(tl.int64)[:, None] * sql + cols[None, :] * sqd
-        x = tl.load(src, mask=(rows < L)[:, None], other=0.0).to(tl.float32) * scale_mult
+        src = (
+            q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + rows.to(tl.int64)[:, None] * sql + cols[None, :] * sqd
+        )
+        x = tl.load(src, mask=(rows < L)[:, None], other=0.0)
+        x = tl.dot(x, tl.load(h_ptr + cols[:, None] * D + cols[None, :]), input_precision=PRECISION) * scale_mult
         scale = tl.maximum(tl.max(tl.abs(x), axis=1), FLOOR) / 127.0
         dst = bh.to(tl.int64) * L_pad + rows
         tl.store(qo_ptr + dst[:, None] * D + cols[None, :], _round_to_int8(x / scale[:, None]))
@@ -196,12 +219,12 @@ if triton is not None:
 
     @triton.jit
     def _quantize_kv_kernel(
-        k_ptr, v_ptr, index_ptr, kv_len_ptr, kmean_ptr, vscale_ptr, ko_ptr, ks_ptr, vo_ptr,
-        L, Lk_pad, H,
+        k_ptr, v_ptr, h_ptr, index_ptr, kv_len_ptr, kmean_ptr, vscale_ptr, ko_ptr, ks_ptr, vo_ptr,
+        L, Lk_pad, H, rot_norm,
         skb, skh, skl, skd, svb, svh, svl, svd,
-        HAS_MASK: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, FLOOR: tl.constexpr,
+        HAS_MASK: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, FLOOR: tl.constexpr, PRECISION: tl.constexpr,
     ):  # fmt: skip
-        """One pass over a block of keys: gather valid keys, smooth + int8 K with one block scale, FP8 V transposed."""
+        """One pass over a block of keys: gather valid keys, rotate + smooth + int8 K with one block scale, FP8 V^T."""
         blk = tl.program_id(0)
         bh = tl.program_id(1)
         b = bh // H
@@ -216,7 +239,8 @@ if triton is not None:
             src = rows.to(tl.int64)
         src = src[:, None]
         k_src = k_ptr + b.to(tl.int64) * skb + h.to(tl.int64) * skh + src * skl + cols[None, :] * skd
-        kt = tl.load(k_src, mask=ok[:, None], other=0.0).to(tl.float32)
+        kt = tl.load(k_src, mask=ok[:, None], other=0.0)
+        kt = tl.dot(kt, tl.load(h_ptr + cols[:, None] * D + cols[None, :]), input_precision=PRECISION) * rot_norm
         kt = tl.where(ok[:, None], kt - tl.load(kmean_ptr + bh * D + cols)[None, :], 0.0)
         k_scale = tl.maximum(tl.max(tl.max(tl.abs(kt), axis=1), axis=0), FLOOR) / 127.0
         dst = bh.to(tl.int64) * Lk_pad + rows
@@ -236,6 +260,8 @@ def quantize_qkv_triton(
     """Same result as :func:`quantize_qkv_torch` in three Triton passes (K/V stats, Q, K+V); any input strides."""
     if triton is None:
         raise RuntimeError("Triton is not installed: use quantize_qkv_torch (backend='reference')")
+    if q.dtype == torch.float64:  # tensor cores take no fp64; fp32 keeps more precision than the int8 result needs
+        q, k, v = q.float(), k.float(), v.float()
     B, H, L, D = q.shape
     lq_pad, lk_pad = _round_up(L, Q_BLOCK), _round_up(L, K_BLOCK)
     device = q.device
@@ -251,21 +277,24 @@ def quantize_qkv_triton(
         k, v, valid_u8, ksum, vmax, L, H, n_chunks, *k.stride(), *v.stride(),
         HAS_MASK=has_mask, D=D, CHUNK=STATS_CHUNK, ROWS=64, num_warps=4,
     )  # fmt: skip
-    k_mean = ksum.sum(dim=1) / kv_len.float().repeat_interleave(H)[:, None]
+    rot = hadamard(D, dtype=q.dtype, device=device)
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"  # 16-bit inputs times +-1: exact either way
+    k_mean = (ksum.sum(dim=1) / kv_len.float().repeat_interleave(H)[:, None]) @ (rot.float() * D**-0.5)
     v_scale = vmax.amax(dim=1).clamp_min(SCALE_FLOOR) / FP8_E4M3_MAX
 
     q_out = torch.empty(B * H, lq_pad, D, dtype=torch.int8, device=device)
     q_scale = torch.empty(B * H, lq_pad, dtype=torch.float32, device=device)
     _quantize_q_kernel[(lq_pad // Q_BLOCK, B * H)](
-        q, q_out, q_scale, L, lq_pad, H, *q.stride(), sm_scale * LOG2E,
-        D=D, BLOCK=Q_BLOCK, FLOOR=SCALE_FLOOR, num_warps=8,
+        q, rot, q_out, q_scale, L, lq_pad, H, *q.stride(), sm_scale * LOG2E * D**-0.5,
+        D=D, BLOCK=Q_BLOCK, FLOOR=SCALE_FLOOR, PRECISION=precision, num_warps=8,
     )  # fmt: skip
 
     k_out = torch.empty(B * H, lk_pad, D, dtype=torch.int8, device=device)
     k_scale = torch.empty(B * H, lk_pad // K_BLOCK, dtype=torch.float32, device=device)
     v_t = torch.empty(B * H, D, lk_pad, dtype=torch.float8_e4m3fn, device=device)
     _quantize_kv_kernel[(lk_pad // K_BLOCK, B * H)](
-        k, v, key_index, kv_len, k_mean, v_scale, k_out, k_scale, v_t, L, lk_pad, H, *k.stride(), *v.stride(),
-        HAS_MASK=has_mask, D=D, BLOCK=K_BLOCK, FLOOR=SCALE_FLOOR, num_warps=8,
+        k, v, rot, key_index, kv_len, k_mean, v_scale, k_out, k_scale, v_t, L, lk_pad, H, D**-0.5,
+        *k.stride(), *v.stride(),
+        HAS_MASK=has_mask, D=D, BLOCK=K_BLOCK, FLOOR=SCALE_FLOOR, PRECISION=precision, num_warps=8,
     )  # fmt: skip
     return QuantizedQKV(q_out, q_scale, k_out, k_scale, v_t, v_scale, kv_len, B, H, L)

@@ -29,14 +29,20 @@ SUPPORTED_HEAD_DIMS = (64, 128)
 class AttentionConfig:
     """Tile shape and scheduling of one kernel variant (the benchmark sweeps these)."""
 
-    block_m: int = 128
+    block_m: int = 64
     block_n: int = 128
-    num_warps: int = 8
+    num_warps: int = 4
     num_stages: int = 2
+    maxnreg: int | None = 168  # 168 registers fit 3 programs of 4 warps per SM without spills
 
     def __post_init__(self):
         if Q_BLOCK % self.block_m or K_BLOCK % self.block_n:
             raise ValueError(f"{self}: block_m must divide {Q_BLOCK} and block_n must divide {K_BLOCK}")
+
+    @property
+    def name(self) -> str:
+        regs = f"/r{self.maxnreg}" if self.maxnreg else ""
+        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{regs}"
 
 
 DEFAULT_CONFIG = AttentionConfig()
@@ -102,7 +108,9 @@ def _fp8_attention_kernel(
     cols = tl.arange(0, HEAD_DIM)
     v_scale = tl.load(v_scale_ptr + bh * HEAD_DIM + cols)
     o = acc * (1.0 / l_i)[:, None] * v_scale[None, :]
-    o_ptrs = out_ptr + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m.to(tl.int64)[:, None] * sol + cols[None, :] * sod
+    o_ptrs = (
+        out_ptr + b.to(tl.int64) * sob + h.to(tl.int64) * soh + offs_m.to(tl.int64)[:, None] * sol + cols[None, :] * sod
+    )
     tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=(offs_m < L)[:, None])
 
 
@@ -115,10 +123,13 @@ def attention_triton(qkv: QuantizedQKV, out: torch.Tensor, config: AttentionConf
     desc_k = TensorDescriptor.from_tensor(qkv.k.view(BH * lk_pad, D), [cfg.block_n, D])
     desc_v = TensorDescriptor.from_tensor(qkv.v_t.view(BH * D, lk_pad), [D, cfg.block_n])
     grid = (lq_pad // cfg.block_m, BH)
+    launch = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    if cfg.maxnreg:
+        launch["maxnreg"] = cfg.maxnreg
     _fp8_attention_kernel[grid](
         desc_q, desc_k, desc_v, qkv.q_scale, qkv.k_scale, qkv.v_scale, qkv.kv_len, out,
         qkv.heads, qkv.seq_len, lq_pad, lk_pad, *out.stride(),
         HEAD_DIM=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, K_SCALE_BLOCK=K_BLOCK, P_SHIFT=P_LOG2_SCALE,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **launch,
     )  # fmt: skip
     return out

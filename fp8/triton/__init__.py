@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ACTIVATION_DTYPES", "MAX_ROW_BLOCK", "check_tokens", "check_modulation", "check_same_device", "check_qkv",
-           "fp8_outputs", "next_power_of_2", "row_num_warps"]
+__all__ = ["ACTIVATION_DTYPES", "MAX_ROW_BLOCK", "MAX_HEAD_TILE", "check_tokens", "check_modulation",
+           "check_same_device", "check_qkv", "fp8_outputs", "prologue_fits", "next_power_of_2", "row_num_warps"]
 
 ACTIVATION_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 # The quantizing kernels hold one whole (power-of-two padded) row in registers: 32768 fp32 values over 16 warps is
 # 64 registers a thread. Longer rows go to the torch reference (HunyuanVideo's longest row is 15360).
 MAX_ROW_BLOCK = 32768
+# The attention prologue holds one of q/k/v of one token, all heads padded to a power of two, in registers.
+MAX_HEAD_TILE = 16384
 
 
 def check_tokens(name: str, x: torch.Tensor) -> tuple[int, int, int]:
@@ -104,6 +106,11 @@ def fp8_outputs(
             raise ValueError(f"out {name} must be a contiguous {want_dtype} {list(want_shape)} tensor on {device}, "
                              f"got {t.dtype} {list(t.shape)} on {t.device} (contiguous={t.is_contiguous()})")
     return q, s
+
+
+def prologue_fits(heads: int, head_dim: int) -> bool:
+    """Whether the Triton attention prologue takes this head layout (power-of-two head_dim, tile in registers)."""
+    return head_dim > 0 and not head_dim & (head_dim - 1) and next_power_of_2(heads) * head_dim <= MAX_HEAD_TILE
 
 
 def next_power_of_2(n: int) -> int:

@@ -78,7 +78,8 @@ def _row_block(name: str, channels: int) -> int:
 def gelu_tanh_quant_triton(
     x: torch.Tensor, *, out: tuple[torch.Tensor, torch.Tensor] | None = None, num_warps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``quantize_rowwise(gelu_tanh(x))`` in one pass; ``x`` ``[B, L, C]`` -> e4m3fn ``[B, L, C]``, fp32 ``[B, L, 1]``."""
+    """``quantize_rowwise(gelu_tanh(x))`` in one pass: ``x`` ``[B, L, C]`` -> e4m3fn ``[B, L, C]``, fp32 ``[B, L, 1]``
+    (written into ``out`` when given)."""
     B, L, C = check_tokens("x", x)
     block = _row_block("x", C)
     q, s = fp8_outputs(out, (B, L, C), x.device)

@@ -12,8 +12,15 @@ import triton
 import triton.language as tl
 
 from ..formats import SCALE_FLOOR, fp8_max
-from . import MAX_ROW_BLOCK, check_modulation, check_same_device, check_tokens, fp8_outputs, next_power_of_2, \
-    row_num_warps
+from . import (
+    MAX_ROW_BLOCK,
+    check_modulation,
+    check_same_device,
+    check_tokens,
+    fp8_outputs,
+    next_power_of_2,
+    row_num_warps,
+)
 
 __all__ = ["FP8_MAX", "fp8_row_scale", "store_fp8", "layernorm_modulate_quant_triton"]
 

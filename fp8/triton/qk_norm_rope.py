@@ -12,12 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import check_qkv
+from . import MAX_HEAD_TILE, check_qkv, prologue_fits, row_num_warps
 
 __all__ = ["qk_norm_rope_triton", "rms_norm_rope_heads"]
-
-MAX_HEAD_TILE = 16384  # BLOCK_H * D values of one of q/k/v per program
-
 
 @triton.jit
 def rms_norm_rope_heads(x, w_ptr, cos, sin, eps, BLOCK_H: tl.constexpr, D: tl.constexpr):
@@ -66,8 +63,7 @@ def qk_norm_rope_triton(
     """``qkv`` ``[B, L, 3*H*D]`` -> ``(q, k, v)`` each ``[B, H, L, D]`` in qkv's dtype (views of one
     ``[3, B, H, L, D]`` buffer, ``out`` when given). Only the first ``n_rope_tokens`` tokens are rotated."""
     B, L, H, D = check_qkv(qkv, q_weight, k_weight, cos, sin, n_rope_tokens)
-    block_h = triton.next_power_of_2(H)
-    if D & (D - 1) or block_h * D > MAX_HEAD_TILE:
+    if not prologue_fits(H, D):
         raise ValueError(f"the Triton prologue needs a power-of-two head_dim and heads*head_dim <= {MAX_HEAD_TILE}, "
                          f"got H={H}, D={D}: use fp8.fused.qk_norm_rope, which falls back to the torch reference")
     shape = (3, B, H, L, D)
@@ -76,12 +72,13 @@ def qk_norm_rope_triton(
     elif tuple(out.shape) != shape or out.dtype != qkv.dtype or out.device != qkv.device or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {qkv.dtype} {list(shape)} tensor on {qkv.device}, "
                          f"got {out.dtype} {list(out.shape)} on {out.device} (contiguous={out.is_contiguous()})")
+    block_h = triton.next_power_of_2(H)
     if n_rope_tokens == 0:  # nothing is read from the tables; give the kernel a valid fp32 address anyway
         cos = sin = torch.empty((1, D // 2), dtype=torch.float32, device=qkv.device)
     if B * L:
         _qk_norm_rope_kernel[(B * L,)](
             qkv, q_weight, k_weight, cos, sin, out, L, n_rope_tokens, qkv.stride(0), qkv.stride(1), B * H * L * D,
-            float(eps), H=H, D=D, BLOCK_H=block_h, num_warps=num_warps or max(4, min(16, block_h * D // 512)),
+            float(eps), H=H, D=D, BLOCK_H=block_h, num_warps=num_warps or row_num_warps(block_h * D),
         )
     q, k, v = out.unbind(0)
     return q, k, v

@@ -18,7 +18,7 @@ from ...fp8.formats import FP8_DTYPES
 from ..config import HunyuanConfig, NotHunyuanVideoError, canonical_shapes, detect_config
 from .errors import CheckpointError
 from .fp8_formats import ScaledSource, normalize_fp8
-from .layouts import Rule, detect_layout, find_prefix, not_hunyuan_error, plan_canonical
+from .layouts import Rule, detect_layout, find_prefix, not_hunyuan_error, other_model_error, plan_canonical
 from .readers import TensorSource, TensorSpec, open_checkpoint
 
 SCALE_SUFFIX = ".weight_scale"
@@ -150,6 +150,17 @@ def _validate(specs: dict[str, TensorSpec], config: HunyuanConfig) -> None:
             raise CheckpointError(f"{name!r} is {spec.dtype}; HunyuanVideo weights are floating point")
 
 
+def _canonical_layers(values: dict[str, float], plan: dict[str, Rule]) -> dict[str, float]:
+    """Re-key per-layer values from source-layout layer names to canonical ones (fused pieces share one layer; the
+    largest value wins, which is the safe choice for an activation scale)."""
+    owner = {s: n for n, r in plan.items() for s in r.sources}
+    out: dict[str, float] = {}
+    for layer, v in values.items():
+        target = owner.get(f"{layer}.weight", f"{layer}.weight")[: -len(".weight")]
+        out[target] = max(v, out.get(target, v))
+    return out
+
+
 def open_canonical(path: str | os.PathLike, *, prefer: str = "module",
                    fp8_map: str | os.PathLike | None = None) -> CanonicalCheckpoint:
     """Open a checkpoint lazily in canonical names, with its detected config; raise a clear error if it is not a
@@ -162,20 +173,18 @@ def open_canonical(path: str | os.PathLike, *, prefer: str = "module",
             raise not_hunyuan_error(source.keys(), "no 'img_in.proj.weight' (or diffusers 'x_embedder.proj.weight')")
         kept = {k[len(prefix):]: s for k, s in source.specs.items() if k.startswith(prefix)}
         ignored = tuple(k for k in source.specs if not k.startswith(prefix)) + source.dropped
-        scaled = normalize_fp8(kept, lambda n: source.get(prefix + n), source.metadata, path, fp8_map)
+        scaled = normalize_fp8(kept, lambda n: source.get(prefix + n), source.metadata, path, fp8_map, prefix)
         layout = detect_layout(scaled.specs)
         plan = plan_canonical(scaled.specs, layout)
         info = CheckpointInfo(str(path), source.file_format, layout, scaled.flavour, HunyuanConfig(), source.wrapper,
-                              prefix, dict(source.metadata), scaled.input_scales, ignored,
+                              prefix, dict(source.metadata), _canonical_layers(scaled.input_scales, plan), ignored,
                               str(scaled.fp8_map_path) if scaled.fp8_map_path else None, list(scaled.notes))
         ckpt = CanonicalCheckpoint(source, scaled, plan, info)
         shapes = {k: s.shape for k, s in ckpt.specs.items() if not k.endswith(SCALE_SUFFIX)}
         try:
             info.config = detect_config(shapes)
         except NotHunyuanVideoError as e:
-            if str(e).startswith("not a HunyuanVideo transformer"):
-                raise not_hunyuan_error(shapes, str(e).split(": ", 1)[1].split(".")[0]) from None
-            raise
+            raise other_model_error(shapes) or e from None
         _validate(ckpt.specs, info.config)
         return ckpt
     except BaseException:

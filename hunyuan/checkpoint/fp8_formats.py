@@ -112,8 +112,11 @@ def detect_flavour(specs: Mapping[str, TensorSpec], metadata: Mapping[str, str])
 
 
 def normalize_fp8(specs: Mapping[str, TensorSpec], get: Getter, metadata: Mapping[str, str], path: Path,
-                  fp8_map: str | os.PathLike | None = None) -> ScaledSource:
-    """Rewrite any flavour's scale keys to ``<layer>.weight_scale`` (fp32 ``[]`` or ``[N]``), lazily."""
+                  fp8_map: str | os.PathLike | None = None, prefix: str = "") -> ScaledSource:
+    """Rewrite any flavour's scale keys to ``<layer>.weight_scale`` (fp32 ``[]`` or ``[N]``), lazily.
+
+    ``specs`` has the key ``prefix`` already stripped; header metadata still names layers with it.
+    """
     flavour = detect_flavour(specs, metadata)
     if flavour == "ours" and metadata.get(OURS_VERSION_KEY) != OURS_VERSION:
         raise CheckpointError(f"{path.name} was written by a newer hyvideo_fp8 (format version "
@@ -138,7 +141,7 @@ def normalize_fp8(specs: Mapping[str, TensorSpec], get: Getter, metadata: Mappin
     if src.flavour == "scaled_fp8":
         _from_scaled_fp8(src)
     elif src.flavour == "comfy_quant":
-        _from_comfy_quant(src, metadata, path)
+        _from_comfy_quant(src, metadata, path, prefix)
     elif src.flavour == "official":
         src.fp8_map_path = map_file
         _from_map(src, load_fp8_map(map_file), map_file)
@@ -183,11 +186,12 @@ def _from_scaled_fp8(src: ScaledSource) -> None:
         src.input_scales[name[: -len(".scale_input")]] = float(_drop(src, name).float().reshape(-1)[0])
 
 
-def _from_comfy_quant(src: ScaledSource, metadata: Mapping[str, str], path: Path) -> None:
+def _from_comfy_quant(src: ScaledSource, metadata: Mapping[str, str], path: Path, prefix: str) -> None:
     layers: dict[str, dict] = {}
     if QUANT_METADATA_KEY in metadata:
         try:
-            layers.update(json.loads(metadata[QUANT_METADATA_KEY])["layers"])
+            # layer names are full state-dict names (ComfyUI adds no prefix when it reads them)
+            layers.update({k.removeprefix(prefix): v for k, v in json.loads(metadata[QUANT_METADATA_KEY])["layers"].items()})
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise CheckpointError(f"{path.name}: unreadable {QUANT_METADATA_KEY} header ({e})") from None
     for name in [k for k in src.specs if k.endswith(".comfy_quant")]:

@@ -155,8 +155,8 @@ def detect_layout(keys: Iterable[str]) -> str:
     return "comfyui"
 
 
-def not_hunyuan_error(keys: Iterable[str], detail: str) -> NotHunyuanVideoError:
-    """A NotHunyuanVideoError that names the model the keys look like, when we can tell."""
+def other_model_error(keys: Iterable[str]) -> NotHunyuanVideoError | None:
+    """A NotHunyuanVideoError naming the model the keys look like, or None when nothing is recognised."""
     keys = list(keys)
     if any(k.startswith(_HV15_MARKS) for k in keys):
         return NotHunyuanVideoError(
@@ -168,9 +168,15 @@ def not_hunyuan_error(keys: Iterable[str], detail: str) -> NotHunyuanVideoError:
             return NotHunyuanVideoError(
                 f"not a HunyuanVideo transformer: the keys look like {model} (found {mark!r}). Load a HunyuanVideo "
                 "1.0 diffusion model (Tencent, ComfyUI or diffusers layout) here")
-    sample = sorted(keys)[:3]
-    return NotHunyuanVideoError(f"not a HunyuanVideo transformer: {detail}. First keys: {sample}. Load a HunyuanVideo "
-                                "1.0 diffusion model (Tencent, ComfyUI or diffusers layout)")
+    return None
+
+
+def not_hunyuan_error(keys: Iterable[str], detail: str) -> NotHunyuanVideoError:
+    """A NotHunyuanVideoError that names the model the keys look like, when we can tell, else ``detail``."""
+    keys = list(keys)
+    return other_model_error(keys) or NotHunyuanVideoError(
+        f"not a HunyuanVideo transformer: {detail}. First keys: {sorted(keys)[:3]}. Load a HunyuanVideo 1.0 "
+        "diffusion model (Tencent, ComfyUI or diffusers layout)")
 
 
 def tencent_to_canonical(name: str) -> str:
@@ -245,5 +251,5 @@ def _plan_diffusers(specs: Mapping[str, TensorSpec]) -> dict[str, Rule]:
     return plan
 
 
-__all__ = ["LAYOUTS", "Rule", "find_prefix", "detect_layout", "not_hunyuan_error", "tencent_to_canonical",
+__all__ = ["LAYOUTS", "Rule", "find_prefix", "detect_layout", "not_hunyuan_error", "other_model_error", "tencent_to_canonical",
            "plan_canonical"]

@@ -104,10 +104,10 @@ def sniff_format(path: str | os.PathLike) -> str:
     if head.startswith(_GGUF_MAGIC):
         raise CheckpointError(f"{path.name} is a GGUF file: load it with city96's ComfyUI-GGUF (Unet Loader (GGUF)); "
                               "this pack reads safetensors and .pt checkpoints")
+    if len(head) == 9 and head[8:9] == b"{":  # first: the 8-byte length may itself start with 0x80
+        return "safetensors"
     if head.startswith(_ZIP_MAGIC) or head[:1] == b"\x80":
         return "pt"
-    if len(head) == 9 and head[8:9] == b"{":
-        return "safetensors"
     if path.suffix.lower() in (".safetensors", ".sft"):
         return "safetensors"  # malformed: read_safetensors_header says how
     raise CorruptCheckpointError(f"{path.name} is neither a safetensors nor a PyTorch checkpoint (first bytes "

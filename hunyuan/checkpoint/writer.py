@@ -102,6 +102,15 @@ class StreamingSafetensorsWriter:
             raise
         return self
 
+    @property
+    def next_name(self) -> str | None:
+        """The entry :meth:`write` expects next (``None`` when all are written)."""
+        return self.entries[self._next][0] if self._next < len(self.entries) else None
+
+    @property
+    def written(self) -> int:
+        return self._next
+
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if self._next >= len(self.entries):
             raise ValueError(f"unexpected tensor {name!r}: all {len(self.entries)} entries are written")

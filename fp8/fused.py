@@ -1,0 +1,178 @@
+"""Fused producers of FP8 GEMM inputs (and the attention prologue): Triton on CUDA, the torch reference elsewhere.
+
+Eager per-token quantization costs 37-170 % of the FP8 GEMM it feeds (a full extra read and write of the
+activation), which makes unfused W8A8 slower than bf16. These entry points compute the producing op and emit
+e4m3fn values with per-token fp32 scales in one pass. The references below define the numerics: the intermediate
+stays in fp32 and is quantized exactly as ``quantize_rowwise`` does (``scale = max(amax, SCALE_FLOOR) / 448``,
+saturating cast). The kernels match them up to fp32 summation order.
+
+Set ``HYVIDEO_FP8_FUSED=0`` (or ``fused.USE_TRITON = False``) to force the reference everywhere.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+import torch.nn.functional as F
+
+from .quantize import quantize_rowwise
+from .triton import (
+    MAX_ROW_BLOCK,
+    check_modulation,
+    check_qkv,
+    check_same_device,
+    check_tokens,
+    next_power_of_2,
+    prologue_fits,
+)
+
+__all__ = [
+    "FUSED_ENV", "USE_TRITON", "triton_available", "uses_triton",
+    "layernorm_modulate_quant", "gelu_tanh_quant", "concat_gelu_quant", "qk_norm_rope",
+    "layernorm_modulate_quant_reference", "gelu_tanh_quant_reference", "concat_gelu_quant_reference",
+    "qk_norm_rope_reference",
+]
+
+FUSED_ENV = "HYVIDEO_FP8_FUSED"
+USE_TRITON: bool = os.environ.get(FUSED_ENV, "1").strip() != "0"
+
+_FP8_CAPABILITY = (8, 9)  # Triton converts to e4m3fn (fp8e4nv) only on Ada / Hopper and newer
+
+
+@functools.cache
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def uses_triton(t: torch.Tensor, fp8_output: bool = True) -> bool:
+    """Whether the fused entry points send a tensor like ``t`` to the Triton kernels."""
+    if not (USE_TRITON and isinstance(t, torch.Tensor) and t.is_cuda and triton_available()):
+        return False
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    return not fp8_output or _capability(index) >= _FP8_CAPABILITY
+
+
+def _fits_row(channels: int) -> bool:
+    return next_power_of_2(channels) <= MAX_ROW_BLOCK
+
+
+# ---------------------------------------------------------------- references (pure torch; CPU path and test oracle)
+
+def layernorm_modulate_quant_reference(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``quantize_rowwise(LayerNorm(x) * (1 + scale) + shift)``, all in fp32 (no affine; stats over C)."""
+    B, L, C = check_tokens("x", x)
+    check_modulation("shift", shift, B, C)
+    check_modulation("scale", scale, B, C)
+    check_same_device(x=x, shift=shift, scale=scale)
+    y = torch.addcmul(shift.float(), F.layer_norm(x.float(), (C,), eps=eps), 1.0 + scale.float())
+    return quantize_rowwise(y, torch.float8_e4m3fn)
+
+
+def gelu_tanh_quant_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``quantize_rowwise(gelu_tanh(x))`` with the GELU in fp32."""
+    check_tokens("x", x)
+    return quantize_rowwise(F.gelu(x.float(), approximate="tanh"), torch.float8_e4m3fn)
+
+
+def _check_concat(attn_out: torch.Tensor, mlp_act: torch.Tensor) -> None:
+    B, L, _ = check_tokens("attn_out", attn_out)
+    B2, L2, _ = check_tokens("mlp_act", mlp_act)
+    if (B2, L2) != (B, L):
+        raise ValueError(f"attn_out {tuple(attn_out.shape)} and mlp_act {tuple(mlp_act.shape)} must share B and L")
+    check_same_device(attn_out=attn_out, mlp_act=mlp_act)
+
+
+def concat_gelu_quant_reference(attn_out: torch.Tensor, mlp_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``quantize_rowwise(cat([attn_out, gelu_tanh(mlp_act)], -1))`` in fp32: one scale per concatenated row."""
+    _check_concat(attn_out, mlp_act)
+    row = torch.cat([attn_out.float(), F.gelu(mlp_act.float(), approximate="tanh")], dim=-1)
+    return quantize_rowwise(row, torch.float8_e4m3fn)
+
+
+def _rms_norm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float,
+                   out_dtype: torch.dtype) -> torch.Tensor:
+    """fp32 RMS norm over D, then rotate pairs (2i, 2i+1) of the first ``len(cos)`` tokens (ComfyUI ``apply_rope``:
+    ``[[cos, -sin], [sin, cos]] @ (x_2i, x_2i+1)``); ``x`` ``[B, H, L, D]``."""
+    x = x.float()
+    y = x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + eps) * weight.float()
+    n = cos.shape[0]
+    even, odd = y[:, :, :n, 0::2], y[:, :, :n, 1::2]
+    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+    return torch.cat([rotated, y[:, :, n:]], dim=2).to(out_dtype)
+
+
+def qk_norm_rope_reference(
+    qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    n_rope_tokens: int, eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split ``[B, L, 3*H*D]`` into q, k, v ``[B, H, L, D]`` (qkv's dtype), RMS-norm q and k, RoPE on the image
+    tokens ``[0, n_rope_tokens)``; the text tokens after them are normalised but not rotated."""
+    B, L, H, D = check_qkv(qkv, q_weight, k_weight, cos, sin, n_rope_tokens)
+    q, k, v = qkv.unflatten(-1, (3, H, D)).permute(2, 0, 3, 1, 4).unbind(0)
+    dtype = qkv.dtype
+    return _rms_norm_rope(q, q_weight, cos, sin, eps, dtype), _rms_norm_rope(k, k_weight, cos, sin, eps, dtype), \
+        v.contiguous()
+
+
+# ---------------------------------------------------------------- dispatch
+
+def layernorm_modulate_quant(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LayerNorm (no affine) + adaLN modulation -> e4m3fn ``[B, L, C]`` and per-token fp32 scales ``[B, L, 1]``.
+
+    Input of the qkv / fc1 / linear1 FP8 GEMMs. ``x`` ``[B, L, C]``; ``shift``/``scale`` ``[B, 1, C]``.
+    """
+    if uses_triton(x) and x.dim() == 3 and _fits_row(x.shape[-1]):
+        from .triton.norm_modulate_quant import layernorm_modulate_quant_triton
+
+        return layernorm_modulate_quant_triton(x, shift, scale, eps)
+    return layernorm_modulate_quant_reference(x, shift, scale, eps)
+
+
+def gelu_tanh_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GELU (tanh) -> e4m3fn ``[B, L, C]`` and per-token fp32 scales ``[B, L, 1]``: the fc2 input."""
+    if uses_triton(x) and x.dim() == 3 and _fits_row(x.shape[-1]):
+        from .triton.gelu_quant import gelu_tanh_quant_triton
+
+        return gelu_tanh_quant_triton(x)
+    return gelu_tanh_quant_reference(x)
+
+
+def concat_gelu_quant(attn_out: torch.Tensor, mlp_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[attn_out | gelu_tanh(mlp_act)]`` -> e4m3fn ``[B, L, C1 + C2]`` with one fp32 scale per token: the
+    single-stream block's linear2 input, without materialising the bf16 concatenation."""
+    if (uses_triton(attn_out) and isinstance(mlp_act, torch.Tensor) and attn_out.dim() == 3 and mlp_act.dim() == 3
+            and _fits_row(attn_out.shape[-1]) and _fits_row(mlp_act.shape[-1])):
+        from .triton.gelu_quant import concat_gelu_quant_triton
+
+        return concat_gelu_quant_triton(attn_out, mlp_act)
+    return concat_gelu_quant_reference(attn_out, mlp_act)
+
+
+def qk_norm_rope(
+    qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    n_rope_tokens: int, eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fused qkv ``[B, L, 3*H*D]`` -> RMS-normed, rotated q, k and plain v, each ``[B, H, L, D]``, ready for SDPA.
+
+    ``q_weight``/``k_weight`` ``[D]``; ``cos``/``sin`` fp32 ``[n_rope_tokens, D/2]`` for the leading image tokens
+    (pair i of every head rotated by the angle of column i). Computed in fp32, written in qkv's dtype.
+    """
+    if uses_triton(qkv, fp8_output=False) and qkv.dim() == 3 and isinstance(q_weight, torch.Tensor) and q_weight.dim():
+        D = q_weight.shape[0]
+        if D and prologue_fits(qkv.shape[-1] // (3 * D), D):
+            from .triton.qk_norm_rope import qk_norm_rope_triton
+
+            return qk_norm_rope_triton(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps)
+    return qk_norm_rope_reference(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps)

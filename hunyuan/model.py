@@ -1,0 +1,243 @@
+"""``HunyuanVideoTransformer``: HunyuanVideo 1.0 (HYVideo-T/2-cfgdistill) with ComfyUI's names and forward.
+
+Matches ``comfy.ldm.hunyuan_video.model.HunyuanVideo`` (ComfyUI 0.3.64) parameter for
+parameter, and numerically in fp32 (``tests/host/test_host_model_parity.py``). Deliberate
+differences, each towards Tencent's reference implementation:
+
+- the token refiner's pooled text is the mean over *valid* tokens (ComfyUI averages padding too);
+- the guidance embedding is computed from ``guidance * 1000`` in fp32 (ComfyUI multiplies in the
+  model dtype, so bf16 turns 6.0 into 6016/1000);
+- q/k RMS norm and RoPE run in the policy's ``norm_dtype`` with a single cast at the end;
+- H, W not divisible by the patch are padded circularly (as ComfyUI's patch embedder does) and the
+  output is cropped back (ComfyUI fails at its final reshape there).
+
+``transformer_options`` is accepted and ignored, including ComfyUI's ``patches_replace`` block
+replacements and ``optimized_attention_override`` (logged once): attention is chosen per block
+by the precision policy instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .blocks import BlockInputs, DoubleStreamBlock, LastLayer, SingleStreamBlock, TokenRefiner
+from .config import HunyuanConfig
+from .layers import MLPEmbedder, PatchEmbed, timestep_embedding
+from .rope import append_identity, rope_tables
+
+logger = logging.getLogger("hyvideo_fp8")
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# ComfyUI passes these for I2V / ControlNet / HunyuanImage; this model is text-to-video only.
+_UNSUPPORTED_INPUTS = ("ref_latent", "guiding_frame_index", "control", "txt_byt5")
+
+
+def _as_dtype(value: str | torch.dtype) -> torch.dtype:
+    return value if isinstance(value, torch.dtype) else _DTYPES[value]
+
+
+def _upcast(dtype: torch.dtype) -> torch.dtype:
+    """At least fp32 (float64 stays float64, for reference runs)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def refiner_prefixes(config: HunyuanConfig) -> list[str]:
+    return [f"txt_in.individual_token_refiner.blocks.{j}." for j in range(config.refiner_depth)]
+
+
+class HunyuanVideoTransformer(nn.Module):
+    """The diffusion transformer. Every linear is a plain ``nn.Linear`` here; ``hunyuan.loader`` swaps them
+    for ``FP8Linear`` as the policy says.
+
+    ``policy`` (a ``fp8.policy.PrecisionPolicy``) sets the compute dtype, the norm dtype and the attention
+    kernel per block; ``None`` means: compute in the input's dtype, norms and RoPE in at least fp32, SDPA.
+    """
+
+    def __init__(self, config: HunyuanConfig, policy=None, device=None, dtype=None) -> None:
+        super().__init__()
+        self.config = config
+        self.policy = policy
+        h, heads = config.hidden_size, config.num_heads
+        kw = dict(device=device, dtype=dtype)
+        self.img_in = PatchEmbed(config.in_channels, h, config.patch_size, **kw)
+        self.time_in = MLPEmbedder(256, h, **kw)
+        self.vector_in = MLPEmbedder(config.vec_in_dim, h, **kw) if config.vec_in_dim else None
+        self.guidance_in = MLPEmbedder(256, h, **kw) if config.guidance_embed else None
+        self.txt_in = TokenRefiner(config.context_in_dim, h, heads, config.refiner_depth, **kw)
+        self.double_blocks = nn.ModuleList(
+            DoubleStreamBlock(h, heads, config.mlp_ratio, config.qkv_bias, **kw) for _ in range(config.depth))
+        self.single_blocks = nn.ModuleList(
+            SingleStreamBlock(h, heads, config.mlp_ratio, **kw) for _ in range(config.depth_single_blocks))
+        self.final_layer = LastLayer(h, config.patch_volume, config.out_channels, **kw)
+        self._warned_options: set[str] = set()
+
+    # --- policy ---------------------------------------------------------------------------------------------------
+
+    def set_policy(self, policy) -> None:
+        """Switch precision without reloading: FP8Linear modes follow ``policy.mode_for``; a high-precision
+        ``nn.Linear`` whose policy mode changed is rebuilt from its own weight (``fp8.apply.make_linear``).
+        Attention kernels and norm dtypes are read from ``self.policy`` at every forward.
+        """
+        from ..fp8.apply import make_linear
+        from ..fp8.linear import FP8Linear
+
+        order = self.config.block_order()
+        for name, module in list(self.named_modules()):
+            if isinstance(module, FP8Linear):
+                module.mode = policy.mode_for(name, order)
+            elif type(module) is nn.Linear:
+                wanted = policy.mode_for(name, order).value
+                if _DTYPES.get(wanted) != module.weight.dtype:
+                    parent, _, child = name.rpartition(".")
+                    setattr(self.get_submodule(parent), child,
+                            make_linear(name, module.weight, module.bias, policy, order))
+        self.policy = policy
+
+    def attention_modes(self) -> tuple[list[str], list[str], list[str]]:
+        """Attention kernel of each refiner, double and single block under the current policy."""
+        cfg = self.config
+        order = cfg.block_order()
+
+        def mode(prefix: str) -> str:
+            return self.policy.attention_for(prefix, order) if self.policy is not None else "sdpa"
+
+        return ([mode(p) for p in refiner_prefixes(cfg)], [mode(f"double_blocks.{i}.") for i in range(cfg.depth)],
+                [mode(f"single_blocks.{i}.") for i in range(cfg.depth_single_blocks)])
+
+    def _dtypes(self, x: Tensor) -> tuple[torch.dtype, torch.dtype]:
+        if self.policy is None:
+            return x.dtype, _upcast(x.dtype)
+        return _as_dtype(self.policy.compute_dtype), _as_dtype(self.policy.norm_dtype)
+
+    # --- inputs ---------------------------------------------------------------------------------------------------
+
+    def _check_inputs(self, x: Tensor, context: Tensor, y: Tensor | None, kwargs: dict[str, Any],
+                      transformer_options: dict) -> None:
+        cfg = self.config
+        given = [k for k in _UNSUPPORTED_INPUTS if kwargs.get(k) is not None]
+        if given:
+            raise ValueError(f"HunyuanVideoTransformer is text-to-video only and got {given}; "
+                             "use ComfyUI's native HunyuanVideo model for I2V, ControlNet or HunyuanImage inputs")
+        if x.dim() != 5 or x.shape[1] != cfg.in_channels:
+            raise ValueError(f"x must be a [B, {cfg.in_channels}, T, H, W] latent, got {tuple(x.shape)}")
+        if context.dim() != 3 or context.shape[0] != x.shape[0] or context.shape[2] != cfg.context_in_dim:
+            raise ValueError(f"context must be [B={x.shape[0]}, L, {cfg.context_in_dim}] text states, "
+                             f"got {tuple(context.shape)}")
+        if context.shape[1] == 0:
+            raise ValueError("context has no text tokens; encode a prompt (an empty prompt still has tokens)")
+        if cfg.vec_in_dim and (y is None or y.dim() != 2 or y.shape[0] != x.shape[0] or y.shape[1] < cfg.vec_in_dim):
+            got = None if y is None else tuple(y.shape)
+            raise ValueError(f"y must be the pooled CLIP vector [B={x.shape[0]}, {cfg.vec_in_dim}], got {got}")
+        for key in ("patches_replace", "optimized_attention_override"):
+            if transformer_options.get(key) and key not in self._warned_options:
+                self._warned_options.add(key)
+                logger.warning("[hyvideo_fp8] transformer_options[%r] is ignored by the FP8 HunyuanVideo model "
+                               "(attention and blocks are chosen by the precision policy)", key)
+
+    @staticmethod
+    def _text_mask(context: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Resolve the text mask once per forward: ``(context, key mask or None)``.
+
+        Integer/bool masks are 1 = valid, 0 = padding; floating masks are ComfyUI's additive
+        bias (0 = valid, negative = padding). When every sample pads the same positions (always
+        the case at batch 1) the padded tokens are dropped, which is exact (they are masked
+        everywhere and excluded from the pooled mean) and keeps flash/cuDNN attention usable;
+        otherwise a ``[B, L]`` bool mask is returned. Costs one host sync, only when a mask is given.
+        """
+        if attention_mask is None:
+            return context, None
+        if attention_mask.shape != context.shape[:2]:
+            raise ValueError(f"attention_mask must be [B, L] = {tuple(context.shape[:2])} to match context, "
+                             f"got {tuple(attention_mask.shape)}")
+        valid = attention_mask >= 0 if attention_mask.is_floating_point() else attention_mask.bool()
+        valid_host = valid.cpu()  # the one host sync of a masked forward
+        if bool(valid_host.all()):
+            return context, None
+        if bool((valid_host == valid_host[:1]).all()):
+            keep = valid_host[0].nonzero().squeeze(1)
+            if keep.numel() == 0:
+                raise ValueError("attention_mask marks every text token as padding")
+            return context[:, keep.to(context.device)], None
+        return context, valid
+
+    # --- forward --------------------------------------------------------------------------------------------------
+
+    def forward(self, x: Tensor, timestep: Tensor, context: Tensor, y: Tensor | None = None,
+                guidance: Tensor | None = None, attention_mask: Tensor | None = None,
+                transformer_options: dict | None = None, **kwargs) -> Tensor:
+        """Predict the flow velocity.
+
+        Args:
+            x: latent ``[B, C, T, H, W]``.
+            timestep: ``[B]`` in [0, 1000] (ComfyUI's sigma * 1000).
+            context: LLM text states ``[B, L, context_in_dim]``.
+            y: pooled CLIP-L vector ``[B, vec_in_dim]``.
+            guidance: embedded guidance scale ``[B]`` as ComfyUI passes it (e.g. 6.0; scaled by 1000 here).
+            attention_mask: text mask ``[B, L]`` (see ``_text_mask``) or None.
+        Returns ``[B, out_channels, T, H, W]`` in the compute dtype.
+        """
+        transformer_options = transformer_options or {}
+        self._check_inputs(x, context, y, kwargs, transformer_options)
+        cfg = self.config
+        cdt, ndt = self._dtypes(x)
+        b, _, t, h, w = x.shape
+        pt, ph, pw = cfg.patch_size
+        pad = (0, -w % pw, 0, -h % ph, 0, -t % pt)
+        x = x.to(cdt)
+        if any(pad):
+            x = F.pad(x, pad, mode="circular")
+        grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
+        timestep = timestep.reshape(-1).expand(b)
+
+        img = self.img_in(x)
+        vec = self.time_in(timestep_embedding(timestep).to(cdt))
+        if self.vector_in is not None:
+            vec = vec + self.vector_in(y[:, :cfg.vec_in_dim].to(cdt))
+        if self.guidance_in is not None and guidance is not None:
+            g = guidance.reshape(-1).expand(b).float()
+            vec = vec + self.guidance_in(timestep_embedding(g, time_factor=1000.0).to(cdt))
+
+        refiner_modes, double_modes, single_modes = self.attention_modes()
+        context, text_mask = self._text_mask(context.to(cdt), attention_mask)
+        txt = self.txt_in(context, timestep, text_mask, ndt, refiner_modes)
+        del context
+
+        n_img, n_txt = img.shape[1], txt.shape[1]
+        rope_img = rope_tables(grid, cfg.axes_dim, cfg.theta, x.device, _upcast(cdt))
+        key_mask = None
+        if text_mask is not None:
+            key_mask = torch.cat([text_mask.new_ones(b, n_img), text_mask], dim=1)
+        ctx = BlockInputs(rope_img=rope_img, rope_joint=append_identity(*rope_img, n_txt), key_padding_mask=key_mask,
+                          norm_dtype=ndt, compute_dtype=cdt)
+        del x
+
+        for block, mode in zip(self.double_blocks, double_modes):
+            img, txt = block(img, txt, vec, ctx, mode)
+        joint = torch.cat((img, txt), dim=1)
+        del img, txt
+        for block, mode in zip(self.single_blocks, single_modes):
+            joint = block(joint, vec, ctx, mode)
+
+        out = self.final_layer(joint[:, :n_img], vec, ndt)
+        del joint
+        return self._unpatchify(out, grid, (t, h, w))
+
+    def _unpatchify(self, out: Tensor, grid: tuple[int, int, int], size: tuple[int, int, int]) -> Tensor:
+        """``[B, T'H'W', C*pt*ph*pw]`` -> ``[B, C, T, H, W]`` (features ordered c, pt, ph, pw), cropped to ``size``."""
+        b = out.shape[0]
+        (gt, gh, gw), (pt, ph, pw) = grid, self.config.patch_size
+        c = self.config.out_channels
+        out = out.reshape(b, gt, gh, gw, c, pt, ph, pw).permute(0, 4, 1, 5, 2, 6, 3, 7)
+        out = out.reshape(b, c, gt * pt, gh * ph, gw * pw)
+        t, h, w = size
+        if out.shape[2:] != (t, h, w):
+            out = out[:, :, :t, :h, :w]
+        return out.contiguous()
+
+
+__all__ = ["HunyuanVideoTransformer", "refiner_prefixes"]

@@ -1,0 +1,22 @@
+"""ComfyUI node classes of the pack (V1 API). Importing this needs no ComfyUI; the nodes import it when they run."""
+
+from .converter import HyVideoFP8Converter
+from .loader import HyVideoFP8Loader
+from .policy import HyVideoFP8Policy
+from .sampler import HyVideoFP8Sampler
+
+NODE_CLASS_MAPPINGS = {
+    "HyVideoFP8Loader": HyVideoFP8Loader,
+    "HyVideoFP8Policy": HyVideoFP8Policy,
+    "HyVideoFP8Sampler": HyVideoFP8Sampler,
+    "HyVideoFP8Converter": HyVideoFP8Converter,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "HyVideoFP8Loader": "HunyuanVideo FP8 Loader",
+    "HyVideoFP8Policy": "HunyuanVideo FP8 Precision Policy",
+    "HyVideoFP8Sampler": "HunyuanVideo FP8 Sampler",
+    "HyVideoFP8Converter": "HunyuanVideo FP8 Checkpoint Converter",
+}
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

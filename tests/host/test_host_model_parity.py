@@ -1,0 +1,112 @@
+"""Our transformer against ComfyUI's native ``comfy.ldm.hunyuan_video.model.HunyuanVideo``, same weights, fp32.
+
+Runs only when ``COMFYUI_PATH`` points at a ComfyUI source tree that imports (e.g.
+``COMFYUI_PATH=/work/ComfyUI /work/comfy-venv/bin/python -m pytest -q tests/host/test_host_model_parity.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+from hyvideo_fp8.hunyuan.config import tiny_config
+from hyvideo_fp8.hunyuan.loader import load_transformer, random_state_dict
+
+
+def _import_comfy():
+    path = os.environ.get("COMFYUI_PATH")
+    if not path or not os.path.isdir(os.path.join(path, "comfy")):
+        pytest.skip("set COMFYUI_PATH to a ComfyUI source tree to run the host parity test")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    try:
+        import comfy.options
+
+        comfy.options.enable_args_parsing(False)
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True  # must precede comfy.model_management (device selection at import)
+        import comfy.model_management  # noqa: F401
+        import comfy.ops
+        from comfy.ldm.hunyuan_video.model import HunyuanVideo
+    except Exception as e:  # a tree that does not import is an environment problem, not a parity failure
+        pytest.skip(f"ComfyUI at {path} does not import here: {e!r}")
+    return HunyuanVideo, comfy.ops.disable_weight_init
+
+
+CFG = tiny_config()
+
+
+def _weights(seed: int) -> dict[str, torch.Tensor]:
+    """Random weights strong enough that attention, RoPE and the norms matter (std 0.1, norm scales 1 +- 0.2)."""
+    sd = random_state_dict(CFG, seed)
+    g = torch.Generator().manual_seed(seed)
+    for k, v in sd.items():
+        if k.endswith(".scale") or k.endswith(".norm1.weight") or k.endswith(".norm2.weight"):
+            sd[k] = 1 + 0.2 * torch.randn(v.shape, generator=g)
+        else:
+            sd[k] = v * 5
+    return sd
+
+
+def _models(seed: int):
+    HunyuanVideo, ops = _import_comfy()
+    sd = _weights(seed)
+    ref = HunyuanVideo(image_model=None, final_layer=True, dtype=torch.float32, device="cpu", operations=ops,
+                       in_channels=CFG.in_channels, out_channels=CFG.out_channels, vec_in_dim=CFG.vec_in_dim,
+                       context_in_dim=CFG.context_in_dim, hidden_size=CFG.hidden_size, mlp_ratio=CFG.mlp_ratio,
+                       num_heads=CFG.num_heads, depth=CFG.depth, depth_single_blocks=CFG.depth_single_blocks,
+                       axes_dim=list(CFG.axes_dim), theta=int(CFG.theta), patch_size=list(CFG.patch_size),
+                       qkv_bias=True, guidance_embed=True, byt5=False, meanflow=False)
+    ref.load_state_dict(sd, strict=True)
+    ours = load_transformer(dict(sd), None, dtype=torch.float32)
+    return ref.eval(), ours
+
+
+def _inputs(b: int, t: int, h: int, w: int, n_txt: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, CFG.in_channels, t, h, w, generator=g)
+    ctx = torch.randn(b, n_txt, CFG.context_in_dim, generator=g)
+    y = torch.randn(b, CFG.vec_in_dim, generator=g)
+    ts = torch.rand(b, generator=g) * 1000
+    guidance = torch.full((b,), 6.0)
+    return x, ts, ctx, y, guidance
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("b,t,h,w,n_txt", [(1, 3, 4, 6, 9), (2, 2, 6, 8, 5)])
+def test_matches_comfyui_unmasked(b, t, h, w, n_txt):
+    ref, ours = _models(seed=11)
+    x, ts, ctx, y, g = _inputs(b, t, h, w, n_txt, seed=3)
+    with torch.no_grad():
+        want = ref(x, ts, ctx, y, guidance=g)
+        got = ours(x, ts, ctx, y, guidance=g)
+    assert got.shape == want.shape == x.shape
+    assert torch.isfinite(got).all()
+    assert _rel(got, want) < 1e-4  # measured 2.6e-07 and 2.7e-07
+
+
+def test_matches_comfyui_with_text_mask():
+    """ComfyUI takes a [1, L] 0/1 mask at batch 1. It pools the text with an unmasked mean (we use Tencent's
+    masked mean), so the padding tokens here equal the valid tokens' mean: both pooled vectors then agree and
+    the comparison isolates the attention masking."""
+    ref, ours = _models(seed=12)
+    x, ts, ctx, y, g = _inputs(1, 2, 4, 6, 7, seed=4)
+    n_pad = 4
+    pad = ctx.mean(dim=1, keepdim=True).expand(1, n_pad, -1)
+    ctx_padded = torch.cat([ctx, pad], dim=1)
+    mask = torch.cat([torch.ones(1, 7, dtype=torch.long), torch.zeros(1, n_pad, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        want = ref(x, ts, ctx_padded, y, guidance=g, attention_mask=mask)
+        got = ours(x, ts, ctx_padded, y, guidance=g, attention_mask=mask)
+        unpadded = ours(x, ts, ctx, y, guidance=g)
+        unmasked_ref = ref(x, ts, ctx_padded, y, guidance=g)
+    assert _rel(got, want) < 1e-4  # measured 2.8e-07
+    assert _rel(unpadded, want) < 1e-4  # measured 2.8e-07: masking == dropping the padding
+    assert _rel(unmasked_ref, want) > 1e-3  # the mask really matters in this setup (measured 0.079)

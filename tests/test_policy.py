@@ -1,0 +1,150 @@
+"""PrecisionPolicy decisions, strict (de)serialisation, and the HunyuanVideo presets."""
+
+import json
+
+import pytest
+
+from hyvideo_fp8.fp8.linear import ComputeMode
+from hyvideo_fp8.fp8.policy import PrecisionPolicy, Rule, load_policy
+from hyvideo_fp8.hunyuan.policies import PRESETS, get_preset
+from hyvideo_fp8.hunyuan.policies import load_policy as load_hunyuan_policy
+
+BLOCK_ORDER = [f"double_blocks.{i}." for i in range(20)] + [f"single_blocks.{i}." for i in range(40)]
+
+
+def test_first_matching_rule_wins_then_default():
+    p = PrecisionPolicy(
+        rules=(("double_blocks.*.img_mod.lin", "bf16"), ("double_blocks.*", "fp8"), ("*.linear2", "fp8-weight-only")),
+        default_mode="fp32",
+    )
+    assert p.rules[0] == Rule("double_blocks.*.img_mod.lin", ComputeMode.BF16)
+    assert p.mode_for("double_blocks.3.img_mod.lin") is ComputeMode.BF16
+    assert p.mode_for("double_blocks.3.img_attn.qkv") is ComputeMode.FP8
+    assert p.mode_for("single_blocks.7.linear2") is ComputeMode.FP8_WEIGHT_ONLY
+    assert p.mode_for("final_layer.linear") is ComputeMode.FP32
+    assert p.mode_for("single_blocks.7.linear1") is ComputeMode.FP32  # globs match the whole name
+
+
+def test_boundary_blocks_compute_in_the_compute_dtype_with_sdpa():
+    p = get_preset("fp8-max").with_overrides(high_precision_boundary_blocks=2, compute_dtype="bf16")
+    for name in ("double_blocks.0.img_attn.qkv", "double_blocks.1.txt_mlp.2",
+                 "single_blocks.38.linear1", "single_blocks.39.modulation.lin"):
+        assert p.mode_for(name, BLOCK_ORDER) is ComputeMode.BF16
+        assert p.attention_for(name, BLOCK_ORDER) == "sdpa"
+    for name in ("double_blocks.2.img_attn.qkv", "single_blocks.37.linear2", "double_blocks.10.img_mod.lin"):
+        assert p.mode_for(name, BLOCK_ORDER) is ComputeMode.FP8
+        assert p.attention_for(name, BLOCK_ORDER) == "fp8"
+    assert p.mode_for("double_blocks.1.img_attn.qkv") is ComputeMode.FP8  # no block order given: no boundary
+    assert p.mode_for("double_blocks.1.x", ["double_blocks.1."]) is ComputeMode.BF16
+    # prefixes end with a dot, so block 1 does not swallow blocks 10-19
+    assert p.mode_for("double_blocks.10.img_attn.qkv", BLOCK_ORDER) is ComputeMode.FP8
+    assert p.with_overrides(compute_dtype="fp32").mode_for("single_blocks.39.linear1", BLOCK_ORDER) is ComputeMode.FP32
+
+
+def test_presets_contents():
+    assert list(PRESETS) == ["bf16", "fp8-weight-only", "fp8-balanced", "fp8-max"]
+    names = {
+        "mod": "double_blocks.3.img_mod.lin", "qkv": "double_blocks.3.txt_attn.qkv",
+        "proj": "double_blocks.3.img_attn.proj", "fc1": "double_blocks.3.img_mlp.0", "fc2": "double_blocks.3.txt_mlp.2",
+        "l1": "single_blocks.7.linear1", "l2": "single_blocks.7.linear2", "smod": "single_blocks.7.modulation.lin",
+        "refiner": "txt_in.individual_token_refiner.blocks.0.mlp.0", "embed": "txt_in.input_embedder",
+        "time": "time_in.in_layer", "vec": "vector_in.out_layer", "final": "final_layer.linear",
+        "final_mod": "final_layer.adaLN_modulation.1",
+    }
+    hp, fp8, wo = ComputeMode.BF16, ComputeMode.FP8, ComputeMode.FP8_WEIGHT_ONLY
+    block_linears = ("qkv", "proj", "fc1", "fc2", "l1", "l2")
+    expected = {
+        "bf16": dict.fromkeys(names, hp),
+        "fp8-weight-only": {k: wo if k in block_linears + ("mod", "smod") else hp for k in names},
+        "fp8-balanced": {k: fp8 if k in block_linears else hp for k in names},
+        "fp8-max": dict.fromkeys(names, fp8),
+    }
+    for preset, modes in expected.items():
+        p = get_preset(preset)
+        assert {k: p.mode_for(n) for k, n in names.items()} == modes, preset
+        assert p.description and p.name == preset
+        assert (p.norm_dtype, p.softmax_dtype, p.compute_dtype) == ("fp32", "fp32", "bf16")
+    assert get_preset("fp8-balanced").mode_for("double_blocks.0.img_mlp.0", BLOCK_ORDER) is hp  # boundary block
+    assert [PRESETS[n].error_budget for n in PRESETS] == [0.0, 0.02, 0.08, 0.12]
+    assert PRESETS["bf16"].attention == "sdpa" and PRESETS["fp8-weight-only"].attention == "sdpa"
+    with pytest.raises(ValueError, match=r"unknown precision preset 'fp8-fast'.*'bf16', 'fp8-weight-only'"):
+        get_preset("fp8-fast")
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_json_round_trip_is_exact(name):
+    p = PRESETS[name]
+    text = p.to_json()
+    assert PrecisionPolicy.from_json(text) == p
+    assert PrecisionPolicy.from_dict(json.loads(text)) == p
+    assert json.loads(text)["version"] == 1
+    custom = p.with_overrides(name="mine", error_budget=0.123456789, high_precision_boundary_blocks=3,
+                              rules=(("a.*", "fp8"),), fp8_format="e5m2", activation_scaling="per-tensor")
+    again = PrecisionPolicy.from_json(custom.to_json())
+    assert again == custom and again.to_json() == custom.to_json()
+
+
+def test_unknown_fields_are_rejected():
+    d = PRESETS["fp8-balanced"].to_dict()
+    d["fp8_fromat"] = "e5m2"
+    with pytest.raises(ValueError, match=r"unknown policy field\(s\) \['fp8_fromat'\].*fp8_format"):
+        PrecisionPolicy.from_dict(d)
+    with pytest.raises(ValueError, match="unknown policy field"):
+        PRESETS["bf16"].with_overrides(attn="fp8")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("default_mode", "fp9", r"'default_mode' is 'fp9'; allowed: \['fp8', 'fp8-weight-only', 'bf16', 'fp32'\]"),
+    ("attention", "flash", r"'attention' is 'flash'; allowed: \['sdpa', 'fp8'\]"),
+    ("norm_dtype", "fp16", r"'norm_dtype' is 'fp16'; allowed"),
+    ("softmax_dtype", "bf16", r"'softmax_dtype' is 'bf16'; allowed: \['fp32'\]"),
+    ("compute_dtype", "fp16", r"'compute_dtype' is 'fp16'; allowed: \['bf16', 'fp32'\]"),
+    ("fp8_format", "e4m3", r"'fp8_format' is 'e4m3'; allowed: \['e4m3fn', 'e5m2'\]"),
+    ("activation_scaling", "per-block", r"'activation_scaling' is 'per-block'"),
+    ("high_precision_boundary_blocks", -1, "'high_precision_boundary_blocks' must be an integer >= 0"),
+    ("high_precision_boundary_blocks", 1.5, "'high_precision_boundary_blocks' must be an integer >= 0"),
+    ("error_budget", -0.1, "'error_budget' must be a finite number >= 0"),
+    ("error_budget", "small", "'error_budget' must be a finite number >= 0"),
+    ("version", 2, "'version' is 2; this pack reads version 1 .*update the pack"),
+    ("name", "", "'name' must not be empty"),
+    ("rules", [["double_blocks.*", "int4"]], r"'rules\[0\].mode' is 'int4'"),
+    ("rules", [["double_blocks.*"]], r"'rules\[0\]' must be a \[pattern, mode\] pair"),
+    ("rules", "double_blocks.*", "'rules' must be a list"),
+    ("rules", [["", "fp8"]], "pattern must be a non-empty string"),
+])
+def test_bad_values_are_rejected_naming_field_and_allowed_values(field, value, message):
+    d = PRESETS["fp8-balanced"].to_dict()
+    d[field] = value
+    with pytest.raises(ValueError, match=message):
+        PrecisionPolicy.from_dict(d)
+
+
+def test_load_policy_sources(tmp_path):
+    p = PRESETS["fp8-max"].with_overrides(name="from-file")
+    path = tmp_path / "policy.json"
+    path.write_text(p.to_json())
+    assert load_policy(path) == p
+    assert load_policy(str(path)) == p
+    assert load_policy(p.to_json()) == p
+    assert load_policy(p.to_dict()) == p
+    assert load_policy(p) is p
+    assert load_hunyuan_policy("fp8-balanced") is PRESETS["fp8-balanced"]
+    with pytest.raises(ValueError, match=r"'fp8-fast' is not a preset name \(valid: \['bf16', 'fp8-balanced'"):
+        load_hunyuan_policy("fp8-fast")
+
+
+def test_bad_policy_files_are_rejected(tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"version": 1, "name": "x",')
+    with pytest.raises(ValueError, match=r"policy file .*broken.json: precision policy is not valid JSON"):
+        load_policy(broken)
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"version": 1, "name": "x", "attention": "flash"}))
+    with pytest.raises(ValueError, match=r"wrong.json: policy field 'attention' is 'flash'"):
+        load_policy(wrong)
+    array = tmp_path / "array.json"
+    array.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must be a JSON object, got list"):
+        load_policy(array)
+    with pytest.raises(ValueError, match="not a preset name"):
+        load_policy(tmp_path / "missing.json")

@@ -1,0 +1,273 @@
+"""Flow-matching sampler: schedule, Euler integration, seeds, CFG, hybrid precision schedule, interruption."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from hyvideo_fp8.fp8.formats import ComputeMode
+from hyvideo_fp8.fp8.linear import FP8Linear
+from hyvideo_fp8.hunyuan.sampler import (
+    TextCondition,
+    flow_sigmas,
+    initial_noise,
+    precision_plan,
+    sample,
+)
+
+SHAPE = (1, 4, 3, 4, 6)  # [B, C, T, H, W]
+
+
+def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def text(batch: int = 1, tokens: int = 5, dim: int = 8, vec: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(batch, tokens, dim), torch.randn(batch, vec)
+
+
+class Recorder(nn.Module):
+    """Toy transformer with ComfyUI's forward signature; ``field(x, sigma, context)`` gives the velocity."""
+
+    def __init__(self, field):
+        super().__init__()
+        self.field = field
+        self.calls: list[dict] = []
+
+    def forward(self, x, timestep, context, y, guidance=None, attention_mask=None, transformer_options=None, **kw):
+        self.calls.append(dict(x=x.clone(), t=timestep.clone(), context=context, y=y, guidance=guidance,
+                               mask=attention_mask))
+        return self.field(x, timestep / 1000.0, context)
+
+
+# --- schedule -----------------------------------------------------------------------------------------------------
+
+
+def test_sigmas_hand_computed_shift7_4steps():
+    # t = 1, .75, .5, .25, 0 -> 7t / (1 + 6t)
+    expected = torch.tensor([1.0, 5.25 / 5.5, 3.5 / 4.0, 1.75 / 2.5, 0.0])
+    assert torch.allclose(flow_sigmas(4, 7.0), expected, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("steps", [1, 3, 10, 50])
+@pytest.mark.parametrize("shift", [1.0, 3.0, 7.0, 17.0])
+def test_sigmas_match_formula(steps, shift):
+    s = flow_sigmas(steps, shift)
+    ref = [shift * (1 - i / steps) / (1 + (shift - 1) * (1 - i / steps)) for i in range(steps + 1)]
+    assert s.dtype == torch.float32 and s.shape == (steps + 1,)
+    assert torch.allclose(s.double(), torch.tensor(ref, dtype=torch.float64), atol=1e-7, rtol=0)
+    assert s[0] == 1.0 and s[-1] == 0.0 and bool((s[1:] < s[:-1]).all())
+
+
+def test_shift_one_is_linear():
+    assert torch.equal(flow_sigmas(5, 1.0), torch.linspace(1, 0, 6))
+
+
+@pytest.mark.parametrize("steps, shift", [(0, 7.0), (-3, 7.0), (2.5, 7.0), (10, 0.0), (10, -1.0)])
+def test_bad_schedule_rejected(steps, shift):
+    with pytest.raises(ValueError, match="steps|shift"):
+        flow_sigmas(steps, shift)
+
+
+# --- Euler --------------------------------------------------------------------------------------------------------
+
+
+def test_linear_path_lands_exactly_and_model_inputs_follow_comfyui():
+    target = torch.randn(SHAPE)
+    model = Recorder(lambda x, sigma, ctx: (x - target) / sigma.view(-1, 1, 1, 1, 1))  # = x1 - x0 on the path
+    context, y = text()
+    previews = []
+    out = sample(model, SHAPE, context, y, steps=8, shift=7.0, guidance=6.0, seed=3,
+                 callback=lambda i, n, x0: previews.append((i, n, x0)))
+    assert rel_l2(out, target) < 1e-6  # measured 1.1e-7 (fp32 rounding only)
+    sig = flow_sigmas(8, 7.0)
+    assert [c["t"].item() for c in model.calls] == pytest.approx((sig[:-1] * 1000).tolist(), rel=1e-7)
+    for c in model.calls:
+        assert c["guidance"].shape == (1,) and c["guidance"].item() == 6.0  # raw scale, like extra_conds
+        assert c["context"].shape == context.shape and c["y"].shape == y.shape and c["mask"] is None
+        assert c["x"].dtype == torch.float32
+    # the x0 preview of a straight path is the target at every step
+    assert [p[:2] for p in previews] == [(i, 8) for i in range(8)]
+    assert max(rel_l2(p[2], target) for p in previews) < 1e-5  # measured 2e-7
+
+
+def test_euler_matches_exact_euler_product_on_linear_ode():
+    # v = x  =>  Euler gives x_N = x_0 * prod(1 + dsigma_i); the ODE solution is x_0 * exp(-1)
+    model = Recorder(lambda x, sigma, ctx: x)
+    context, y = text()
+    noise = torch.randn(SHAPE)
+    for steps in (5, 40):
+        sig = flow_sigmas(steps, 3.0).double()
+        factor = torch.prod(1 + (sig[1:] - sig[:-1])).item()
+        out = sample(model, noise, context, y, steps=steps, shift=3.0)
+        assert rel_l2(out, noise * factor) < 1e-6  # measured ~1e-7
+    err5 = abs(math.prod(1 + d for d in (flow_sigmas(5, 3.0)[1:] - flow_sigmas(5, 3.0)[:-1]).tolist()) - math.exp(-1))
+    err40 = abs(factor - math.exp(-1))
+    assert err40 < err5 / 4  # first-order convergence towards the ODE solution
+
+
+def test_noise_tensor_used_as_given_and_output_fp32():
+    model = Recorder(lambda x, sigma, ctx: torch.zeros_like(x))
+    noise = torch.randn(SHAPE, dtype=torch.float64)
+    context, y = text()
+    out = sample(model, noise, context, y, steps=3)
+    assert out.dtype == torch.float32 and torch.equal(out, noise.float())
+
+
+# --- seeds --------------------------------------------------------------------------------------------------------
+
+
+def test_seed_reproducible_and_same_stream_as_comfyui():
+    a, b, c = initial_noise(SHAPE, 42), initial_noise(SHAPE, 42), initial_noise(SHAPE, 43)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    comfy_style = torch.randn(SHAPE, generator=torch.manual_seed(42), dtype=torch.float32, device="cpu")
+    assert torch.equal(a, comfy_style)
+    assert a.device.type == "cpu" and a.dtype == torch.float32
+
+
+def test_sampling_reproducible_for_a_seed():
+    model = Recorder(lambda x, sigma, ctx: torch.tanh(x) + ctx.mean())
+    context, y = text()
+    r1 = sample(model, SHAPE, context, y, steps=4, seed=7)
+    r2 = sample(model, SHAPE, context, y, steps=4, seed=7)
+    r3 = sample(model, SHAPE, context, y, steps=4, seed=8)
+    assert torch.equal(r1, r2) and not torch.equal(r1, r3)
+    assert torch.isfinite(r1).all()
+
+
+# --- CFG ----------------------------------------------------------------------------------------------------------
+
+
+def test_true_cfg_combines_velocities_and_doubles_batch():
+    def field(x, sigma, ctx):
+        return x * 0 + ctx.sum(dim=(1, 2)).view(-1, 1, 1, 1, 1)  # velocity = sum of the prompt tokens
+
+    model = Recorder(field)
+    pos, pos_y = text()
+    neg, neg_y = text()
+    noise = torch.randn(SHAPE)
+    out = sample(model, noise, pos, pos_y, steps=2, cfg=3.5, negative=TextCondition(neg, neg_y))
+    assert all(c["x"].shape[0] == 2 for c in model.calls)
+    v = neg.sum() + 3.5 * (pos.sum() - neg.sum())
+    assert rel_l2(out, noise - v) < 1e-6  # sum of dsigma is -1; measured 3e-8
+
+
+def test_cfg_pads_prompts_of_different_length_with_a_mask():
+    model = Recorder(lambda x, sigma, ctx: torch.zeros_like(x))
+    pos, pos_y = text(tokens=5)
+    neg, neg_y = text(tokens=2)
+    sample(model, SHAPE, pos, pos_y, steps=1, cfg=2.0, negative=TextCondition(neg, neg_y))
+    call = model.calls[0]
+    assert call["context"].shape == (2, 5, 8)
+    assert call["mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]
+    assert torch.equal(call["context"][1, :2], neg[0]) and bool((call["context"][1, 2:] == 0).all())
+
+
+def test_cfg_one_ignores_negative():
+    model = Recorder(lambda x, sigma, ctx: torch.zeros_like(x))
+    pos, pos_y = text()
+    sample(model, SHAPE, pos, pos_y, steps=1, cfg=1.0, negative=TextCondition(*text()))
+    assert model.calls[0]["x"].shape[0] == 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(cfg=2.0), "negative prompt"),
+    (dict(cfg=0.5), "cfg must be >= 1"),
+    (dict(hybrid=(1, -1)), "hybrid"),
+    (dict(hybrid=(1,)), "hybrid"),
+    (dict(steps=0), "steps"),
+])
+def test_bad_arguments_rejected_before_any_model_call(kwargs, match):
+    model = Recorder(lambda x, sigma, ctx: torch.zeros_like(x))
+    with pytest.raises(ValueError, match=match):
+        sample(model, SHAPE, *text(), **kwargs)
+    assert model.calls == []
+
+
+def test_bad_shapes_rejected():
+    model = Recorder(lambda x, sigma, ctx: torch.zeros_like(x))
+    with pytest.raises(ValueError, match="5-D"):
+        sample(model, (1, 4, 4, 6), *text(), steps=1)
+    with pytest.raises(ValueError, match="batch"):
+        sample(model, (2, *SHAPE[1:]), *text(batch=1), steps=1)
+    with pytest.raises(ValueError, match="attention_mask"):
+        sample(model, SHAPE, *text(tokens=5), attention_mask=torch.ones(1, 4), steps=1)
+    assert model.calls == []
+
+
+# --- hybrid precision schedule ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps, hybrid, expected", [
+    (10, (2, 3), [1, 1, 0, 0, 0, 0, 0, 1, 1, 1]),
+    (5, (0, 0), [0, 0, 0, 0, 0]),
+    (4, (0, 1), [0, 0, 0, 1]),
+    (3, (2, 2), [1, 1, 1]),
+])
+def test_precision_plan(steps, hybrid, expected):
+    assert precision_plan(steps, hybrid) == [bool(e) for e in expected]
+
+
+class FP8Toy(nn.Module):
+    """Two real FP8Linear layers; records the compute mode each one had at every forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = FP8Linear.from_float(torch.randn(32, 16), torch.randn(32), mode="fp8", compute_dtype=torch.float32)
+        self.b = FP8Linear.from_float(torch.randn(16, 32), None, mode="fp8-weight-only",
+                                      compute_dtype=torch.float32)
+        self.seen: list[tuple[str, str]] = []
+
+    def forward(self, x, timestep, context, y, guidance=None, attention_mask=None, transformer_options=None, **kw):
+        self.seen.append((self.a.mode.value, self.b.mode.value))
+        h = self.b(self.a(context[:, :, :16]))
+        return x * 0.01 + h.mean()
+
+
+def test_hybrid_switches_exactly_at_requested_steps_and_restores_modes():
+    model = FP8Toy()
+    context, y = torch.randn(1, 3, 16), torch.randn(1, 4)
+    sample(model, SHAPE, context, y, steps=9, hybrid=(2, 3))
+    high, low = ("bf16", "bf16"), ("fp8", "fp8-weight-only")
+    assert model.seen == [high] * 2 + [low] * 4 + [high] * 3
+    assert (model.a.mode, model.b.mode) == (ComputeMode.FP8, ComputeMode.FP8_WEIGHT_ONLY)
+
+
+def test_hybrid_with_custom_high_precision_context():
+    model = FP8Toy()
+    events = []
+
+    class Marker:
+        def __init__(self, m):
+            assert m is model
+
+        def __enter__(self):
+            events.append("enter")
+
+        def __exit__(self, *exc):
+            events.append("exit")
+
+    sample(model, SHAPE, torch.randn(1, 3, 16), torch.randn(1, 4), steps=6, hybrid=(1, 2), high_precision=Marker)
+    assert events == ["enter", "exit", "enter", "exit"]  # entered once per high-precision stretch
+
+
+class Stop(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("stop_at", [0, 3, 5])  # inside the first bf16 stretch, the fp8 middle, the last stretch
+def test_interrupt_leaves_model_usable(stop_at):
+    model = FP8Toy()
+    context, y = torch.randn(1, 3, 16), torch.randn(1, 4)
+    reference = sample(model, SHAPE, context, y, steps=7, hybrid=(2, 2), seed=5)
+
+    def interrupt(i, n, x0):
+        if i == stop_at:
+            raise Stop("user pressed cancel")
+
+    with pytest.raises(Stop):
+        sample(model, SHAPE, context, y, steps=7, hybrid=(2, 2), seed=5, callback=interrupt)
+    assert (model.a.mode, model.b.mode) == (ComputeMode.FP8, ComputeMode.FP8_WEIGHT_ONLY)
+    again = sample(model, SHAPE, context, y, steps=7, hybrid=(2, 2), seed=5)
+    assert torch.equal(again, reference)

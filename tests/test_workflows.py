@@ -1,0 +1,201 @@
+"""Shipped workflows: valid UI (litegraph 0.4) and API JSON, the two formats agree, every node type exists.
+
+Core node schemas are listed here (ComfyUI 0.3.64); ``tests/host/test_host_workflows.py`` checks this list against a
+real server's ``/object_info``. Our nodes' schemas come from ``hyvideo_fp8.nodes`` directly.
+"""
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
+PAIRS = sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith("_api.json"))
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+SEED_CONTROLS = ("fixed", "increment", "decrement", "randomize")
+
+# name -> (inputs in input order as (name, socket type or "WIDGET"), inputs with a seed control, output types)
+CORE_NODES: dict[str, tuple[list[tuple[str, str]], set[str], list[str]]] = {
+    "DualCLIPLoader": ([("clip_name1", "WIDGET"), ("clip_name2", "WIDGET"), ("type", "WIDGET"),
+                        ("device", "WIDGET")], set(), ["CLIP"]),
+    "CLIPTextEncode": ([("text", "WIDGET"), ("clip", "CLIP")], set(), ["CONDITIONING"]),
+    "VAELoader": ([("vae_name", "WIDGET")], set(), ["VAE"]),
+    "EmptyHunyuanLatentVideo": ([("width", "WIDGET"), ("height", "WIDGET"), ("length", "WIDGET"),
+                                 ("batch_size", "WIDGET")], set(), ["LATENT"]),
+    "ModelSamplingSD3": ([("model", "MODEL"), ("shift", "WIDGET")], set(), ["MODEL"]),
+    "FluxGuidance": ([("conditioning", "CONDITIONING"), ("guidance", "WIDGET")], set(), ["CONDITIONING"]),
+    "BasicGuider": ([("model", "MODEL"), ("conditioning", "CONDITIONING")], set(), ["GUIDER"]),
+    "BasicScheduler": ([("model", "MODEL"), ("scheduler", "WIDGET"), ("steps", "WIDGET"), ("denoise", "WIDGET")],
+                       set(), ["SIGMAS"]),
+    "KSamplerSelect": ([("sampler_name", "WIDGET")], set(), ["SAMPLER"]),
+    "RandomNoise": ([("noise_seed", "WIDGET")], {"noise_seed"}, ["NOISE"]),
+    "SamplerCustomAdvanced": ([("noise", "NOISE"), ("guider", "GUIDER"), ("sampler", "SAMPLER"), ("sigmas", "SIGMAS"),
+                               ("latent_image", "LATENT")], set(), ["LATENT", "LATENT"]),
+    "KSampler": ([("model", "MODEL"), ("seed", "WIDGET"), ("steps", "WIDGET"), ("cfg", "WIDGET"),
+                  ("sampler_name", "WIDGET"), ("scheduler", "WIDGET"), ("positive", "CONDITIONING"),
+                  ("negative", "CONDITIONING"), ("latent_image", "LATENT"), ("denoise", "WIDGET")],
+                 {"seed"}, ["LATENT"]),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], set(), ["IMAGE"]),
+    "VAEDecodeTiled": ([("samples", "LATENT"), ("vae", "VAE"), ("tile_size", "WIDGET"), ("overlap", "WIDGET"),
+                        ("temporal_size", "WIDGET"), ("temporal_overlap", "WIDGET")], set(), ["IMAGE"]),
+    "CreateVideo": ([("images", "IMAGE"), ("fps", "WIDGET"), ("audio", "AUDIO")], set(), ["VIDEO"]),
+    "SaveVideo": ([("video", "VIDEO"), ("filename_prefix", "WIDGET"), ("format", "WIDGET"), ("codec", "WIDGET")],
+                  set(), []),
+}
+CORE_OPTIONAL = {("DualCLIPLoader", "device"), ("CreateVideo", "audio")}
+
+
+def our_nodes() -> dict:
+    """The pack's node mappings, importable without ComfyUI (``folder_paths`` stubbed for INPUT_TYPES)."""
+    stub = types.ModuleType("folder_paths")
+    stub.get_filename_list = lambda folder: []
+    saved = sys.modules.get("folder_paths")
+    sys.modules["folder_paths"] = stub
+    try:
+        from hyvideo_fp8.nodes import NODE_CLASS_MAPPINGS
+
+        return {name: (cls, cls.INPUT_TYPES()) for name, cls in NODE_CLASS_MAPPINGS.items()}
+    finally:
+        if saved is None:
+            del sys.modules["folder_paths"]
+        else:
+            sys.modules["folder_paths"] = saved
+
+
+def schema(node_type: str, ours: dict) -> tuple[list[tuple[str, str]], set[str], list[str], set[str]]:
+    """(inputs, seed-controlled inputs, output types, optional inputs) of a node type."""
+    if node_type in CORE_NODES:
+        inputs, controls, outputs = CORE_NODES[node_type]
+        return inputs, controls, outputs, {n for t, n in CORE_OPTIONAL if t == node_type}
+    if node_type not in ours:
+        raise AssertionError(f"node type {node_type} is neither in the pack nor in the core list")
+    cls, spec = ours[node_type]
+    inputs, controls, optional = [], set(), set()
+    for section in ("required", "optional"):
+        for name, entry in spec.get(section, {}).items():
+            kind, opts = entry[0], (entry[1] if len(entry) > 1 else {})
+            widget = isinstance(kind, list) or kind in WIDGET_TYPES
+            inputs.append((name, "WIDGET" if widget else kind))
+            if opts.get("control_after_generate"):
+                controls.add(name)
+            if section == "optional":
+                optional.add(name)
+    return inputs, controls, list(cls.RETURN_TYPES), optional
+
+
+def load_pair(ui_path: Path) -> tuple[dict, dict]:
+    api_path = ui_path.with_name(ui_path.stem + "_api.json")
+    assert api_path.exists(), f"{ui_path.name} has no API twin {api_path.name}"
+    return json.loads(ui_path.read_text()), json.loads(api_path.read_text())
+
+
+def test_every_ui_workflow_has_an_api_twin_and_vice_versa():
+    assert len(PAIRS) >= 2
+    apis = sorted(WORKFLOWS.glob("*_api.json"))
+    assert sorted(p.with_name(p.stem + "_api.json") for p in PAIRS) == apis
+
+
+def test_workflows_cover_both_sampling_paths():
+    used = {p.name: {n["type"] for n in load_pair(p)[0]["nodes"]} for p in PAIRS}
+    assert any({"HyVideoFP8Loader", "ModelSamplingSD3", "SamplerCustomAdvanced", "FluxGuidance"} <= u
+               for u in used.values())
+    assert any({"HyVideoFP8Loader", "HyVideoFP8Sampler"} <= u for u in used.values())
+    for u in used.values():
+        assert {"DualCLIPLoader", "CLIPTextEncode", "VAELoader", "EmptyHunyuanLatentVideo"} <= u
+
+
+@pytest.mark.parametrize("ui_path", PAIRS, ids=lambda p: p.stem)
+def test_ui_and_api_agree(ui_path):
+    ours = our_nodes()
+    ui, api = load_pair(ui_path)
+    assert ui["version"] == 0.4
+    for key in ("id", "revision", "last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra"):
+        assert key in ui, key
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    assert len(nodes) == len(ui["nodes"])
+    assert sorted(str(i) for i in nodes) == sorted(api), "UI and API hold different node ids"
+    assert ui["last_node_id"] == max(nodes) and ui["last_link_id"] == max(link[0] for link in ui["links"])
+    links = {link[0]: link for link in ui["links"]}
+    assert len(links) == len(ui["links"])
+
+    for nid, node in nodes.items():
+        entry = api[str(nid)]
+        assert node["type"] == entry["class_type"]
+        inputs, controls, outputs, optional = schema(node["type"], ours)
+        names = [n for n, _ in inputs]
+        assert set(entry["inputs"]) <= set(names), f"{node['type']}: unknown API inputs"
+        # widgets: positional in the UI (plus a seed-control value), literal in the API
+        expected = []
+        for name, kind in inputs:
+            if kind != "WIDGET":
+                continue
+            assert name in entry["inputs"], f"{node['type']}.{name} missing in the API workflow"
+            value = entry["inputs"][name]
+            assert not isinstance(value, list), f"{node['type']}.{name} is a widget but linked in the API file"
+            expected.append(value)
+            if name in controls:
+                expected.append(node["widgets_values"][len(expected)])
+                assert expected[-1] in SEED_CONTROLS
+        assert node["widgets_values"] == expected, f"{node['type']} widgets differ between UI and API"
+        # sockets: same links in both formats, types consistent with both ends
+        sockets = [(n, k) for n, k in inputs if k != "WIDGET"]
+        ui_sockets = {s["name"]: (slot, s) for slot, s in enumerate(node["inputs"])}
+        for name, kind in sockets:
+            api_value = entry["inputs"].get(name)
+            if api_value is None:
+                assert name in optional, f"{node['type']}.{name} is required but unconnected"
+                assert name not in ui_sockets or ui_sockets[name][1]["link"] is None
+                continue
+            src, out_index = api_value
+            slot, sock = ui_sockets[name]
+            assert sock["type"] == kind
+            link = links[sock["link"]]
+            assert link == [sock["link"], int(src), out_index, nid, slot, kind], f"{node['type']}.{name}"
+            src_outputs = schema(nodes[int(src)]["type"], ours)[2]
+            assert src_outputs[out_index] == kind, f"{node['type']}.{name} fed a {src_outputs[out_index]}"
+        assert len(node["outputs"]) == len(outputs)
+        for i, (out, typ) in enumerate(zip(node["outputs"], outputs)):
+            assert out["type"] == typ
+            for lid in out["links"] or []:
+                assert links[lid][1:3] == [nid, i]
+    # every link is referenced by exactly its target socket
+    targets = sorted(s["link"] for n in ui["nodes"] for s in n["inputs"] if s["link"] is not None)
+    assert targets == sorted(links)
+
+
+@pytest.mark.parametrize("ui_path", PAIRS, ids=lambda p: p.stem)
+def test_api_workflow_is_a_valid_prompt_graph(ui_path):
+    ours = our_nodes()
+    _, api = load_pair(ui_path)
+    for nid, entry in api.items():
+        assert set(entry) <= {"class_type", "inputs", "_meta"} and nid.isdigit()
+        inputs, _, _, optional = schema(entry["class_type"], ours)
+        for name, kind in inputs:
+            assert name in entry["inputs"] or name in optional, f"{entry['class_type']}.{name} missing"
+            value = entry["inputs"].get(name)
+            if kind != "WIDGET" and value is not None:
+                assert isinstance(value, list) and len(value) == 2 and value[0] in api, f"bad link {value}"
+    sinks = [e for e in api.values() if e["class_type"] in ("SaveVideo", "SaveAnimatedWEBP")]
+    assert sinks, "the workflow saves nothing"
+
+
+@pytest.mark.parametrize("ui_path", PAIRS, ids=lambda p: p.stem)
+def test_widget_values_are_accepted_by_our_nodes(ui_path):
+    ours = our_nodes()
+    _, api = load_pair(ui_path)
+    for entry in api.values():
+        if entry["class_type"] not in ours:
+            continue
+        _, spec = ours[entry["class_type"]]
+        for section in spec.values():
+            for name, decl in section.items():
+                value = entry["inputs"].get(name)
+                if value is None or isinstance(value, list) and not isinstance(decl[0], list):
+                    continue
+                if isinstance(decl[0], list) and decl[0]:  # combos (file lists are empty without ComfyUI)
+                    assert value in decl[0], f"{entry['class_type']}.{name} = {value!r} not in {decl[0]}"
+                opts = decl[1] if len(decl) > 1 else {}
+                if "min" in opts:
+                    assert opts["min"] <= value <= opts["max"], f"{entry['class_type']}.{name} out of range"
