@@ -600,7 +600,7 @@ def run_quality_cli(argv: Sequence[str]) -> int:
 
 def _cli(args: argparse.Namespace) -> int:
     from ..fp8.formats import is_fp8
-    from .checkpoint import load_canonical_state_dict
+    from .checkpoint.canonical import load_canonical_state_dict
     from .config import canonical_shapes
     from .loader import load_transformer
 

@@ -162,7 +162,7 @@ class QualityReport:
         """Per-step error of every candidate (solid), its budget (dashed, same colour) and the noise floor (grey)."""
         series = []
         if self.floor is not None:
-            series.append(Series(f"noise floor: {self.floor.name}", self.floor.step_rel_l2, FLOOR_COLOR))
+            series.append(Series("noise floor (kernel swap)", self.floor.step_rel_l2, FLOOR_COLOR))
         for i, c in enumerate(self.candidates):
             color = PALETTE[i % len(PALETTE)]
             series.append(Series(c.name, c.step_rel_l2, color))

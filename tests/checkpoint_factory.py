@@ -31,7 +31,8 @@ E4M3_MAX = 448.0
 
 # canonical linears the factory stores in FP8 (block linears like the official release, plus a fused refiner qkv and
 # the swapped final adaLN so every rename path meets FP8 data)
-_QUANTIZED = re.compile(r"(double_blocks|single_blocks)\..*|txt_in\.individual_token_refiner\.blocks\.\d+\.self_attn\.qkv"
+_QUANTIZED = re.compile(r"(double_blocks|single_blocks)\..*"
+                        r"|txt_in\.individual_token_refiner\.blocks\.\d+\.self_attn\.qkv"
                         r"|final_layer\.adaLN_modulation\.1")
 
 _TO_TENCENT = (
@@ -88,8 +89,10 @@ _TO_DIFFUSERS = (
     (r"double_blocks\.(\d+)\.img_mlp\.2", ["transformer_blocks.{0}.ff.net.2"]),
     (r"double_blocks\.(\d+)\.txt_mlp\.0", ["transformer_blocks.{0}.ff_context.net.0.proj"]),
     (r"double_blocks\.(\d+)\.txt_mlp\.2", ["transformer_blocks.{0}.ff_context.net.2"]),
-    (r"single_blocks\.(\d+)\.linear1", ["single_transformer_blocks.{0}.attn.to_q", "single_transformer_blocks.{0}.attn.to_k",
-                                        "single_transformer_blocks.{0}.attn.to_v", "single_transformer_blocks.{0}.proj_mlp"]),
+    (r"single_blocks\.(\d+)\.linear1", ["single_transformer_blocks.{0}.attn.to_q",
+                                        "single_transformer_blocks.{0}.attn.to_k",
+                                        "single_transformer_blocks.{0}.attn.to_v",
+                                        "single_transformer_blocks.{0}.proj_mlp"]),
     (r"single_blocks\.(\d+)\.linear2", ["single_transformer_blocks.{0}.proj_out"]),
     (r"single_blocks\.(\d+)\.modulation\.lin", ["single_transformer_blocks.{0}.norm.linear"]),
     (r"final_layer\.linear", ["proj_out"]),
@@ -290,5 +293,18 @@ def write_checkpoint(path: str | Path, layout: str = "comfyui", fmt: str = "safe
     return ref
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.uint8) if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else t
+
+
+def assert_same_state_dict(got: dict, ref: dict) -> None:
+    """Same keys, dtypes, shapes and bits (FP8 compared as bytes)."""
+    assert sorted(got) == sorted(ref)
+    for k, r in ref.items():
+        g = got[k]
+        assert g.dtype == r.dtype and tuple(g.shape) == tuple(r.shape), (k, g.dtype, r.dtype, g.shape, r.shape)
+        assert torch.equal(_bits(g), _bits(r)), k
+
+
 __all__ = ["LAYOUTS", "FORMATS", "WRAPPERS", "FP8_FLAVOURS", "PREFIXES", "random_canonical", "source_state_dict",
-           "write_checkpoint"]
+           "write_checkpoint", "assert_same_state_dict"]

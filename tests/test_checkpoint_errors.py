@@ -12,7 +12,11 @@ from checkpoint_factory import source_state_dict, write_checkpoint
 from safetensors.torch import save_file
 
 from hyvideo_fp8.hunyuan.checkpoint import (
-    CheckpointError, CorruptCheckpointError, OutputExistsError, UnsafePickleError, convert_checkpoint,
+    CheckpointError,
+    CorruptCheckpointError,
+    OutputExistsError,
+    UnsafePickleError,
+    convert_checkpoint,
     load_canonical_state_dict,
 )
 from hyvideo_fp8.hunyuan.config import NotHunyuanVideoError
@@ -121,7 +125,8 @@ def test_missing_diffusers_piece(tmp_path):
     del src["single_transformer_blocks.0.proj_mlp.weight"]
     save_file(src, str(tmp_path / "d.safetensors"))
     _expect_clean_failure(tmp_path, tmp_path / "d.safetensors", CheckpointError,
-                          r"not its sibling piece\(s\) \['proj_mlp'\] needed to rebuild 'single_blocks.0.linear1.weight'")
+                          r"not its sibling piece\(s\) \['proj_mlp'\] needed to rebuild "
+                          r"'single_blocks.0.linear1.weight'")
 
 
 def test_unexpected_extra_key(tmp_path):
@@ -133,7 +138,8 @@ def test_unexpected_extra_key(tmp_path):
 
 def _flux() -> dict:
     return {"img_in.weight": torch.randn(8, 64), "double_blocks.0.img_attn.qkv.weight": torch.randn(24, 8),
-            "double_blocks.0.img_attn.norm.key_norm.scale": torch.randn(4), "final_layer.linear.weight": torch.randn(4, 8)}
+            "double_blocks.0.img_attn.norm.key_norm.scale": torch.randn(4),
+            "final_layer.linear.weight": torch.randn(4, 8)}
 
 
 @pytest.mark.parametrize("model,keys,expected", [

@@ -8,15 +8,18 @@ import struct
 
 import pytest
 import torch
-from checkpoint_factory import random_canonical, source_state_dict, write_checkpoint
+from checkpoint_factory import assert_same_state_dict, random_canonical, source_state_dict, write_checkpoint
 from safetensors import safe_open
 from safetensors.torch import save_file
-from test_checkpoint_layouts import assert_same_state_dict
 
 from hyvideo_fp8.fp8.quantize import dequantize, quantize_rowwise
 from hyvideo_fp8.hunyuan.checkpoint import (
-    MissingFP8MapError, UnsupportedQuantizationError, inspect_checkpoint, inspect_checkpoint_dict,
-    load_canonical_state_dict, save_canonical,
+    MissingFP8MapError,
+    UnsupportedQuantizationError,
+    inspect_checkpoint,
+    inspect_checkpoint_dict,
+    load_canonical_state_dict,
+    save_canonical,
 )
 from hyvideo_fp8.hunyuan.checkpoint.readers import read_safetensors_header, sniff_format
 from hyvideo_fp8.hunyuan.checkpoint.writer import StreamingSafetensorsWriter, TensorSpec

@@ -4,29 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from checkpoint_factory import random_canonical, source_state_dict, write_checkpoint
+from checkpoint_factory import assert_same_state_dict, random_canonical, source_state_dict, write_checkpoint
 
 from hyvideo_fp8.fp8.quantize import dequantize
 from hyvideo_fp8.hunyuan.checkpoint import CheckpointError, load_canonical_state_dict
 from hyvideo_fp8.hunyuan.checkpoint.layouts import detect_layout, find_prefix, tencent_to_canonical
 from hyvideo_fp8.hunyuan.config import canonical_shapes, tiny_config
 
-FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 COMBOS = [(layout, fmt, fp8) for layout in ("tencent", "comfyui", "diffusers") for fmt in ("safetensors", "pt")
           for fp8 in (None, "official", "unscaled", "scaled_fp8", "comfy_quant", "ours")
           if not (fp8 == "official" and fmt != "pt") and not (fp8 == "ours" and fmt != "safetensors")]
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view(torch.uint8) if t.dtype in FP8 else t
-
-
-def assert_same_state_dict(got: dict, ref: dict) -> None:
-    assert sorted(got) == sorted(ref)
-    for k, r in ref.items():
-        g = got[k]
-        assert g.dtype == r.dtype and tuple(g.shape) == tuple(r.shape), (k, g.dtype, r.dtype, g.shape, r.shape)
-        assert torch.equal(_bits(g), _bits(r)), k
 
 
 def _ext(fmt: str) -> str:
@@ -155,7 +142,8 @@ def test_layout_detection_and_prefix_finding():
     canon = list(canonical_shapes(cfg))
     tencent = list(source_state_dict("tencent")[0])
     diffusers = list(source_state_dict("diffusers")[0])
-    assert (detect_layout(canon), detect_layout(tencent), detect_layout(diffusers)) == ("comfyui", "tencent", "diffusers")
+    layouts = (detect_layout(canon), detect_layout(tencent), detect_layout(diffusers))
+    assert layouts == ("comfyui", "tencent", "diffusers")
     assert sorted(tencent_to_canonical(k) for k in tencent) == sorted(canon)
     assert all(tencent_to_canonical(k) == k for k in canon)  # idempotent on canonical names
     assert find_prefix(["a.b.img_in.proj.weight", "a.b.x"]) == "a.b."

@@ -81,7 +81,7 @@ def test_layernorm_modulate_quant_reference_matches_float64(dtype):
     shift = (torch.randn(B, 1, C) * 0.5).to(dtype)
     scale = (torch.randn(B, 1, C) * 0.5).to(dtype)
     q, s = fused.layernorm_modulate_quant(x, shift, scale)
-    check_fp8_rows(q, s, ln_modulate_f64(x, shift, scale), bound=0.035)  # measured 0.026 (bf16 and fp32)
+    check_fp8_rows(q, s, ln_modulate_f64(x, shift, scale), bound=0.03)  # measured 0.021-0.023 (bf16 and fp32)
 
 
 def test_layernorm_modulate_quant_zero_and_constant_rows():
@@ -95,13 +95,13 @@ def test_layernorm_modulate_quant_zero_and_constant_rows():
     q, s = fused.layernorm_modulate_quant(x, shift, scale)
     assert not torch.isnan(q.float()).any() and torch.isfinite(s).all()
     assert q[0, 3].float().eq(0).all() and s[0, 3].item() == pytest.approx(SCALE_FLOOR / FP8_MAX)
-    check_fp8_rows(q[1:, 5:6], s[1:, 5:6], shift[1:].double(), bound=0.035)  # measured 0.027
+    check_fp8_rows(q[1:, 5:6], s[1:, 5:6], shift[1:].double(), bound=0.035)  # one row: measured 0.024-0.028
 
 
 def test_gelu_tanh_quant_reference_matches_float64():
     x = activations(2, 16, 2048, torch.bfloat16)
     q, s = fused.gelu_tanh_quant(x)
-    check_fp8_rows(q, s, gelu_tanh_f64(x), bound=0.035)  # measured 0.022
+    check_fp8_rows(q, s, gelu_tanh_f64(x), bound=0.025)  # measured 0.016-0.018
 
 
 def test_concat_gelu_quant_reference_one_scale_per_concatenated_row():
@@ -112,7 +112,7 @@ def test_concat_gelu_quant_reference_one_scale_per_concatenated_row():
     mlp[1, :4] *= 100  # ...the GELU half others'
     q, s = fused.concat_gelu_quant(attn, mlp)
     ref = torch.cat([attn.double(), gelu_tanh_f64(mlp)], dim=-1)
-    check_fp8_rows(q, s, ref, bound=0.035)  # measured 0.024
+    check_fp8_rows(q, s, ref, bound=0.03)  # measured 0.012-0.021
 
 
 def test_zero_rows_quantize_to_zeros():
@@ -178,7 +178,7 @@ def test_qk_norm_rope_reference_matches_float64(n_rope):
     outs = fused.qk_norm_rope(*inputs, n_rope)
     for out, ref in zip(outs, qk_norm_rope_f64(*inputs, n_rope)):
         assert out.shape == (B, H, L, D) and out.dtype == torch.bfloat16 and out.is_contiguous()
-        assert rel_l2(out, ref) < 4e-3, rel_l2(out, ref)  # bf16 output rounding: measured 0.0021
+        assert rel_l2(out, ref) < 3e-3, rel_l2(out, ref)  # bf16 output rounding: measured 0.0015-0.0017
     assert torch.equal(outs[2], inputs[0].view(B, L, 3, H, D)[:, :, 2].transpose(1, 2))
 
 
@@ -297,9 +297,9 @@ def poisoned_fp8(shape, device):
 def check_against_reference(q, s, q_ref, s_ref, ref64):
     q, s = q.cpu(), s.cpu()
     assert not torch.isnan(q.float()).any() and not torch.isnan(s).any()  # every element written
-    torch.testing.assert_close(s, s_ref, rtol=1e-6, atol=0)
+    torch.testing.assert_close(s, s_ref, rtol=2e-6, atol=0)  # measured 2.2e-7 (interpreter)
     codes_differ = q.float() != q_ref.float()
-    assert codes_differ.float().mean().item() <= 1e-3  # fp32 summation order moves a rare value across a rounding
+    assert codes_differ.float().mean().item() <= 1e-3  # summation order moves rare values across a rounding: 0-3e-5
     err_kernel, err_ref = rel_l2(dequant(q, s), ref64), rel_l2(dequant(q_ref, s_ref), ref64)
     assert err_kernel < err_ref * 1.01 + 1e-6, (err_kernel, err_ref)
 
@@ -352,8 +352,8 @@ def test_triton_qk_norm_rope(kernels, n_rope):
     for got, ref, ref64 in zip(outs, refs, qk_norm_rope_f64(qkv, q_w, k_w, cos, sin, n_rope)):
         got = got.cpu()
         assert got.shape == (B, H, L, D) and not torch.isnan(got).any()
-        assert rel_l2(got, ref) < 2e-3, rel_l2(got, ref)  # at most one bf16 rounding apart: measured 0.0012
-        assert rel_l2(got, ref64) < 4e-3, rel_l2(got, ref64)  # measured 0.0021, as the reference
+        assert rel_l2(got, ref) < 1e-3, rel_l2(got, ref)  # rare one-ulp bf16 flips: measured 0-6e-5 (interpreter)
+        assert rel_l2(got, ref64) < 3e-3, rel_l2(got, ref64)  # measured 0.0016-0.0017, as the reference
     assert torch.equal(outs[2].cpu(), refs[2])
 
 

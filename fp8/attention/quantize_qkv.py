@@ -131,15 +131,15 @@ def quantize_qkv_torch(
     valid = (torch.arange(lk_pad, device=device)[None, :] < kv_len[:, None].long())[:, None, :, None]  # [B,1,Lk_pad,1]
     kf = torch.zeros(B, H, lk_pad, D, dtype=torch.float32, device=device)
     kf[:, :, :L] = torch.gather(k, 2, index).float() @ rot
-    kf = kf * valid
+    kf = torch.where(valid, kf, 0.0)  # where, not *: NaN or inf in padded keys must not leak
     k_mean = kf.sum(dim=2, keepdim=True) / kv_len.float()[:, None, None, None]
-    kf = (kf - k_mean) * valid
+    kf = torch.where(valid, kf - k_mean, 0.0)
     k_blocks = kf.reshape(B * H, lk_pad // K_BLOCK, K_BLOCK * D)
     k_i8, k_scale = _quantize_int8(k_blocks, k_blocks.abs().amax(dim=-1))
 
     vf = torch.zeros(B, H, lk_pad, D, dtype=torch.float32, device=device)
     vf[:, :, :L] = torch.gather(v, 2, index).float()
-    vf = vf * valid
+    vf = torch.where(valid, vf, 0.0)
     v_scale = vf.abs().amax(dim=2).clamp_min(SCALE_FLOOR) / FP8_E4M3_MAX  # [B, H, D]
     v8 = (vf / v_scale[:, :, None, :]).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
     return QuantizedQKV(

@@ -8,7 +8,11 @@ Public entry points: :func:`load_canonical_state_dict` (any file -> canonical te
 from .canonical import CanonicalCheckpoint, CheckpointInfo, load_canonical_state_dict, open_canonical
 from .convert import ConversionReport, convert_checkpoint
 from .errors import (
-    CheckpointError, CorruptCheckpointError, MissingFP8MapError, OutputExistsError, UnsafePickleError,
+    CheckpointError,
+    CorruptCheckpointError,
+    MissingFP8MapError,
+    OutputExistsError,
+    UnsafePickleError,
     UnsupportedQuantizationError,
 )
 from .inspect import inspect_checkpoint, inspect_checkpoint_dict

@@ -193,7 +193,8 @@ def open_canonical(path: str | os.PathLike, *, prefer: str = "module",
 
 
 def load_canonical_state_dict(path: str | os.PathLike, *, prefer: str = "module",
-                              fp8_map: str | os.PathLike | None = None) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
+                              fp8_map: str | os.PathLike | None = None
+                              ) -> tuple[dict[str, torch.Tensor], CheckpointInfo]:
     """Read any supported HunyuanVideo checkpoint into canonical tensors plus a :class:`CheckpointInfo`.
 
     ``prefer`` picks DeepSpeed ``module`` (default) or ``ema`` weights when a file has both; ``fp8_map`` points at

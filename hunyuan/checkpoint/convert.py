@@ -31,8 +31,15 @@ from .canonical import SCALE_SUFFIX, CanonicalCheckpoint, open_canonical
 from .fp8_formats import QUANT_METADATA_KEY
 from .readers import TensorSpec
 from .writer import (
-    OUTPUT_FORMATS, StreamingSafetensorsWriter, check_destination, comfy_quant_metadata, fp8_recipe, layer_entries,
-    layer_tensors, order_entries, ours_metadata,
+    OUTPUT_FORMATS,
+    StreamingSafetensorsWriter,
+    check_destination,
+    comfy_quant_metadata,
+    fp8_recipe,
+    layer_entries,
+    layer_tensors,
+    order_entries,
+    ours_metadata,
 )
 
 FP8_STORAGE_MODES = (ComputeMode.FP8, ComputeMode.FP8_WEIGHT_ONLY)

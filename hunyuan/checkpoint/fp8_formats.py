@@ -1,14 +1,15 @@
 """FP8 flavours found in HunyuanVideo checkpoints, normalised to ``<layer>.weight`` (float8) + ``<layer>.weight_scale``.
 
-| flavour | how it is stored | dequantized weight |
-|---|---|---|
-| ``official`` | Tencent ``*_fp8.pt`` + sibling ``*_fp8_map.pt`` {module name: per-tensor scale} | ``w.float() * map[name]`` |
-| ``unscaled`` | plain float8 weights, no scales (e.g. Kijai's ``*_fp8_e4m3fn.safetensors``) | ``w.float()`` (scale 1) |
-| ``scaled_fp8`` | ComfyUI legacy: ``scaled_fp8`` marker, ``<layer>.scale_weight`` (+ ``.scale_input``) | ``w * scale_weight`` |
-| ``comfy_quant`` | new ComfyUI: ``<layer>.comfy_quant`` JSON + ``.weight_scale`` (+ ``.input_scale``), or the
-  ``_quantization_metadata`` header | ``w * weight_scale`` |
-| ``ours`` | our converter: ``.weight_scale`` per output channel ``[N]``, ``hyvideo_fp8.*`` metadata | ``w * scale[:, None]`` |
-| ``weight_scale`` | ``.weight_scale`` keys without any format marker | ``w * weight_scale`` |
+- ``official``: Tencent ``*_fp8.pt`` + sibling ``*_fp8_map.pt`` {module name: per-tensor scale};
+  dequantized weight = ``w.float() * map[name]``.
+- ``unscaled``: plain float8 weights, no scales (e.g. Kijai's ``*_fp8_e4m3fn.safetensors``); scale 1.
+- ``scaled_fp8``: ComfyUI legacy: ``scaled_fp8`` marker, ``<layer>.scale_weight`` (+ ``.scale_input``).
+- ``comfy_quant``: new ComfyUI: ``<layer>.comfy_quant`` JSON + ``.weight_scale`` (+ ``.input_scale``), or the
+  ``_quantization_metadata`` header.
+- ``ours``: our converter: ``.weight_scale`` per output channel ``[N]``, ``hyvideo_fp8.*`` metadata.
+- ``weight_scale``: ``.weight_scale`` keys without any format marker.
+
+All of them dequantize as ``weight.float() * scale`` (a ``[N]`` scale broadcasts over rows).
 
 Static activation scales (``scale_input`` / ``input_scale``) are calibrated for ComfyUI's per-tensor kernel; our
 engine scales activations dynamically per token, so they are not part of the canonical state dict: they are
@@ -191,7 +192,8 @@ def _from_comfy_quant(src: ScaledSource, metadata: Mapping[str, str], path: Path
     if QUANT_METADATA_KEY in metadata:
         try:
             # layer names are full state-dict names (ComfyUI adds no prefix when it reads them)
-            layers.update({k.removeprefix(prefix): v for k, v in json.loads(metadata[QUANT_METADATA_KEY])["layers"].items()})
+            listed = json.loads(metadata[QUANT_METADATA_KEY])["layers"]
+            layers.update({k.removeprefix(prefix): v for k, v in listed.items()})
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise CheckpointError(f"{path.name}: unreadable {QUANT_METADATA_KEY} header ({e})") from None
     for name in [k for k in src.specs if k.endswith(".comfy_quant")]:

@@ -21,7 +21,7 @@ def inspect_checkpoint_dict(path: str | os.PathLike, *, prefer: str = "module",
     with open_canonical(path, prefer=prefer, fp8_map=fp8_map) as ckpt:
         info = ckpt.info
         dtypes: dict[str, dict[str, int]] = {}
-        for name, spec in ckpt.specs.items():
+        for spec in ckpt.specs.values():
             d = dtypes.setdefault(str(spec.dtype).removeprefix("torch."), {"tensors": 0, "parameters": 0})
             d["tensors"] += 1
             d["parameters"] += math.prod(spec.shape)
@@ -43,7 +43,8 @@ def inspect_checkpoint_dict(path: str | os.PathLike, *, prefer: str = "module",
             "dtypes": dtypes, "fp8_layers": sum(granularity.values()), "scale_granularity": dict(granularity),
             "scale_min": lo if granularity else None, "scale_max": hi if granularity else None,
             "input_scales": len(info.input_scales), "ignored_keys": len(info.ignored_keys),
-            "policy": policy, "recipe": json.loads(meta["hyvideo_fp8.recipe"]) if "hyvideo_fp8.recipe" in meta else None,
+            "policy": policy,
+            "recipe": json.loads(meta["hyvideo_fp8.recipe"]) if "hyvideo_fp8.recipe" in meta else None,
             "metadata": {k: meta[k] for k in _OUR_KEYS if k in meta}, "notes": list(info.notes),
         }
 

@@ -84,7 +84,8 @@ _DIFFUSERS_RENAMES: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), t
     (r"proj_out\.(.+)", "final_layer.linear.{0}"),
 ))
 # diffusers pieces that fuse (in this order, along the output dim) into one canonical linear
-_DIFFUSERS_FUSED: tuple[tuple[re.Pattern, tuple[str, ...], str], ...] = tuple((re.compile(p), pieces, t) for p, pieces, t in (
+_FusedRule = tuple[re.Pattern, tuple[str, ...], str]
+_DIFFUSERS_FUSED: tuple[_FusedRule, ...] = tuple((re.compile(p), pieces, t) for p, pieces, t in (
     (_REF + r"\.attn\.(to_q|to_k|to_v)\.(.+)", ("to_q", "to_k", "to_v"), _CREF + ".self_attn.qkv.{1}"),
     (r"transformer_blocks\.(\d+)\.attn\.(to_q|to_k|to_v)\.(.+)", ("to_q", "to_k", "to_v"),
      "double_blocks.{0}.img_attn.qkv.{1}"),
@@ -251,5 +252,5 @@ def _plan_diffusers(specs: Mapping[str, TensorSpec]) -> dict[str, Rule]:
     return plan
 
 
-__all__ = ["LAYOUTS", "Rule", "find_prefix", "detect_layout", "not_hunyuan_error", "other_model_error", "tencent_to_canonical",
-           "plan_canonical"]
+__all__ = ["LAYOUTS", "Rule", "find_prefix", "detect_layout", "not_hunyuan_error", "other_model_error",
+           "tencent_to_canonical", "plan_canonical"]

@@ -150,7 +150,7 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, TensorSp
             shape = tuple(int(d) for d in entry["shape"])
             begin, end = _offsets(entry)
         except (KeyError, TypeError, ValueError):
-            raise CorruptCheckpointError(f"{where} has a bad safetensors header entry for {name!r}: {entry!r}") from None
+            raise CorruptCheckpointError(f"{where} has a bad safetensors header entry {name!r}: {entry!r}") from None
         if end - begin != math.prod(shape) * dtype.itemsize or begin < 0:
             raise CorruptCheckpointError(f"{where}: tensor {name!r} declares shape {shape} {dtype} but "
                                          f"{end - begin} bytes; the header is corrupt")

@@ -213,7 +213,8 @@ def layer_entries(layer: str, shape: tuple[int, ...], dtype: torch.dtype, output
                   ) -> list[tuple[str, TensorSpec]]:
     """Output names/specs of one FP8 linear's weight and scale (plus ``comfy_quant`` in that layout)."""
     if output_format == "ours":
-        return [(f"{layer}.weight", TensorSpec(shape, dtype)), (f"{layer}.weight_scale", TensorSpec((shape[0],), torch.float32))]
+        return [(f"{layer}.weight", TensorSpec(shape, dtype)),
+                (f"{layer}.weight_scale", TensorSpec((shape[0],), torch.float32))]
     if output_format == "comfy_quant":
         conf = comfy_quant_tensor(dtype)
         return [(f"{layer}.weight", TensorSpec(shape, dtype)), (f"{layer}.weight_scale", TensorSpec((), torch.float32)),
@@ -232,14 +233,16 @@ def layer_tensors(layer: str, weight: torch.Tensor, scale: torch.Tensor, output_
         raise ValueError(f"{layer}.weight must be FP8, got {weight.dtype}")
     scale = scale.float()
     if output_format == "ours":
-        return {f"{layer}.weight": weight, f"{layer}.weight_scale": scale.reshape(-1).expand(weight.shape[0]).contiguous()}
+        return {f"{layer}.weight": weight,
+                f"{layer}.weight_scale": scale.reshape(-1).expand(weight.shape[0]).contiguous()}
     if output_format == "comfy_quant":
         flat = scale.reshape(-1)
         if bool((flat == flat[0]).all()):
             q, s = weight, flat[0].clone()
         else:
             q, s = quantize_tensorwise(dequantize(weight, scale, torch.float32), weight.dtype)
-        return {f"{layer}.weight": q, f"{layer}.weight_scale": s.reshape(()), f"{layer}.comfy_quant": comfy_quant_tensor(weight.dtype)}
+        return {f"{layer}.weight": q, f"{layer}.weight_scale": s.reshape(()),
+                f"{layer}.comfy_quant": comfy_quant_tensor(weight.dtype)}
     raise ValueError(f"unknown output format {output_format!r}; allowed: {OUTPUT_FORMATS}")
 
 

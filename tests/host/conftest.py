@@ -1,0 +1,197 @@
+"""A real ComfyUI server for the host tests (skipped unless ``COMFYUI_PATH`` points at a ComfyUI source tree).
+
+The session fixture ``host`` starts ``main.py --cpu`` from ``COMFYUI_PATH`` with the interpreter running pytest (use
+the venv that has ComfyUI's requirements), with every path outside the ComfyUI tree: tiny random HunyuanVideo
+checkpoints in a temporary ``diffusion_models`` folder, a random HunyuanVideo-shaped VAE (decoder only, made with
+ComfyUI's own VAE class in a subprocess), and a ``custom_nodes`` folder holding a link to this checkout (as
+``hyvideo_fp8``) and the test-only node pack of ``tests/host/custom_nodes``. The server is stopped by its pid.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from hyvideo_fp8.hunyuan.config import tiny_config
+from tests.checkpoint_factory import write_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "workflows"))
+from api_client import ComfyClient  # noqa: E402
+
+CFG = tiny_config()
+BF16_MODEL = "hyvideo_tiny_bf16.safetensors"
+FP8_MODEL = "hyvideo_tiny_fp8_ours.safetensors"
+VAE = "hyvideo_tiny_vae.safetensors"
+STARTUP_TIMEOUT_S = 180
+
+_VAE_SCRIPT = r"""
+import sys, torch
+from safetensors.torch import save_file
+import comfy.options
+comfy.options.enable_args_parsing(False)
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import comfy.sd
+# the two keys ComfyUI's VAE detection reads for the HunyuanVideo 3-D VAE (16 latent channels)
+vae = comfy.sd.VAE(sd={"decoder.conv_in.conv.weight": torch.zeros(512, 16, 3, 3, 3),
+                       "post_quant_conv.weight": torch.zeros(16, 16, 1, 1, 1)})
+g = torch.Generator().manual_seed(0)
+out = {}
+for k, v in vae.first_stage_model.state_dict().items():
+    if not (k.startswith("decoder.") or k.startswith("post_quant_conv.")):
+        continue
+    norm = "norm" in k and k.endswith(".weight")
+    out[k] = (torch.ones(v.shape) if norm else torch.randn(v.shape, generator=g) * 0.02).to(torch.bfloat16)
+save_file(out, sys.argv[1])
+print(len(out), sum(t.numel() for t in out.values()))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Host:
+    """A running ComfyUI and helpers to build and run tiny versions of the shipped workflows."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, root: Path, log: Path) -> None:
+        self.proc, self.port, self.root, self.log = proc, port, root, log
+        self.server = f"127.0.0.1:{port}"
+        self.output_dir = root / "out"
+        self._object_info: Optional[dict] = None
+
+    def client(self) -> ComfyClient:
+        return ComfyClient(self.server, timeout=300)
+
+    @property
+    def object_info(self) -> dict:
+        if self._object_info is None:
+            with urllib.request.urlopen(f"http://{self.server}/object_info", timeout=60) as r:
+                self._object_info = json.loads(r.read())
+        return self._object_info
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def tiny_prompt(self, workflow: str, steps: int = 3, model: str = BF16_MODEL) -> dict:
+        """A shipped API workflow at test size: test conditioning instead of the text encoder, tiny files, 5
+        frames of 32x32, ``steps`` steps."""
+        prompt = copy.deepcopy(json.loads((REPO / "workflows" / workflow).read_text()))
+        for nid in [n for n, e in prompt.items() if e["class_type"] == "DualCLIPLoader"]:
+            del prompt[nid]
+        for entry in prompt.values():
+            kind, inputs = entry["class_type"], entry["inputs"]
+            if kind == "CLIPTextEncode":
+                entry["class_type"] = "HyVideoFP8TestConditioning"
+                entry["inputs"] = {"seed": 1, "tokens": 7, "context_dim": CFG.context_in_dim,
+                                   "pooled_dim": CFG.vec_in_dim, "padding": 2}
+            elif kind == "HyVideoFP8Loader":
+                inputs["model_name"] = model
+            elif kind == "EmptyHunyuanLatentVideo":
+                inputs.update(width=32, height=32, length=5)
+            elif kind == "VAELoader":
+                inputs["vae_name"] = VAE
+            elif kind in ("BasicScheduler", "HyVideoFP8Sampler"):
+                inputs["steps"] = steps
+            elif kind == "SaveVideo":
+                inputs["filename_prefix"] = f"video/{Path(workflow).stem}"
+        return prompt
+
+    def run(self, prompt: dict, on_event=None) -> dict:
+        client = self.client()
+        try:
+            return client.run(prompt, on_event)
+        finally:
+            client.close()
+
+
+def find(prompt: dict, class_type: str) -> str:
+    """The id of the one node of ``class_type`` in an API prompt."""
+    ids = [n for n, e in prompt.items() if e["class_type"] == class_type]
+    assert len(ids) == 1, f"{class_type}: {ids}"
+    return ids[0]
+
+
+def save_latent_instead_of_video(prompt: dict, prefix: str) -> dict:
+    """Replace decode+video by SaveLatent on the sampler output (for exact latent comparisons)."""
+    decode = find(prompt, "VAEDecodeTiled")
+    source = prompt[decode]["inputs"]["samples"]
+    for kind in ("VAEDecodeTiled", "CreateVideo", "SaveVideo", "VAELoader"):
+        del prompt[find(prompt, kind)]
+    prompt["90"] = {"class_type": "SaveLatent", "inputs": {"samples": source, "filename_prefix": prefix}}
+    return prompt
+
+
+@pytest.fixture(scope="session")
+def comfy_path() -> Path:
+    path = os.environ.get("COMFYUI_PATH")
+    if not path or not (Path(path) / "main.py").is_file():
+        pytest.skip("set COMFYUI_PATH to a ComfyUI source tree (and run with its venv's python) for host tests")
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def host(comfy_path: Path, tmp_path_factory) -> Any:
+    root = tmp_path_factory.mktemp("comfy_host")
+    models = root / "models"
+    (models / "diffusion_models").mkdir(parents=True)
+    (models / "vae").mkdir()
+    write_checkpoint(models / "diffusion_models" / BF16_MODEL, layout="comfyui", config=CFG, seed=11)
+    write_checkpoint(models / "diffusion_models" / FP8_MODEL, layout="comfyui", fp8="ours", config=CFG, seed=12)
+    made = subprocess.run([sys.executable, "-c", _VAE_SCRIPT, str(models / "vae" / VAE)], cwd=comfy_path,
+                          capture_output=True, text=True, timeout=300)
+    if made.returncode:
+        pytest.fail(f"could not make the test VAE with ComfyUI's VAE class:\n{made.stderr[-3000:]}")
+    nodes = root / "custom_nodes"
+    nodes.mkdir()
+    (nodes / "hyvideo_fp8").symlink_to(REPO, target_is_directory=True)
+    test_pack = REPO / "tests" / "host" / "custom_nodes" / "hyvideo_fp8_test_nodes"
+    (nodes / "hyvideo_fp8_test_nodes").symlink_to(test_pack, target_is_directory=True)
+    config = root / "extra_model_paths.yaml"
+    config.write_text(f"hyvideo_fp8_tests:\n  base_path: {root}\n  diffusion_models: models/diffusion_models\n"
+                      f"  vae: models/vae\n  custom_nodes: custom_nodes\n")
+    for folder in ("out", "user", "in"):
+        (root / folder).mkdir()
+    port = _free_port()
+    log = root / "comfyui.log"
+    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+           "--disable-auto-launch", "--extra-model-paths-config", str(config), "--output-directory",
+           str(root / "out"), "--user-directory", str(root / "user"), "--input-directory", str(root / "in"),
+           "--temp-directory", str(root), "--database-url", "sqlite:///:memory:", "--preview-method", "latent2rgb"]
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(cmd, cwd=comfy_path, stdout=log_file, stderr=subprocess.STDOUT)
+    server = Host(proc, port, root, log)
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {proc.returncode} during start-up:\n{server.log_text()[-5000:]}")
+            try:
+                server.object_info  # noqa: B018 - the first successful read means the server is up
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"ComfyUI did not answer /object_info in {STARTUP_TIMEOUT_S} s:\n"
+                                f"{server.log_text()[-5000:]}")
+                time.sleep(1.0)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)

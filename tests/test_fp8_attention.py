@@ -1,0 +1,159 @@
+"""FP8 attention (reference backend, CPU) against float64 SDPA: accuracy, smoothing, exact key padding, bad inputs.
+
+The Triton kernel computes the same arithmetic; bench/bench_attention.py checks it against this reference on a GPU.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hyvideo_fp8.fp8.attention import fp8_attention
+from hyvideo_fp8.fp8.attention.quantize_qkv import K_BLOCK, hadamard, quantize_qkv_torch
+from hyvideo_fp8.fp8.attention.reference import attention_reference
+from hyvideo_fp8.fp8.quantize import quantize_tensorwise
+
+D = 128
+
+
+def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def cos(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return F.cosine_similarity(out.double().flatten(), ref.double().flatten(), dim=0).item()
+
+
+def sdpa64(q, k, v, mask=None):
+    attn_mask = None if mask is None else mask[:, None, None, :]
+    return F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=attn_mask)
+
+
+def inputs(L: int, heads: int = 2, sharp: bool = False, dtype=torch.bfloat16):
+    """Normal Q, K, V; "sharp": Q and K x3, K plus a shared per-channel offset (scale 3) and 4 outlier channels x8."""
+    q, k, v = torch.randn(1, heads, L, D), torch.randn(1, heads, L, D), torch.randn(1, heads, L, D)
+    if sharp:
+        q, k = 3 * q, 3 * (k + 3 * torch.randn(D))
+        k[..., :4] *= 8
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def test_random_normal_matches_float64():
+    q, k, v = inputs(1500)  # not a multiple of the 128-token blocks
+    out = fp8_attention(q, k, v, backend="reference")
+    ref = sdpa64(q, k, v)
+    assert out.dtype == torch.bfloat16 and out.shape == q.shape
+    assert not out.isnan().any()
+    assert cos(out, ref) >= 0.999  # measured 0.99929
+    assert rel_l2(out, ref) < 0.045  # measured 0.038 (FP8 P and V: ~2.5 % each)
+
+
+def test_sharp_with_offset_and_outliers_beats_per_tensor_fp8():
+    q, k, v = inputs(2048, sharp=True)
+    ref = sdpa64(q, k, v)
+    out = fp8_attention(q, k, v, backend="reference")
+    assert cos(out, ref) >= 0.998  # measured 0.9984
+    assert rel_l2(out, ref) < 0.065  # measured 0.056
+    # per-tensor FP8 Q and K (one scale, no smoothing), softmax and P.V exact: the FA3-FP8 / cuDNN-FP8 Q.K
+    q8, sq = quantize_tensorwise(q.float())
+    k8, sk = quantize_tensorwise(k.float())
+    per_tensor = sdpa64(q8.double() * sq.double(), k8.double() * sk.double(), v)
+    assert rel_l2(per_tensor, ref) > 3 * rel_l2(out, ref)  # measured 0.33 vs 0.056
+    assert cos(per_tensor, ref) < 0.99  # measured 0.946
+
+
+def test_smoothing_and_rotation_keep_logits():
+    """Dequantized logits equal q.k^T * sm_scale * log2(e) up to one softmax-invariant constant per query."""
+    q, k, v = inputs(300, heads=1, sharp=True, dtype=torch.float32)
+    sm = 0.1
+    qkv = quantize_qkv_torch(q, k, v, None, sm)
+    qd = qkv.q[0, :300].float() * qkv.q_scale[0, :300, None]
+    kd = qkv.k[0, :300].float() * qkv.k_scale[0].repeat_interleave(K_BLOCK)[:300, None]
+    logits = (qd @ kd.T) / math.log2(math.e) / sm
+    exact = q[0, 0] @ k[0, 0].T
+    diff = logits - exact
+    diff = diff - diff.mean(dim=1, keepdim=True)  # the shift q_i . mean(k) is the same for every key of query i
+    assert diff.abs().max() / exact.abs().max() < 0.02  # measured 0.008 (INT8 Q and K)
+    assert kd.mean(dim=0).abs().max() < 0.05 * kd.abs().max()  # smoothed: no shared offset left
+    rot = hadamard(D) * D**-0.5
+    assert torch.allclose(rot @ rot.T, torch.eye(D), atol=1e-6)
+
+
+def test_quantized_layout():
+    q, k, v = inputs(200, heads=3)
+    mask = torch.ones(1, 200, dtype=torch.bool)
+    mask[0, 150:] = False
+    qkv = quantize_qkv_torch(q, k, v, mask, D**-0.5)
+    assert qkv.q.shape == (3, 256, D) and qkv.q.dtype == torch.int8
+    assert qkv.k.shape == (3, 256, D) and qkv.k_scale.shape == (3, 2)
+    assert qkv.v_t.shape == (3, D, 256) and qkv.v_t.dtype == torch.float8_e4m3fn
+    assert qkv.kv_len.tolist() == [150]
+    assert (qkv.q[:, 200:] == 0).all() and (qkv.k[:, 150:] == 0).all() and (qkv.v_t[:, :, 150:].float() == 0).all()
+    assert (qkv.q_scale > 0).all() and (qkv.k_scale > 0).all() and (qkv.v_scale > 0).all()
+    v_back = qkv.v_t[:, :, :150].float().transpose(1, 2) * qkv.v_scale[:, None, :]
+    assert rel_l2(v_back, v[0, :, :150]) < 0.04  # measured 0.026 (e4m3: 3 mantissa bits)
+
+
+def test_key_padding_is_exact():
+    L = 700
+    q, k, v = inputs(L)
+    mask = torch.ones(1, L, dtype=torch.bool)
+    mask[0, 640:] = False  # text padding at the end
+    mask[0, 100:130] = False  # and a hole in the middle
+    k_pad, v_pad = k.clone(), v.clone()
+    k_pad[:, :, ~mask[0]] = 1e4  # garbage in padded keys must not leak
+    v_pad[:, :, ~mask[0]] = float("nan")
+    out = fp8_attention(q, k_pad, v_pad, key_padding_mask=mask, backend="reference")
+    keep = mask[0]
+    out_cut = fp8_attention(q[:, :, keep], k[:, :, keep], v[:, :, keep], backend="reference")
+    assert not out.isnan().any()
+    # same keys in the same blocks -> the same quantization; only summation order of the K mean may differ
+    assert rel_l2(out[:, :, keep], out_cut) < 1e-3  # measured 0 to 2e-4
+    ref = sdpa64(q, k, v, mask)
+    assert cos(out[:, :, keep], ref[:, :, keep]) >= 0.999  # measured 0.9993
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_dtypes_and_strided_input(dtype):
+    x = torch.randn(1, 333, 2, D)  # [B, L, H, D] as the model produces it, viewed as [B, H, L, D]
+    q = x.to(dtype).transpose(1, 2)
+    k = torch.randn(1, 333, 2, D).to(dtype).transpose(1, 2)
+    v = torch.randn(1, 333, 2, D).to(dtype).transpose(1, 2)
+    out = fp8_attention(q, k, v, sm_scale=0.05, backend="auto")  # auto on CPU -> reference
+    assert out.dtype == dtype and out.shape == q.shape
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=0.05)
+    assert cos(out, ref) >= 0.999  # measured 0.9994
+
+
+def test_reference_block_size_does_not_change_the_result_much():
+    q, k, v = inputs(512)
+    qkv = quantize_qkv_torch(q, k, v, None, D**-0.5)
+    a, b = attention_reference(qkv, torch.float32, 64), attention_reference(qkv, torch.float32, 128)
+    assert rel_l2(a, b) < 0.02  # measured 0.006: only where the running max (P's FP8 grid) differs
+
+
+def _good():
+    return inputs(64)
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (lambda q, k, v: (q[0], k[0], v[0], {}), ValueError, r"\[B, H, L, D\]"),
+        (lambda q, k, v: (q, k[:, :, :32], v, {}), ValueError, "same"),
+        (lambda q, k, v: (q.to(torch.int32), k, v, {}), ValueError, "floating"),
+        (lambda q, k, v: (q, k.to(torch.float8_e4m3fn), v, {}), ValueError, "floating"),
+        (lambda q, k, v: (q, k, v, {"backend": "cuda"}), ValueError, "unknown backend"),
+        (lambda q, k, v: (q, k, v, {"sm_scale": 0.0}), ValueError, "sm_scale"),
+        (lambda q, k, v: (q, k, v, {"key_padding_mask": torch.ones(1, 64)}), ValueError, "bool"),
+        (lambda q, k, v: (q, k, v, {"key_padding_mask": torch.ones(1, 63, dtype=torch.bool)}), ValueError, "shape"),
+        (lambda q, k, v: (q, k, v, {"key_padding_mask": torch.zeros(1, 64, dtype=torch.bool)}), ValueError, "no valid"),
+        (lambda q, k, v: (q, k, v, {"backend": "triton"}), RuntimeError, "CUDA GPUs"),
+        (lambda q, k, v: (q[..., :48], k[..., :48], v[..., :48], {}), ValueError, "head dim 48"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(change, error, match):
+    q, k, v, kwargs = change(*_good())
+    with pytest.raises(error, match=match):
+        fp8_attention(q, k, v, **kwargs)
