@@ -21,20 +21,21 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-
 from common import environment, load_pack, markdown_table, write_result
 
 HIDDEN, MLP, HEADS, HEAD_DIM, TEXT_TOKENS = 3072, 12288, 24, 128, 256
 NOMINAL_BW = 4.3e12  # bytes/s, the H200 figure the brief compares against
 SAMPLE_ROWS = 2048
+DEVICE = "cuda"  # --device cpu: dry run of the harness with TRITON_INTERPRET=1 (times meaningless)
 
 
 @dataclass
 class Case:
     name: str
     channels: str
-    make: Callable[[int], dict]  # M -> inputs
-    triton: Callable  # (inputs, num_warps) -> outputs written into poisoned buffers
+    make: Callable[[int, torch.Generator], dict]  # (M, generator) -> fresh inputs
+    triton: Callable  # (inputs, num_warps, out) -> outputs (into ``out`` when given)
+    poison: Callable  # inputs -> NaN-filled output buffers for the correctness run
     reference: Callable  # inputs -> reference outputs
     eager: Callable  # inputs -> unfused FP8 producer
     bf16: Callable  # inputs -> bf16 producer only
@@ -44,15 +45,15 @@ class Case:
 
 
 def activations(M: int, C: int, gen: torch.Generator) -> torch.Tensor:
-    x = torch.randn(1, M, C, device="cuda", dtype=torch.bfloat16, generator=gen)
-    x *= torch.rand(1, M, 1, device="cuda", generator=gen).mul_(3).add_(0.5).to(torch.bfloat16)
-    x[..., torch.randperm(C, device="cuda", generator=gen)[:8]] *= 40  # outlier channels
+    x = torch.randn(1, M, C, device=DEVICE, dtype=torch.bfloat16, generator=gen)
+    x *= torch.rand(1, M, 1, device=DEVICE, generator=gen).mul_(3).add_(0.5).to(torch.bfloat16)
+    x[..., torch.randperm(C, device=DEVICE, generator=gen)[:8]] *= 40  # outlier channels
     return x
 
 
 def poisoned(shape):
-    return (torch.full(shape, 0x7F, dtype=torch.uint8, device="cuda").view(torch.float8_e4m3fn),
-            torch.full((*shape[:-1], 1), float("nan"), device="cuda"))
+    return (torch.full(shape, 0x7F, dtype=torch.uint8, device=DEVICE).view(torch.float8_e4m3fn),
+            torch.full((*shape[:-1], 1), float("nan"), device=DEVICE))
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -63,7 +64,7 @@ def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 def fp8_metrics(q, s, q_ref, s_ref, ref64_rows: Callable[[torch.Tensor], torch.Tensor]) -> dict:
     """Triton vs the torch reference over all rows; both vs float64 on a random row sample."""
     M = q.shape[1]
-    rows = torch.randperm(M, device="cuda")[:SAMPLE_ROWS]
+    rows = torch.randperm(M, device=DEVICE)[:SAMPLE_ROWS]
     ref64 = ref64_rows(rows)
     deq = lambda qq, ss: qq[0, rows].double() * ss[0, rows].double()
     return {
@@ -93,8 +94,8 @@ def build_cases(fused, kern) -> list[Case]:
 
     def ln_make(M, gen):
         return {"x": activations(M, HIDDEN, gen),
-                "shift": torch.randn(1, 1, HIDDEN, device="cuda", generator=gen).mul_(0.5).bfloat16(),
-                "scale": torch.randn(1, 1, HIDDEN, device="cuda", generator=gen).mul_(0.5).bfloat16()}
+                "shift": torch.randn(1, 1, HIDDEN, device=DEVICE, generator=gen).mul_(0.5).bfloat16(),
+                "scale": torch.randn(1, 1, HIDDEN, device=DEVICE, generator=gen).mul_(0.5).bfloat16()}
 
     def ln_bf16(i):  # the model's unfused path: LayerNorm in fp32, modulation in bf16
         return torch.addcmul(i["shift"], F.layer_norm(i["x"].float(), (HIDDEN,), eps=1e-6).bfloat16(), 1 + i["scale"])
@@ -105,26 +106,29 @@ def build_cases(fused, kern) -> list[Case]:
         return x * (1 + i["scale"][0].double()) + i["shift"][0].double()
 
     def concat_make(M, gen):  # the single block's MLP half is a view into linear1's [M, 3*3072 + 12288] output
-        return {"attn": activations(M, HIDDEN, gen), "mlp": activations(M, 3 * HIDDEN + MLP, gen)[..., 3 * HIDDEN:]}
+        return {"attn_out": activations(M, HIDDEN, gen),
+                "mlp_act": activations(M, 3 * HIDDEN + MLP, gen)[..., 3 * HIDDEN:]}
 
     def qk_make(M, gen):
-        ang = torch.rand(M - TEXT_TOKENS, HEAD_DIM // 2, device="cuda", generator=gen, dtype=torch.float64) * 100
+        ang = torch.rand(M - TEXT_TOKENS, HEAD_DIM // 2, device=DEVICE, generator=gen, dtype=torch.float64) * 100
         return {"qkv": activations(M, 3 * HEADS * HEAD_DIM, gen),
-                "q_weight": torch.rand(HEAD_DIM, device="cuda", generator=gen).add_(0.5).bfloat16(),
-                "k_weight": torch.rand(HEAD_DIM, device="cuda", generator=gen).add_(0.5).bfloat16(),
+                "q_weight": torch.rand(HEAD_DIM, device=DEVICE, generator=gen).add_(0.5).bfloat16(),
+                "k_weight": torch.rand(HEAD_DIM, device=DEVICE, generator=gen).add_(0.5).bfloat16(),
                 "cos": ang.cos().float(), "sin": ang.sin().float(), "n_rope_tokens": M - TEXT_TOKENS}
 
-    def qk_triton(i, w):
+    def qk_poison(i):
         B, L, _ = i["qkv"].shape
-        out = torch.full((3, B, HEADS, L, HEAD_DIM), float("nan"), device="cuda", dtype=torch.bfloat16)
-        return qk_k(**i, out=out, num_warps=w)
+        return torch.full((3, B, HEADS, L, HEAD_DIM), float("nan"), device=DEVICE, dtype=torch.bfloat16)
+
+    qk_reference = lambda i: fused.qk_norm_rope_reference(**i)
 
     def qk_check(i, outs, refs):
         M = i["qkv"].shape[1]
-        toks = torch.randperm(M, device="cuda")[:SAMPLE_ROWS]
+        toks = torch.randperm(M, device=DEVICE)[:SAMPLE_ROWS]
         n = i["n_rope_tokens"]
         x = i["qkv"][0, toks].double().view(-1, 3, HEADS, HEAD_DIM)
-        metrics = {"nan_left": sum(int(torch.isnan(o).sum()) for o in outs), "v_exact": bool(torch.equal(outs[2], refs[2]))}
+        metrics = {"nan_left": sum(int(torch.isnan(o).sum()) for o in outs),
+                   "v_exact": bool(torch.equal(outs[2], refs[2]))}
         for idx, (name, w) in enumerate((("q", i["q_weight"]), ("k", i["k_weight"]))):
             y = x[:, idx] / torch.sqrt(x[:, idx].square().mean(-1, keepdim=True) + 1e-6) * w.double()
             rope = toks < n
@@ -142,29 +146,80 @@ def build_cases(fused, kern) -> list[Case]:
 
     return [
         Case("layernorm_modulate_quant", "3072", ln_make,
-             lambda i, w: ln_k(**i, out=poisoned(i["x"].shape), num_warps=w),
+             lambda i, w, out: ln_k(**i, out=out, num_warps=w), lambda i: poisoned(i["x"].shape),
              lambda i: fused.layernorm_modulate_quant_reference(**i),
              lambda i: quantize_rowwise(ln_bf16(i)), ln_bf16,
-             lambda M: M * HIDDEN * 3 + 4 * M, quant_check(ln64), (4, 8, 16)),
+             lambda M: M * HIDDEN * 3 + 4 * M, quant_check(ln64), (2, 4, 8)),
         Case("gelu_tanh_quant", "12288", lambda M, gen: {"x": activations(M, MLP, gen)},
-             lambda i, w: gelu_k[0](**i, out=poisoned(i["x"].shape), num_warps=w),
+             lambda i, w, out: gelu_k[0](**i, out=out, num_warps=w), lambda i: poisoned(i["x"].shape),
              lambda i: fused.gelu_tanh_quant_reference(**i),
              lambda i: quantize_rowwise(F.gelu(i["x"], approximate="tanh")),
              lambda i: F.gelu(i["x"], approximate="tanh"),
-             lambda M: M * MLP * 3 + 4 * M, quant_check(lambda i, rows: gelu64(i["x"][0, rows])), (8, 16, 32)),
+             lambda M: M * MLP * 3 + 4 * M, quant_check(lambda i, rows: gelu64(i["x"][0, rows])), (4, 8, 16)),
         Case("concat_gelu_quant", "3072+12288", concat_make,
-             lambda i, w: gelu_k[1](**i, out=poisoned((1, i["attn"].shape[1], HIDDEN + MLP)), num_warps=w),
+             lambda i, w, out: gelu_k[1](**i, out=out, num_warps=w),
+             lambda i: poisoned((1, i["attn_out"].shape[1], HIDDEN + MLP)),
              lambda i: fused.concat_gelu_quant_reference(**i),
-             lambda i: quantize_rowwise(torch.cat([i["attn"], F.gelu(i["mlp"], approximate="tanh")], -1)),
-             lambda i: torch.cat([i["attn"], F.gelu(i["mlp"], approximate="tanh")], -1),
+             lambda i: quantize_rowwise(torch.cat([i["attn_out"], F.gelu(i["mlp_act"], approximate="tanh")], -1)),
+             lambda i: torch.cat([i["attn_out"], F.gelu(i["mlp_act"], approximate="tanh")], -1),
              lambda M: M * (HIDDEN + MLP) * 3 + 4 * M,
-             quant_check(lambda i, rows: torch.cat([i["attn"][0, rows].double(), gelu64(i["mlp"][0, rows])], -1)),
-             (8, 16, 32)),
-        Case("qk_norm_rope", "3x24x128", qk_make, qk_triton,
-             lambda i: fused.qk_norm_rope_reference(**i),
-             lambda i: fused.qk_norm_rope_reference(**i), lambda i: fused.qk_norm_rope_reference(**i),
-             lambda M: M * 3 * HEADS * HEAD_DIM * 4 + (M - TEXT_TOKENS) * HEAD_DIM * 4, qk_check, (4, 8, 16)),
+             quant_check(lambda i, r: torch.cat([i["attn_out"][0, r].double(), gelu64(i["mlp_act"][0, r])], -1)),
+             (4, 8, 16)),
+        Case("qk_norm_rope", "3x24x128", qk_make, lambda i, w, out: qk_k(**i, out=out, num_warps=w), qk_poison,
+             qk_reference, qk_reference, qk_reference,
+             lambda M: M * 3 * HEADS * HEAD_DIM * 4 + (M - TEXT_TOKENS) * HEAD_DIM * 4, qk_check, (4, 8)),
     ]
+
+
+def measure(case: Case, M: int, gen: torch.Generator, bench: Callable, compiled: dict | None, sweep: bool) -> dict:
+    """Check one kernel at one size, then time it against the eager chain (and torch.compile when asked)."""
+    inputs = case.make(M, gen)
+    outs = case.triton(inputs, None, case.poison(inputs))
+    refs = case.reference(inputs)
+    metrics = case.check(inputs, outs, refs)
+    if case.name == "qk_norm_rope":
+        ok = (metrics["nan_left"] == 0 and metrics["v_exact"] and metrics["q_rel_l2_vs_reference"] < 2e-3
+              and metrics["k_rel_l2_vs_reference"] < 2e-3)
+    else:
+        ok = fp8_ok(metrics)
+    outs = refs = None  # free before timing
+    t_triton = bench(lambda: case.triton(inputs, None, None))
+    t_eager = bench(lambda: case.eager(inputs))
+    t_bf16 = bench(lambda: case.bf16(inputs)) if case.bf16 is not case.eager else t_eager
+    t_comp = compile_s = None
+    if compiled is not None:
+        first = case.name not in compiled
+        if first:
+            compiled[case.name] = torch.compile(case.eager, dynamic=True)
+        fn = compiled[case.name]
+        t0 = time.perf_counter()
+        fn(inputs)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        compile_s = time.perf_counter() - t0 if first else None
+        t_comp = bench(lambda: fn(inputs))
+    swept = []
+    for w in case.warps if sweep else ():
+        ms = bench(lambda w=w: case.triton(inputs, w, None))
+        swept.append({"kernel": case.name, "M": M, "num_warps": w, "ms": ms})
+        print(f"  sweep {case.name} num_warps={w}: {swept[-1]['ms']:.3f} ms", flush=True)
+    nbytes = case.bytes(M)
+    return {"kernel": case.name, "M": M, "C": case.channels, "ok": ok, "eager_ms": t_eager, "bf16_ms": t_bf16,
+            "compiled_ms": t_comp, "compile_s": compile_s, "triton_ms": t_triton, "bytes": nbytes,
+            "triton_TBps": nbytes / (t_triton * 1e-3) / 1e12, "metrics": metrics, "sweep": swept}
+
+
+def host_ms(fn: Callable) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def copy_bandwidth(bench: Callable) -> float:
+    """Measured ceiling: bytes/s of a 2 GiB device-to-device copy, read plus write."""
+    src = torch.empty(2 << 30 if DEVICE == "cuda" else 1 << 24, dtype=torch.uint8, device=DEVICE).random_()
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / (bench(lambda: dst.copy_(src)) * 1e-3)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,8 +227,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, nargs="+", default=[25_440, 67_320, 118_800])
     ap.add_argument("--compile", action="store_true", help="also time the eager chain under torch.compile")
     ap.add_argument("--budget-s", type=float, default=280.0, help="skip remaining torch.compile work past this")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="cpu: dry run of this script under TRITON_INTERPRET=1 at small --tokens (times meaningless)")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_fused.py needs a CUDA GPU (sm_89+); the CPU path is covered by tests/test_fused.py")
     load_pack()
     import triton
@@ -187,12 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     env = environment()
     bench = lambda fn: do_bench(fn, warmup=25, rep=100, return_mode="median")  # ms
+    if DEVICE == "cpu":
+        bench = host_ms
 
-    big = torch.empty(2 << 30, dtype=torch.uint8, device="cuda").random_()
-    dst = torch.empty_like(big)
-    copy_ms = bench(lambda: dst.copy_(big))
-    copy_bw = 2 * big.numel() / (copy_ms * 1e-3)
-    del big, dst
+    copy_bw = copy_bandwidth(bench)
     print(f"device-to-device copy: {copy_bw / 1e12:.2f} TB/s (read + write)", flush=True)
 
     cases = build_cases(fused, (layernorm_modulate_quant_triton, (gelu_tanh_quant_triton, concat_gelu_quant_triton),
@@ -200,49 +257,24 @@ def main(argv: list[str] | None = None) -> int:
     data: dict = {"copy_TBps": copy_bw / 1e12, "results": [], "sweep": []}
     rows_md = []
     compiled: dict[str, Callable] = {}
-    gen = torch.Generator(device="cuda").manual_seed(int(time.time()))
+    gen = torch.Generator(device=DEVICE).manual_seed(int(time.time()))
     for case in cases:
         for M in args.tokens:
-            inputs = case.make(M, gen)
-            outs = case.triton(inputs, None)
-            refs = case.reference(inputs)
-            metrics = case.check(inputs, outs, refs)
-            ok = (metrics["nan_left"] == 0 and metrics["v_exact"] and metrics["q_rel_l2_vs_reference"] < 2e-3
-                  and metrics["k_rel_l2_vs_reference"] < 2e-3) if case.name == "qk_norm_rope" else fp8_ok(metrics)
-            del outs, refs
-            t_triton = bench(lambda: case.triton(inputs, None))
-            t_eager = bench(lambda: case.eager(inputs))
-            t_bf16 = bench(lambda: case.bf16(inputs)) if case.bf16 is not case.eager else t_eager
-            t_comp = compile_s = None
-            if args.compile and time.perf_counter() - t_start < args.budget_s:
-                first = case.name not in compiled
-                if first:
-                    compiled[case.name] = torch.compile(case.eager, dynamic=True)
-                t0 = time.perf_counter()
-                compiled[case.name](inputs)
-                torch.cuda.synchronize()
-                compile_s = time.perf_counter() - t0 if first else None
-                t_comp = bench(lambda: compiled[case.name](inputs))
-            nbytes = case.bytes(M)
-            bw = nbytes / (t_triton * 1e-3)
-            rec = {"kernel": case.name, "M": M, "C": case.channels, "ok": ok, "eager_ms": t_eager, "bf16_ms": t_bf16,
-                   "compiled_ms": t_comp, "compile_s": compile_s, "triton_ms": t_triton, "bytes": nbytes,
-                   "triton_TBps": bw / 1e12, "metrics": metrics}
+            want_compile = args.compile and time.perf_counter() - t_start < args.budget_s
+            rec = measure(case, M, gen, bench, compiled if want_compile else None, sweep=M == max(args.tokens))
+            data["sweep"] += rec.pop("sweep")
             data["results"].append(rec)
+            bw = rec["triton_TBps"] * 1e12
             fmt = lambda v: "-" if v is None else f"{v:.3f}"
-            rows_md.append([case.name, M, case.channels, "ok" if ok else "FAIL", fmt(t_eager), fmt(t_bf16),
-                            fmt(t_comp) + (f" ({compile_s:.1f} s)" if compile_s else ""), fmt(t_triton),
-                            f"{t_eager / t_triton:.1f}x", f"{bw / 1e12:.2f}", f"{bw / NOMINAL_BW:.0%}",
-                            f"{bw / copy_bw:.0%}"])
-            print(rows_md[-1], {k: (round(v, 7) if isinstance(v, float) else v) for k, v in metrics.items()},
-                  flush=True)
-            if M == max(args.tokens):
-                for w in case.warps:
-                    ms = bench(lambda: case.triton(inputs, w))
-                    data["sweep"].append({"kernel": case.name, "M": M, "num_warps": w, "ms": ms})
-                    print(f"  sweep {case.name} num_warps={w}: {ms:.3f} ms", flush=True)
-            del inputs
-            torch.cuda.empty_cache()
+            rows_md.append([case.name, M, case.channels, "ok" if rec["ok"] else "FAIL", fmt(rec["eager_ms"]),
+                            fmt(rec["bf16_ms"]),
+                            fmt(rec["compiled_ms"]) + (f" ({rec['compile_s']:.1f} s)" if rec["compile_s"] else ""),
+                            fmt(rec["triton_ms"]), f"{rec['eager_ms'] / rec['triton_ms']:.1f}x", f"{bw / 1e12:.2f}",
+                            f"{bw / NOMINAL_BW:.0%}", f"{bw / copy_bw:.0%}"])
+            metrics = {k: (round(v, 7) if isinstance(v, float) else v) for k, v in rec["metrics"].items()}
+            print(rows_md[-1], metrics, flush=True)
+            if DEVICE == "cuda":
+                torch.cuda.empty_cache()
 
     header = ["kernel", "M", "C", "check", "eager unfused ms", "bf16 producer ms", "compiled ms", "triton ms",
               "vs eager", "triton TB/s", "of 4.3 TB/s", "of copy"]

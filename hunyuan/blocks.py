@@ -21,8 +21,8 @@ from .rope import norm_rope
 class BlockInputs:
     """Per-forward constants every block reads (computed once in ``HunyuanVideoTransformer.forward``)."""
 
-    rope_img: tuple[Tensor, Tensor]  # cos, sin [N_img, D/2] for the image tokens
-    rope_joint: tuple[Tensor, Tensor]  # the same plus identity rows for the text tokens (single blocks)
+    rope_img: Tensor  # complex cos + i sin [N_img, D/2] for the image tokens
+    rope_joint: Tensor  # the same plus identity rows for the text tokens (single blocks)
     key_padding_mask: Tensor | None  # [B, N_img + N_txt] bool, True = valid; None when no text is padded
     norm_dtype: torch.dtype
     compute_dtype: torch.dtype
@@ -125,7 +125,7 @@ class DoubleStreamBlock(nn.Module):
                 nn.Linear(hidden, mlp_hidden, device=device, dtype=dtype), nn.GELU(approximate="tanh"),
                 nn.Linear(mlp_hidden, hidden, device=device, dtype=dtype)))
 
-    def _qkv(self, attn: SelfAttention, x: Tensor, rope: tuple[Tensor, Tensor] | None, ctx: BlockInputs):
+    def _qkv(self, attn: SelfAttention, x: Tensor, rope: Tensor | None, ctx: BlockInputs):
         q, k, v = split_heads(attn.qkv(x), self.heads)
         q = norm_rope(q, attn.norm.query_norm.scale, rope, ctx.norm_dtype, ctx.compute_dtype)
         k = norm_rope(k, attn.norm.key_norm.scale, rope, ctx.norm_dtype, ctx.compute_dtype)

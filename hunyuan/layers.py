@@ -80,7 +80,13 @@ class QKNorm(nn.Module):
 
 
 def layer_norm(x: Tensor, norm_dtype: torch.dtype, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
-    """LayerNorm (eps 1e-6) over the last dim computed in ``norm_dtype``, returned in x's dtype."""
+    """LayerNorm (eps 1e-6) over the last dim computed in ``norm_dtype``, returned in x's dtype.
+
+    torch's CPU and CUDA LayerNorm kernels already compute bf16/fp16 inputs in fp32 and round once
+    at the end, so an fp32 norm of a half-precision input needs no fp32 copy of the activation.
+    """
+    if weight is None and x.dtype in (torch.bfloat16, torch.float16) and norm_dtype == torch.float32:
+        return F.layer_norm(x, (x.shape[-1],), None, None, NORM_EPS)
     w = weight.to(norm_dtype) if weight is not None else None
     b = bias.to(norm_dtype) if bias is not None else None
     return F.layer_norm(x.to(norm_dtype), (x.shape[-1],), w, b, NORM_EPS).to(x.dtype)

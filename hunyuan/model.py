@@ -212,7 +212,7 @@ class HunyuanVideoTransformer(nn.Module):
         key_mask = None
         if text_mask is not None:
             key_mask = torch.cat([text_mask.new_ones(b, n_img), text_mask], dim=1)
-        ctx = BlockInputs(rope_img=rope_img, rope_joint=append_identity(*rope_img, n_txt), key_padding_mask=key_mask,
+        ctx = BlockInputs(rope_img=rope_img, rope_joint=append_identity(rope_img, n_txt), key_padding_mask=key_mask,
                           norm_dtype=ndt, compute_dtype=cdt)
         del x
 

@@ -360,16 +360,19 @@ class _FreshModels:
         pass
 
 
-def storage_policy(candidates: Sequence[Candidate], linear_names: Sequence[str], block_order: Sequence[str] = ()
-                   ) -> PrecisionPolicy:
-    """The policy to LOAD an FP8 checkpoint under for one shared model: FP8 storage (weight-only) on every layer
-    some candidate computes in FP8, high precision elsewhere; candidates then only switch compute modes."""
-    fp8 = [c.policy for c in candidates if any(c.policy.mode_for(n, block_order) in FP8_MODES for n in linear_names)]
-    rules = [Rule(n, ComputeMode.FP8_WEIGHT_ONLY) for n in linear_names
-             if any(p.mode_for(n, block_order) in FP8_MODES for p in fp8)]
-    base = fp8[0] if fp8 else PRESETS["bf16"]
-    return PrecisionPolicy(name="quality-storage", description="FP8 storage shared by the quality report's candidates",
-                           rules=rules, default_mode=ComputeMode(base.compute_dtype), fp8_format=base.fp8_format,
+def _has_fp8(policy: PrecisionPolicy) -> bool:
+    return any(m in FP8_MODES for m in [policy.default_mode, *(r.mode for r in policy.rules)])
+
+
+def storage_policy(fp8_layers: Sequence[str], candidates: Sequence[Candidate]) -> PrecisionPolicy:
+    """The policy to load a checkpoint under for one shared model: FP8 storage (weight-only) exactly on the layers
+    the file stores in FP8, so their weights are used as they are; high precision elsewhere, so the reference is as
+    exact as the file allows and candidates quantize the rest on demand. FP8 settings follow the first FP8 candidate
+    (``run_quality`` refuses candidates whose settings differ)."""
+    base = next((c.policy for c in candidates if _has_fp8(c.policy)), PRESETS["bf16"])
+    return PrecisionPolicy(name="quality-storage", description="FP8 where the checkpoint stores FP8",
+                           rules=[Rule(n, ComputeMode.FP8_WEIGHT_ONLY) for n in fp8_layers],
+                           default_mode=ComputeMode(base.compute_dtype), fp8_format=base.fp8_format,
                            activation_scaling=base.activation_scaling, compute_dtype=base.compute_dtype)
 
 
@@ -378,7 +381,7 @@ def storage_policy(candidates: Sequence[Candidate], linear_names: Sequence[str],
 def _describe(policy: PrecisionPolicy, hybrid: tuple[int, int]) -> str:
     s = (f"policy {policy.name}: default {policy.default_mode.value}, {len(policy.rules)} rules, attention "
          f"{policy.attention}, boundary blocks {policy.high_precision_boundary_blocks}")
-    if any(m in FP8_MODES for m in [policy.default_mode, *(r.mode for r in policy.rules)]):
+    if _has_fp8(policy):
         s += f", {policy.fp8_format} weights, {policy.activation_scaling} activations"
     return s + (f", hybrid first {hybrid[0]} / last {hybrid[1]} steps in {policy.compute_dtype}" if any(hybrid) else "")
 
@@ -615,11 +618,9 @@ def _cli(args: argparse.Namespace) -> int:
     if args.exact_reference:
         model: nn.Module | Callable = lambda policy: load_transformer(sd, policy, device, config=cfg)
     else:
-        linear_names = [k[: -len(".weight")] for k, s in canonical_shapes(cfg).items()
-                        if k.endswith(".weight") and len(s) == 2]
-        fp8_file = any(is_fp8(t) for t in sd.values())
-        policy = storage_policy(candidates, linear_names, cfg.block_order()) if fp8_file else PRESETS["bf16"]
-        model = load_transformer(sd, policy, device, config=cfg, consume=True)
+        fp8_layers = [k[: -len(".weight")] for k, s in canonical_shapes(cfg).items()
+                      if k.endswith(".weight") and len(s) == 2 and is_fp8(sd[k])]
+        model = load_transformer(sd, storage_policy(fp8_layers, candidates), device, config=cfg, consume=True)
         del sd
     setup = {"checkpoint": f"{args.checkpoint} ({info.layout} layout, "
                            f"{info.fp8_flavour + ' FP8' if info.fp8_flavour else 'high precision'})",

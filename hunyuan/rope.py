@@ -4,7 +4,9 @@ Each head dim is split into (t, h, w) parts (``axes_dim``, [16, 56, 56] for the
 released model); each part rotates interleaved pairs ``(x[2i], x[2i+1])`` by
 ``pos * theta ** (-2i / d)``. Angles and cos/sin are computed in float64 and stored
 in fp32 (ComfyUI's ``flux/math.py: rope`` does the same), so fp32 tables match it
-bit for bit. Text tokens have position 0 in ComfyUI, i.e. the identity rotation.
+bit for bit. A table is one complex tensor ``cos + i sin`` so applying it is one
+complex multiply (``.real``/``.imag`` give cos and sin to a fused kernel). Text tokens
+have position 0 in ComfyUI, i.e. the identity rotation.
 """
 
 from __future__ import annotations
@@ -23,29 +25,29 @@ def _axis_angles(n: int, dim: int, theta: float, device) -> Tensor:
 
 
 def rope_tables(grid: tuple[int, int, int], axes_dim: tuple[int, int, int], theta: float, device,
-                dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-    """cos and sin tables ``[T*H*W, head_dim // 2]`` for a token grid (t, h, w), tokens in t-h-w order."""
+                dtype: torch.dtype = torch.float32) -> Tensor:
+    """Rotations ``cos + i sin`` ``[T*H*W, head_dim // 2]`` (complex of ``dtype``) for a token grid (t, h, w),
+    tokens in t-h-w order."""
     t, h, w = grid
     at = _axis_angles(t, axes_dim[0], theta, device)[:, None, None, :].expand(t, h, w, -1)
     ah = _axis_angles(h, axes_dim[1], theta, device)[None, :, None, :].expand(t, h, w, -1)
     aw = _axis_angles(w, axes_dim[2], theta, device)[None, None, :, :].expand(t, h, w, -1)
     angles = torch.cat([at, ah, aw], dim=-1).reshape(t * h * w, -1)
-    return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
+    return torch.complex(torch.cos(angles).to(dtype), torch.sin(angles).to(dtype))
 
 
-def append_identity(cos: Tensor, sin: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """Extend tables by ``n`` identity rows (text tokens sit at position 0: no rotation)."""
-    return (torch.cat([cos, cos.new_ones(n, cos.shape[1])]), torch.cat([sin, sin.new_zeros(n, sin.shape[1])]))
+def append_identity(freqs: Tensor, n: int) -> Tensor:
+    """Extend a table by ``n`` identity rows (text tokens sit at position 0: no rotation)."""
+    return torch.cat([freqs, freqs.new_ones(n, freqs.shape[1])])
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate interleaved pairs of ``x [B, H, L, D]`` by tables ``[L, D/2]``; computed in the tables' dtype."""
-    xf = x.to(cos.dtype).unflatten(-1, (-1, 2))
-    x0, x1 = xf[..., 0], xf[..., 1]
-    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
+def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
+    """Rotate interleaved pairs ``(x[2i], x[2i+1])`` of ``x [B, H, L, D]`` by ``freqs [L, D/2]``, in its precision."""
+    xc = torch.view_as_complex(x.to(freqs.real.dtype).unflatten(-1, (-1, 2)).contiguous())
+    return torch.view_as_real(xc * freqs).flatten(-2)
 
 
-def norm_rope(x: Tensor, scale: Tensor, rope: tuple[Tensor, Tensor] | None, norm_dtype: torch.dtype,
+def norm_rope(x: Tensor, scale: Tensor, rope: Tensor | None, norm_dtype: torch.dtype,
               out_dtype: torch.dtype) -> Tensor:
     """RMS q/k norm then RoPE (if tables are given), one cast to ``out_dtype`` at the end.
 
@@ -53,7 +55,7 @@ def norm_rope(x: Tensor, scale: Tensor, rope: tuple[Tensor, Tensor] | None, norm
     """
     y = rms_norm(x, scale, norm_dtype)
     if rope is not None:
-        y = apply_rope(y, *rope)
+        y = apply_rope(y, rope)
     return y.to(out_dtype)
 
 

@@ -7,9 +7,10 @@ embeds it at ``time_factor`` 1000. Noise is drawn on the CPU from ``torch.Genera
 same stream ComfyUI's ``prepare_noise`` draws, so a seed gives the same video on every device and in both samplers.
 
 The hybrid precision schedule runs the first ``N`` and last ``M`` steps under a high-precision compute context (by
-default ``fp8.apply.compute_override(model, "bf16")``: same FP8 weights, dequantized matmuls) and the rest under the
-model's FP8 policy. Contexts are entered with ``with``, so an exception raised by a progress/interrupt callback or by
-the model leaves the compute modes as they were.
+default :func:`default_high_precision`: the same FP8 weights dequantized to the policy's compute dtype via
+``fp8.apply.compute_override``, SDPA attention) and the rest under the model's FP8 policy, without reloading
+weights. Contexts are entered with ``with``, so an exception raised by a progress/interrupt callback or by the model
+leaves the compute modes as they were.
 """
 
 from __future__ import annotations

@@ -271,3 +271,29 @@ def test_interrupt_leaves_model_usable(stop_at):
     assert (model.a.mode, model.b.mode) == (ComputeMode.FP8, ComputeMode.FP8_WEIGHT_ONLY)
     again = sample(model, SHAPE, context, y, steps=7, hybrid=(2, 2), seed=5)
     assert torch.equal(again, reference)
+
+
+def test_hybrid_on_the_real_transformer():
+    from hyvideo_fp8.hunyuan.config import tiny_config
+    from hyvideo_fp8.hunyuan.loader import build_random
+    from hyvideo_fp8.hunyuan.policies import get_preset
+
+    cfg, policy = tiny_config(), get_preset("fp8-balanced")
+    model = build_random(cfg, policy, seed=2)
+    qkv = model.double_blocks[1].img_attn.qkv
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append((qkv.mode.value, m.attention_modes()[1][1])))
+    context, y = torch.randn(1, 6, cfg.context_in_dim), torch.randn(1, cfg.vec_in_dim)
+    shape = (1, 16, 2, 4, 4)
+    mixed = sample(model, shape, context, y, steps=4, hybrid=(1, 1), seed=1)
+    assert seen == [("bf16", "sdpa"), ("fp8", "fp8"), ("fp8", "fp8"), ("bf16", "sdpa")]
+    assert model.policy is policy and qkv.mode is ComputeMode.FP8
+    high = sample(model, shape, context, y, steps=4, hybrid=(4, 0), seed=1)
+    fp8 = sample(model, shape, context, y, steps=4, seed=1)
+    # the high-precision steps are exactly the policy's compute dtype with SDPA on the same FP8 weights
+    model.set_policy(policy.with_overrides(rules=(), default_mode="bf16", attention="sdpa"))
+    assert torch.equal(high, sample(model, shape, context, y, steps=4, seed=1))
+    model.set_policy(policy)
+    assert torch.equal(fp8, sample(model, shape, context, y, steps=4, seed=1))
+    assert torch.isfinite(mixed).all() and 0 < rel_l2(fp8, high) < 1e-2  # measured 3.2e-4 (tiny random model)
+    assert rel_l2(mixed, high) < rel_l2(fp8, high)

@@ -199,3 +199,19 @@ def test_widget_values_are_accepted_by_our_nodes(ui_path):
                 opts = decl[1] if len(decl) > 1 else {}
                 if "min" in opts:
                     assert opts["min"] <= value <= opts["max"], f"{entry['class_type']}.{name} out of range"
+
+
+def test_api_client_helpers():
+    sys.path.insert(0, str(WORKFLOWS))
+    try:
+        import api_client
+    finally:
+        sys.path.remove(str(WORKFLOWS))
+    prompt = {"4": {"class_type": "X", "inputs": {"seed": 1}}, "7": {"class_type": "Y", "inputs": {}}}
+    api_client.apply_overrides(prompt, ["4.seed=42", "7.text=a cat", "7.flag=true"])
+    assert prompt["4"]["inputs"]["seed"] == 42 and prompt["7"]["inputs"] == {"text": "a cat", "flag": True}
+    with pytest.raises(SystemExit, match="NODE_ID.INPUT=VALUE"):
+        api_client.apply_overrides(prompt, ["9.seed=1"])
+    entry = {"outputs": {"22": {"images": [{"filename": "v.mp4", "subfolder": "video", "type": "output"}],
+                                "animated": [True]}, "90": {"latents": [{"filename": "l.latent", "subfolder": ""}]}}}
+    assert [f["filename"] for f in api_client.output_files(entry)] == ["v.mp4", "l.latent"]

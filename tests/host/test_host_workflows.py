@@ -3,12 +3,14 @@ video, agree with each other, and an interrupted prompt leaves the server and th
 
 from __future__ import annotations
 
+import copy
 import threading
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from hyvideo_fp8.hunyuan.policies import get_preset
 from tests.host.conftest import FP8_MODEL, find, save_latent_instead_of_video
 
 NATIVE = "hunyuan_video_fp8_t2v_native_api.json"
@@ -51,14 +53,47 @@ def test_our_sampler_with_fp8_file_cfg_and_negative_prompt(host):
 
 
 def test_our_sampler_matches_native_sampler_custom_advanced(host):
-    # same model, seed, shift 7, guidance 6, euler, and the policy's hybrid steps (2, 2) on both paths
-    native = save_latent_instead_of_video(host.tiny_prompt(NATIVE, steps=6), "latents/native")
-    ours = save_latent_instead_of_video(host.tiny_prompt(OURS, steps=6), "latents/ours")
-    a, b = latent_of(host, host.run(native)), latent_of(host, host.run(ours))
-    assert a.shape == b.shape == (1, 16, 2, 4, 4)
-    assert torch.isfinite(a).all() and torch.isfinite(b).all()
-    rel = ((a.double() - b.double()).norm() / a.double().norm()).item()
-    assert rel < 1e-2, rel  # measured 0 to 3e-3 (bf16 compute; the samplers differ only in fp32 rounding)
+    """Same file, seed, shift 7, guidance 6 and Euler on both paths, under an fp32-compute FP8 policy so that the
+    samplers' own rounding (not bf16 noise) is what is compared. 5 steps: ComfyUI's "simple" scheduler picks from
+    1000 discrete sigmas, which equal our linspace schedule only when steps divides 1000."""
+    policy_json = get_preset("fp8-balanced").with_overrides(
+        name="fp8-balanced-fp32", compute_dtype="fp32", default_mode="fp32").to_json()
+    latents = {}
+    for hybrid in [(0, 0), (5, 0), (2, 2)]:
+        for workflow in (NATIVE, OURS):
+            prompt = save_latent_instead_of_video(host.tiny_prompt(workflow, steps=5), "latents/parity")
+            prompt[find(prompt, "HyVideoFP8Policy")]["inputs"].update(
+                policy_json=policy_json, hybrid_first_steps=hybrid[0], hybrid_last_steps=hybrid[1])
+            latents[workflow, hybrid] = latent_of(host, host.run(prompt))
+
+    def rel(a, b):
+        return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+    for lat in latents.values():
+        assert lat.shape == (1, 16, 2, 4, 4) and torch.isfinite(lat).all()
+    assert rel(latents[NATIVE, (0, 0)], latents[OURS, (0, 0)]) < 1e-5  # all FP8: measured 3.5e-7
+    assert rel(latents[NATIVE, (5, 0)], latents[OURS, (5, 0)]) < 1e-5  # all high precision: measured 2.4e-7
+    # hybrid (2, 2) under KSampler-style sampling goes through our APPLY_MODEL wrapper: measured 8e-5 apart,
+    # against 2.1e-4 for one step in the wrong precision and 2.2e-3 for no hybrid at all
+    assert rel(latents[NATIVE, (2, 2)], latents[OURS, (2, 2)]) < 1.5e-4
+    assert rel(latents[NATIVE, (2, 2)], latents[NATIVE, (0, 0)]) > 1e-3
+
+
+def test_ksampler_drives_our_model(host):
+    """KSampler (cfg 1, euler, simple) on our MODEL gives SamplerCustomAdvanced's latent (same noise stream)."""
+    custom = save_latent_instead_of_video(host.tiny_prompt(NATIVE, steps=4), "latents/custom")
+    ksampler = copy.deepcopy(custom)
+    for kind in ("BasicGuider", "BasicScheduler", "KSamplerSelect", "RandomNoise"):
+        del ksampler[find(ksampler, kind)]
+    node = find(ksampler, "SamplerCustomAdvanced")
+    latent = ksampler[node]["inputs"]["latent_image"]
+    ksampler[node] = {"class_type": "KSampler", "inputs": {
+        "model": [find(ksampler, "ModelSamplingSD3"), 0], "seed": 1, "steps": 4, "cfg": 1.0, "sampler_name": "euler",
+        "scheduler": "simple", "positive": [find(ksampler, "FluxGuidance"), 0],
+        "negative": [find(ksampler, "FluxGuidance"), 0], "latent_image": latent, "denoise": 1.0}}
+    ksampler[find(ksampler, "SaveLatent")]["inputs"]["filename_prefix"] = "latents/ksampler"
+    a, b = latent_of(host, host.run(custom)), latent_of(host, host.run(ksampler))
+    assert torch.isfinite(a).all() and torch.equal(a, b)
 
 
 def test_interrupt_leaves_server_and_model_usable(host):
