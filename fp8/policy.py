@@ -97,6 +97,14 @@ class PrecisionPolicy:
         for field, allowed in _CHOICES.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"policy field '{field}' is {getattr(self, field)!r}; allowed: {list(allowed)}")
+        hp = {ComputeMode(m) for m in HIGH_PRECISION_DTYPES}
+        for where, mode in [("default_mode", self.default_mode)] + [
+                (f"rules[{i}] ({r.pattern})", r.mode) for i, r in enumerate(self.rules)]:
+            # A high-precision layer receives activations in the compute dtype, so it must compute in it too.
+            if mode in hp and mode.value != self.compute_dtype:
+                raise ValueError(f"policy field '{where}' is {mode.value!r} but compute_dtype is "
+                                 f"{self.compute_dtype!r}: high-precision layers run in the compute dtype; "
+                                 f"use {self.compute_dtype!r}")
         n = self.high_precision_boundary_blocks
         if type(n) is not int or n < 0:
             raise ValueError(f"policy field 'high_precision_boundary_blocks' must be an integer >= 0, got {n!r}")
@@ -167,6 +175,13 @@ class PrecisionPolicy:
         unknown = sorted(set(changes) - set(known))
         if unknown:
             raise ValueError(f"unknown policy field(s) {unknown}; known fields: {known}")
+        new_dtype = changes.get("compute_dtype", self.compute_dtype)
+        if new_dtype != self.compute_dtype and new_dtype in HIGH_PRECISION_DTYPES:
+            # Switching the compute dtype moves the high-precision layers with it (bf16 -> fp32 and back).
+            old_mode, new_mode = self.high_precision_mode, ComputeMode(new_dtype)
+            swap = lambda m: new_mode if m == old_mode else m  # noqa: E731
+            changes.setdefault("default_mode", swap(self.default_mode))
+            changes.setdefault("rules", tuple(Rule(r.pattern, swap(r.mode)) for r in self.rules))
         return dataclasses.replace(self, **changes)
 
 

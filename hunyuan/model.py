@@ -76,6 +76,13 @@ class HunyuanVideoTransformer(nn.Module):
         self.final_layer = LastLayer(h, config.patch_volume, config.out_channels, **kw)
         self._warned_options: set[str] = set()
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype: ComfyUI's ``BaseModel.get_dtype`` reads it to cast the sampler's inputs."""
+        if self.policy is not None:
+            return _as_dtype(self.policy.compute_dtype)
+        return next((p.dtype for p in self.parameters() if p.dtype in _DTYPES.values()), torch.float32)
+
     # --- policy ---------------------------------------------------------------------------------------------------
 
     def set_policy(self, policy) -> None:

@@ -84,8 +84,6 @@ def wrap_transformer(
     from ..hunyuan.sampler import default_high_precision
 
     dtype = HIGH_PRECISION_DTYPES[compute_dtype]
-    if not isinstance(getattr(transformer, "dtype", None), torch.dtype):
-        transformer.dtype = dtype  # BaseModel.get_dtype() reads it to cast the sampler's inputs
     model_config = comfy.supported_models.HunyuanVideo(comfy_unet_config(cfg, dtype))
     model_config.set_inference_dtype(dtype, None)
     offload_device = mm.unet_offload_device()

@@ -54,8 +54,7 @@ def load_model_file(path: str, node_policy: NodePolicy, load_device: torch.devic
     check_device(policy, load_device)
     state_dict, info = load_canonical_state_dict(path)
     cfg = info.config
-    transformer = load_transformer(state_dict, policy, build_device, config=cfg)
-    del state_dict
+    transformer = load_transformer(state_dict, policy, build_device, config=cfg, consume=True)
     return transformer, cfg, info
 
 

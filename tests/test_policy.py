@@ -15,14 +15,25 @@ BLOCK_ORDER = [f"double_blocks.{i}." for i in range(20)] + [f"single_blocks.{i}.
 def test_first_matching_rule_wins_then_default():
     p = PrecisionPolicy(
         rules=(("double_blocks.*.img_mod.lin", "bf16"), ("double_blocks.*", "fp8"), ("*.linear2", "fp8-weight-only")),
-        default_mode="fp32",
+        default_mode="fp8-weight-only",
     )
     assert p.rules[0] == Rule("double_blocks.*.img_mod.lin", ComputeMode.BF16)
     assert p.mode_for("double_blocks.3.img_mod.lin") is ComputeMode.BF16
     assert p.mode_for("double_blocks.3.img_attn.qkv") is ComputeMode.FP8
     assert p.mode_for("single_blocks.7.linear2") is ComputeMode.FP8_WEIGHT_ONLY
-    assert p.mode_for("final_layer.linear") is ComputeMode.FP32
-    assert p.mode_for("single_blocks.7.linear1") is ComputeMode.FP32  # globs match the whole name
+    p = p.with_overrides(rules=(("single_blocks.*.linear2", "fp8"),))
+    assert p.mode_for("final_layer.linear") is ComputeMode.FP8_WEIGHT_ONLY
+    assert p.mode_for("single_blocks.7.linear2x") is ComputeMode.FP8_WEIGHT_ONLY  # globs match the whole name
+
+
+def test_high_precision_layers_follow_the_compute_dtype():
+    with pytest.raises(ValueError, match="default_mode.*'fp32' but compute_dtype is 'bf16'"):
+        PrecisionPolicy(default_mode="fp32")
+    with pytest.raises(ValueError, match=r"rules\[0\].*'bf16' but compute_dtype is 'fp32'"):
+        PrecisionPolicy(rules=(("a.*", "bf16"),), default_mode="fp32", compute_dtype="fp32")
+    p = get_preset("fp8-balanced").with_overrides(compute_dtype="fp32")  # moves the bf16 layers to fp32
+    assert p.mode_for("double_blocks.3.img_mod.lin") is ComputeMode.FP32
+    assert p.mode_for("single_blocks.7.linear2") is ComputeMode.FP8
 
 
 def test_boundary_blocks_compute_in_the_compute_dtype_with_sdpa():
