@@ -3,6 +3,7 @@
 from .converter import HyVideoFP8Converter
 from .loader import HyVideoFP8Loader
 from .policy import HyVideoFP8Policy
+from .quality import HyVideoFP8QualityReport
 from .sampler import HyVideoFP8Sampler
 
 NODE_CLASS_MAPPINGS = {
@@ -10,6 +11,7 @@ NODE_CLASS_MAPPINGS = {
     "HyVideoFP8Policy": HyVideoFP8Policy,
     "HyVideoFP8Sampler": HyVideoFP8Sampler,
     "HyVideoFP8Converter": HyVideoFP8Converter,
+    "HyVideoFP8QualityReport": HyVideoFP8QualityReport,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -17,6 +19,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "HyVideoFP8Policy": "HunyuanVideo FP8 Precision Policy",
     "HyVideoFP8Sampler": "HunyuanVideo FP8 Sampler",
     "HyVideoFP8Converter": "HunyuanVideo FP8 Checkpoint Converter",
+    "HyVideoFP8QualityReport": "HunyuanVideo FP8 Quality Report",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

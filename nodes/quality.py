@@ -18,7 +18,7 @@ from .comfy_model import PACK_KEY, our_transformer
 from .policy import CATEGORY, POLICY_TYPE, NodePolicy
 from .sampler import check_latent, text_condition
 
-__all__ = ["HyVideoFP8QualityReport", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "node_candidates"]
+__all__ = ["HyVideoFP8QualityReport", "node_candidates"]
 
 OUTPUT_SUBFOLDER = "hyvideo_fp8_quality"
 
@@ -117,6 +117,3 @@ class HyVideoFP8QualityReport:
         plot = torch.from_numpy(result.plot()).float().div(255.0)[None]
         return {"ui": {"text": [text]}, "result": (text, plot)}
 
-
-NODE_CLASS_MAPPINGS = {"HyVideoFP8QualityReport": HyVideoFP8QualityReport}
-NODE_DISPLAY_NAME_MAPPINGS = {"HyVideoFP8QualityReport": "HunyuanVideo FP8 Quality Report"}

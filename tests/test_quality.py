@@ -92,10 +92,10 @@ def _ssim_naive(x: np.ndarray, y: np.ndarray) -> float:
 def test_ssim_matches_naive_window_loop():
     rng = np.random.default_rng()
     ref = rng.random((16, 15, 3))
-    noisy = np.clip(ref + 0.1 * rng.standard_normal(ref.shape), 0, 1)
+    noisy = np.clip(ref + 0.3 * rng.standard_normal(ref.shape), 0, 1)
     expected = _ssim_naive(noisy, ref)
     assert ssim(noisy, ref) == pytest.approx(expected, rel=1e-10)  # measured: equal to ~1e-15
-    assert expected < 0.95
+    assert expected < 0.9  # measured 0.58-0.73 over 20 draws: the comparison is not vacuous
     assert ssim(ref, ref) == pytest.approx(1.0, abs=1e-12)
 
 
