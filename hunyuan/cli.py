@@ -33,7 +33,8 @@ def _demo(args: argparse.Namespace) -> int:
           f"hidden {cfg.hidden_size}) to {src}")
     policy = get_preset(args.policy)
     report = convert_checkpoint(src, dst, policy, overwrite=True)
-    print(f"converted -> {dst}: {report}")
+    print(f"converted -> {dst}: {report.fp8_layers} FP8 layers, {report.high_precision_layers} high-precision, "
+          f"worst weight error {report.max_rel_error:.4f} ({report.worst_layer})")
     print(inspect_checkpoint(dst))
 
     g = torch.Generator().manual_seed(args.seed)
@@ -125,4 +126,8 @@ def main(argv: list[str]) -> int:
             ap.error(f"unknown benchmark {argv[1]!r}; choose one of {', '.join(BENCHES)}")
         return _bench(argv[1], argv[2:])
     args = ap.parse_args(argv)
-    return {"demo": _demo, "convert": _convert, "inspect": _inspect}[args.cmd](args)
+    try:
+        return {"demo": _demo, "convert": _convert, "inspect": _inspect}[args.cmd](args)
+    except (ValueError, OSError) as e:  # bad input: one clear line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
