@@ -64,7 +64,8 @@ class HyVideoFP8QualityReport:
                 "steps": ("INT", {"default": 8, "min": 1, "max": 200, "tooltip": "Denoising steps of every run."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                                  "tooltip": "Noise seed shared by every run."}),
-                "shift": ("FLOAT", {"default": DEFAULT_SHIFT, "min": 0.01, "max": 100.0, "step": 0.01}),
+                "shift": ("FLOAT", {"default": DEFAULT_SHIFT, "min": 0.01, "max": 100.0, "step": 0.01,
+                                    "tooltip": "Flow-matching time shift of every run (7.0 for the released model)."}),
                 "guidance": ("FLOAT", {"default": DEFAULT_GUIDANCE, "min": 0.0, "max": 100.0, "step": 0.1,
                                        "tooltip": "Embedded guidance scale."}),
                 "noise_floor": ("BOOLEAN", {"default": True, "tooltip": (

@@ -27,6 +27,7 @@ transposed FP8 V.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -78,8 +79,12 @@ def _round_up(n: int, m: int) -> int:
     return (n + m - 1) // m * m
 
 
+@functools.lru_cache(maxsize=16)
 def hadamard(dim: int, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
-    """Sylvester Hadamard matrix of +-1 entries, ``[dim, dim]``; exact in any float dtype (normalize separately)."""
+    """Sylvester Hadamard matrix of +-1 entries, ``[dim, dim]``; exact in any float dtype (normalize separately).
+
+    Cached per (dim, dtype, device): built once instead of in a dozen small launches per attention call.
+    """
     if dim not in HEAD_DIMS:
         raise ValueError(f"head dim {dim} is not supported (supported: {HEAD_DIMS})")
     h = torch.ones(1, 1, dtype=dtype, device=device)
@@ -118,7 +123,7 @@ def quantize_qkv_torch(
     lq_pad, lk_pad = _round_up(L, Q_BLOCK), _round_up(L, K_BLOCK)
     device = q.device
 
-    rot = hadamard(D, device=device) * D**-0.5
+    rot = hadamard(D, device=torch.device(device)) * D**-0.5
     x = (q.float() @ rot) * (sm_scale * LOG2E)
     q_i8, q_scale = _quantize_int8(x, x.abs().amax(dim=-1))
     q_out = torch.zeros(B * H, lq_pad, D, dtype=torch.int8, device=device)
@@ -277,7 +282,7 @@ def quantize_qkv_triton(
         k, v, valid_u8, ksum, vmax, L, H, n_chunks, *k.stride(), *v.stride(),
         HAS_MASK=has_mask, D=D, CHUNK=STATS_CHUNK, ROWS=64, num_warps=4,
     )  # fmt: skip
-    rot = hadamard(D, dtype=q.dtype, device=device)
+    rot = hadamard(D, dtype=q.dtype, device=torch.device(device))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"  # 16-bit inputs times +-1: exact either way
     k_mean = (ksum.sum(dim=1) / kv_len.float().repeat_interleave(H)[:, None]) @ (rot.float() * D**-0.5)
     v_scale = vmax.amax(dim=1).clamp_min(SCALE_FLOOR) / FP8_E4M3_MAX

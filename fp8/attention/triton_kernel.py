@@ -35,7 +35,6 @@ class AttentionConfig:
     num_stages: int = 2
     maxnreg: int | None = 168  # 168 registers fit 3 programs of 4 warps per SM without spills
     magic_cvt: bool = True
-    rowsum_mma: bool = False
 
     def __post_init__(self):
         if Q_BLOCK % self.block_m or K_BLOCK % self.block_n:
@@ -44,7 +43,7 @@ class AttentionConfig:
     @property
     def name(self) -> str:
         regs = f"/r{self.maxnreg}" if self.maxnreg else ""
-        extra = ("/magic" if self.magic_cvt else "/i2f") + ("/summma" if self.rowsum_mma else "")
+        extra = "/magic" if self.magic_cvt else "/i2f"
         return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{regs}{extra}"
 
 
@@ -55,7 +54,7 @@ DEFAULT_CONFIG = AttentionConfig()
 def _attend_tile(
     acc, l_i, m_i, q, row_factor, desc_k, desc_v, k_scale_ptr, k_row, v_row, start_n, kv_len,
     BLOCK_N: tl.constexpr, K_SCALE_BLOCK: tl.constexpr, P_SHIFT: tl.constexpr, MASKED: tl.constexpr,
-    MAGIC: tl.constexpr, ROWSUM_MMA: tl.constexpr,
+    MAGIC: tl.constexpr,
 ):  # fmt: skip
     k = desc_k.load([k_row + start_n, 0])
     s_int = tl.dot(q, k.T, out_dtype=tl.int32)
@@ -74,15 +73,9 @@ def _attend_tile(
     m_new = tl.maximum(m_i, (tl.max(s, axis=1) - base) * rf)
     alpha = tl.math.exp2(m_i - m_new)
     p = tl.math.exp2(s * rf[:, None] - (base * rf + m_new - P_SHIFT)[:, None])
-    p8 = p.to(tl.float8e4nv)
-    if ROWSUM_MMA:
-        ones = tl.full([BLOCK_N, 16], 1.0, tl.float16).to(tl.float8e4nv)
-        l_blk = tl.sum(tl.dot(p8, ones), axis=1) * (1.0 / 16)
-    else:
-        l_blk = tl.sum(p, axis=1)
-    l_i = l_i * alpha + l_blk
+    l_i = l_i * alpha + tl.sum(p, axis=1)
     v = desc_v.load([v_row, start_n])
-    pv = tl.dot(p8, v.T)
+    pv = tl.dot(p.to(tl.float8e4nv), v.T)
     acc = acc * alpha[:, None] + pv
     return acc, l_i, m_new
 
@@ -93,7 +86,7 @@ def _fp8_attention_kernel(
     H, L, Lq_pad, Lk_pad,
     sob, soh, sol, sod,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    K_SCALE_BLOCK: tl.constexpr, P_SHIFT: tl.constexpr, MAGIC: tl.constexpr, ROWSUM_MMA: tl.constexpr,
+    K_SCALE_BLOCK: tl.constexpr, P_SHIFT: tl.constexpr, MAGIC: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -115,12 +108,12 @@ def _fp8_attention_kernel(
     for start_n in range(0, n_full, BLOCK_N):
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, q, row_factor, desc_k, desc_v, ks_ptr, k_row, v_row, start_n, kv_len,
-            BLOCK_N, K_SCALE_BLOCK, P_SHIFT, False, MAGIC, ROWSUM_MMA,
+            BLOCK_N, K_SCALE_BLOCK, P_SHIFT, False, MAGIC,
         )  # fmt: skip
     if n_full < kv_len:
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, q, row_factor, desc_k, desc_v, ks_ptr, k_row, v_row, n_full, kv_len,
-            BLOCK_N, K_SCALE_BLOCK, P_SHIFT, True, MAGIC, ROWSUM_MMA,
+            BLOCK_N, K_SCALE_BLOCK, P_SHIFT, True, MAGIC,
         )  # fmt: skip
 
     cols = tl.arange(0, HEAD_DIM)
@@ -148,7 +141,7 @@ def attention_triton(qkv: QuantizedQKV, out: torch.Tensor, config: AttentionConf
         desc_q, desc_k, desc_v, qkv.q_scale, qkv.k_scale, qkv.v_scale, qkv.kv_len, out,
         qkv.heads, qkv.seq_len, lq_pad, lk_pad, *out.stride(),
         HEAD_DIM=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, K_SCALE_BLOCK=K_BLOCK, P_SHIFT=P_LOG2_SCALE,
-        MAGIC=cfg.magic_cvt, ROWSUM_MMA=cfg.rowsum_mma,
+        MAGIC=cfg.magic_cvt,
         **launch,
     )  # fmt: skip
     return out
