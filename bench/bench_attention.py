@@ -34,12 +34,12 @@ from hyvideo_fp8.fp8.quantize import quantize_tensorwise  # noqa: E402
 
 LENGTHS = (25_696, 67_576, 119_056)
 HEADS, HEAD_DIM = 24, 128
-VARIANTS = [
-    AttentionConfig(64, 128, 4, 2, maxnreg=168, magic_cvt=True),
-    AttentionConfig(64, 128, 4, 2, maxnreg=168, magic_cvt=False),
-    AttentionConfig(64, 128, 4, 3, maxnreg=None, magic_cvt=True),
-    AttentionConfig(64, 64, 4, 3, maxnreg=None, magic_cvt=True),
-    AttentionConfig(128, 128, 8, 3, maxnreg=None, magic_cvt=True),
+VARIANTS = [  # the default first; the others are the runners-up of the 2026-11-29 sweep (NOTES-attention.md)
+    AttentionConfig(64, 128, 4, 2, maxnreg=168),
+    AttentionConfig(64, 128, 4, 2, maxnreg=None),
+    AttentionConfig(64, 128, 4, 3, maxnreg=None),
+    AttentionConfig(64, 64, 4, 3, maxnreg=None),
+    AttentionConfig(128, 128, 8, 3, maxnreg=None),
 ]
 
 

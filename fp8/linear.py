@@ -200,19 +200,57 @@ class FP8Linear(nn.Module):
         """The weight as ``weight.float() * weight_scale`` in ``dtype`` (default: the compute dtype)."""
         return dequantize(self.weight, self.weight_scale, dtype or self.compute_dtype)
 
+    def _fp8_runs_on(self, device: torch.device) -> bool:
+        """Whether fp8 mode computes W8A8 on ``device``; records (and logs once per device) a device fallback."""
+        if self._mode is not ComputeMode.FP8:
+            return False
+        if self.fallback_reason is None and device.type != "cpu":
+            ok, reason = fp8_supported_on(device)
+            if not ok:  # one line per device, not one per layer
+                self.fallback_reason, self._fallback_logged = reason, True
+                if device not in _DEVICES_REPORTED:
+                    _DEVICES_REPORTED.add(device)
+                    logger.warning("[hyvideo_fp8] %s; FP8 layers compute weight-only", reason)
+        return self.fallback_reason is None
+
+    @property
+    def accepts_quantized(self) -> bool:
+        """Whether the next forward is a per-token W8A8 GEMM, so a caller may feed ``forward_quantized`` from a fused
+        producer (e4m3fn values + per-token fp32 scales) instead of calling the layer on a high-precision input."""
+        if self.weight.device.type not in ("cpu", "cuda") or self.activation_scaling != "per-token":
+            return False
+        return self._fp8_runs_on(self.weight.device)
+
+    def forward_quantized(self, x_q: torch.Tensor, x_scale: torch.Tensor,
+                          out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The fp8 GEMM on an input already quantized per token: ``x_q`` e4m3fn ``[..., K]``, ``x_scale`` fp32
+        ``[..., 1]`` (``x ≈ x_q * x_scale``). Output ``[..., N]`` in ``out_dtype`` (default: the compute dtype).
+
+        Only valid while the layer computes W8A8 (see ``accepts_quantized``): in any other mode the layer would
+        compute from the high-precision input, which a quantized one cannot replace.
+        """
+        label = self.name or "FP8Linear"
+        if not self._fp8_runs_on(x_q.device):
+            raise RuntimeError(f"{label} computes {self.effective_mode.value}, not fp8: forward_quantized needs a "
+                               "W8A8 layer; call the layer on the high-precision input (check accepts_quantized)")
+        if x_q.dtype != ACTIVATION_DTYPE:
+            raise ValueError(f"{label}: x_q must be {ACTIVATION_DTYPE} (per-token quantized), got {x_q.dtype}")
+        if x_q.dim() < 1 or x_q.shape[-1] != self.in_features:
+            raise ValueError(f"{label} expects {self.in_features} input features, got x_q of shape {tuple(x_q.shape)}")
+        if x_scale.dtype != torch.float32 or tuple(x_scale.shape) != (*x_q.shape[:-1], 1):
+            raise ValueError(f"{label}: x_scale must be float32 {[*x_q.shape[:-1], 1]} (one scale per token), "
+                             f"got {x_scale.dtype} {list(x_scale.shape)}")
+        out_dtype = self.compute_dtype if out_dtype is None else _as_compute_dtype(out_dtype)
+        out = scaled_gemm(x_q.reshape(-1, self.in_features), x_scale.reshape(-1, 1), self.weight, self.weight_scale,
+                          self.bias, out_dtype=out_dtype)
+        return out.reshape(*x_q.shape[:-1], self.out_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"{self.name or 'FP8Linear'} expects {self.in_features} input features, "
                              f"got input of shape {tuple(x.shape)}")
         mode = self._mode
-        if mode is ComputeMode.FP8 and self.fallback_reason is None and x.device.type != "cpu":
-            ok, reason = fp8_supported_on(x.device)
-            if not ok:  # one line per device, not one per layer
-                self.fallback_reason, self._fallback_logged = reason, True
-                if x.device not in _DEVICES_REPORTED:
-                    _DEVICES_REPORTED.add(x.device)
-                    logger.warning("[hyvideo_fp8] %s; FP8 layers compute weight-only", reason)
-        if mode is ComputeMode.FP8 and self.fallback_reason is None:
+        if self._fp8_runs_on(x.device):
             return self._forward_fp8(x)
         high = mode in (ComputeMode.BF16, ComputeMode.FP32)
         dtype = HIGH_PRECISION_DTYPES[mode.value] if high else self.compute_dtype

@@ -13,26 +13,39 @@ import torch
 from torch import Tensor, nn
 
 from .attention import attention
-from .layers import LayerNorm, MLPEmbedder, Modulation, QKNorm, gelu_tanh, norm_modulate, timestep_embedding
-from .rope import norm_rope
+from .layers import (
+    LayerNorm,
+    MLPEmbedder,
+    Modulation,
+    QKNorm,
+    concat_gelu_linear,
+    gelu_linear,
+    modulated_linear,
+    norm_modulate,
+    timestep_embedding,
+)
+from .rope import RopeTables, split_heads
 
 
 @dataclass
 class BlockInputs:
     """Per-forward constants every block reads (computed once in ``HunyuanVideoTransformer.forward``)."""
 
-    rope_img: Tensor  # complex cos + i sin [N_img, D/2] for the image tokens
-    rope_joint: Tensor  # the same plus identity rows for the text tokens (single blocks)
+    rope: RopeTables  # image-token rotations and the q/k prologue (fused or eager)
     key_padding_mask: Tensor | None  # [B, N_img + N_txt] bool, True = valid; None when no text is padded
     norm_dtype: torch.dtype
     compute_dtype: torch.dtype
+    fused_producers: bool = False  # feed W8A8 layers from the fused FP8 producers (fp8.fused)
+    token_chunk: int = 0  # token-wise steps run over chunks of this many tokens when longer; 0: never chunk
 
 
-def split_heads(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``[B, L, 3*H*D]`` -> q, k, v ``[B, H, L, D]`` (views, no copy)."""
-    b, L, _ = qkv.shape
-    q, k, v = qkv.view(b, L, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    return q, k, v
+def token_ranges(n: int, chunk: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` runs of at most ``chunk`` tokens covering ``0..n`` (one run when ``chunk <= 0`` or
+    ``n <= chunk``). Token-wise steps (norms, linears, GELU, residual) are exact per token, so chunking changes
+    only the peak memory: intermediates are chunk x features instead of tokens x features."""
+    if chunk <= 0 or n <= chunk:
+        return [(0, n)]
+    return [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
 
 
 def _fp16_guard(x: Tensor) -> Tensor:
@@ -40,6 +53,13 @@ def _fp16_guard(x: Tensor) -> Tensor:
     if x.dtype == torch.float16:
         return torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
     return x
+
+
+def _store_qkv(buffer: Tensor, start: int, qkv: tuple[Tensor, Tensor, Tensor]) -> None:
+    """Write q, k, v ``[B, H, n, D]`` into tokens ``start .. start+n`` of a ``[3, B, H, L, D]`` buffer."""
+    n = qkv[0].shape[2]
+    for i, t in enumerate(qkv):
+        buffer[i, :, :, start:start + n].copy_(t)
 
 
 class SelfAttention(nn.Module):
@@ -125,35 +145,44 @@ class DoubleStreamBlock(nn.Module):
                 nn.Linear(hidden, mlp_hidden, device=device, dtype=dtype), nn.GELU(approximate="tanh"),
                 nn.Linear(mlp_hidden, hidden, device=device, dtype=dtype)))
 
-    def _qkv(self, attn: SelfAttention, x: Tensor, rope: Tensor | None, ctx: BlockInputs):
-        q, k, v = split_heads(attn.qkv(x), self.heads)
-        q = norm_rope(q, attn.norm.query_norm.scale, rope, ctx.norm_dtype, ctx.compute_dtype)
-        k = norm_rope(k, attn.norm.key_norm.scale, rope, ctx.norm_dtype, ctx.compute_dtype)
-        return q, k, v.to(ctx.compute_dtype)
+    def _project_qkv(self, buffer: Tensor, start: int, attn: SelfAttention, x: Tensor, mod: tuple[Tensor, ...],
+                     ctx: BlockInputs, rotate: bool) -> None:
+        """qkv linear + q/k norm (+ RoPE) of one stream, chunk by chunk, into its token range of ``buffer``."""
+        norm = attn.norm
+        for s, e in token_ranges(x.shape[1], ctx.token_chunk):
+            qkv = modulated_linear(attn.qkv, x[:, s:e], mod[0], mod[1], ctx.norm_dtype, ctx.fused_producers)
+            parts = ctx.rope.qk_prologue(qkv, self.heads, norm.query_norm.scale, norm.key_norm.scale, s, rotate)
+            del qkv
+            _store_qkv(buffer, start + s, parts)
+            del parts
 
-    def _mlp(self, mlp: nn.Sequential, x: Tensor) -> Tensor:
-        return mlp[2](gelu_tanh(mlp[0](x)))
+    def _finish_stream(self, x: Tensor, a: Tensor, attn: SelfAttention, mlp: nn.Sequential, mod: tuple[Tensor, ...],
+                       ctx: BlockInputs) -> Tensor:
+        """Attention projection, then the MLP, each added to ``x`` in place with its gate, chunk by chunk (both are
+        token-wise, so doing one chunk completely before the next is exact)."""
+        nd, fp = ctx.norm_dtype, ctx.fused_producers
+        for s, e in token_ranges(x.shape[1], ctx.token_chunk):
+            xc = x[:, s:e]
+            xc.addcmul_(attn.proj(a[:, s:e]), mod[2])
+            xc.addcmul_(gelu_linear(mlp[2], modulated_linear(mlp[0], xc, mod[3], mod[4], nd, fp), fp), mod[5])
+        return x
 
     def forward(self, img: Tensor, txt: Tensor, vec: Tensor, ctx: BlockInputs, attn_mode: str) -> tuple[Tensor, Tensor]:
         im = self.img_mod(vec)  # shift1, scale1, gate1, shift2, scale2, gate2
         tm = self.txt_mod(vec)
-        nd = ctx.norm_dtype
-        img_q, img_k, img_v = self._qkv(self.img_attn, norm_modulate(img, im[0], im[1], nd), ctx.rope_img, ctx)
-        txt_q, txt_k, txt_v = self._qkv(self.txt_attn, norm_modulate(txt, tm[0], tm[1], nd), None, ctx)
-        q = torch.cat((img_q, txt_q), dim=2)  # image tokens first (Tencent order)
-        del img_q, txt_q
-        k = torch.cat((img_k, txt_k), dim=2)
-        del img_k, txt_k
-        v = torch.cat((img_v, txt_v), dim=2)
-        del img_v, txt_v
+        (b, n_img, hidden), n_txt = img.shape, txt.shape[1]
+        # Joint attention runs over cat(img, txt) (image tokens first, Tencent order): both streams write their
+        # q, k, v straight into one buffer instead of being concatenated afterwards.
+        qkv = img.new_empty((3, b, self.heads, n_img + n_txt, hidden // self.heads), dtype=ctx.compute_dtype)
+        self._project_qkv(qkv, 0, self.img_attn, img, im, ctx, rotate=True)
+        self._project_qkv(qkv, n_img, self.txt_attn, txt, tm, ctx, rotate=False)
+        q, k, v = qkv.unbind(0)
+        del qkv
         a = attention(q, k, v, key_padding_mask=ctx.key_padding_mask, mode=attn_mode)
         del q, k, v
-        n_img = img.shape[1]
-        img = img.addcmul_(self.img_attn.proj(a[:, :n_img]), im[2])
-        txt = txt.addcmul_(self.txt_attn.proj(a[:, n_img:]), tm[2])
+        img = self._finish_stream(img, a[:, :n_img], self.img_attn, self.img_mlp, im, ctx)
+        txt = self._finish_stream(txt, a[:, n_img:], self.txt_attn, self.txt_mlp, tm, ctx)
         del a
-        img = img.addcmul_(self._mlp(self.img_mlp, norm_modulate(img, im[3], im[4], nd)), im[5])
-        txt = txt.addcmul_(self._mlp(self.txt_mlp, norm_modulate(txt, tm[3], tm[4], nd)), tm[5])
         return img, _fp16_guard(txt)
 
 
@@ -170,20 +199,40 @@ class SingleStreamBlock(nn.Module):
         self.norm = QKNorm(hidden // heads, device=device, dtype=dtype)
         self.modulation = Modulation(hidden, 3, device=device, dtype=dtype)
 
+    def _project(self, x: Tensor, start: int, shift: Tensor, scale: Tensor,
+                 ctx: BlockInputs) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+        """linear1 of tokens ``start ..`` -> ((q, k, v) ``[B, H, n, D]``, MLP pre-activation ``[B, n, mlp_hidden]``).
+        The MLP part is a view into linear1's output."""
+        h = modulated_linear(self.linear1, x, shift, scale, ctx.norm_dtype, ctx.fused_producers)
+        norm = self.norm
+        qkv = ctx.rope.qk_prologue(h[..., :3 * self.hidden], self.heads, norm.query_norm.scale, norm.key_norm.scale,
+                                   start, rotate=True)
+        return qkv, h[..., 3 * self.hidden:]
+
     def forward(self, x: Tensor, vec: Tensor, ctx: BlockInputs, attn_mode: str) -> Tensor:
         shift, scale, gate = self.modulation(vec)
-        h = self.linear1(norm_modulate(x, shift, scale, ctx.norm_dtype))
-        qkv, mlp = h.split([3 * self.hidden, self.mlp_hidden], dim=-1)
-        q, k, v = split_heads(qkv, self.heads)
-        q = norm_rope(q, self.norm.query_norm.scale, ctx.rope_joint, ctx.norm_dtype, ctx.compute_dtype)
-        k = norm_rope(k, self.norm.key_norm.scale, ctx.rope_joint, ctx.norm_dtype, ctx.compute_dtype)
-        a = attention(q, k, v.to(ctx.compute_dtype), key_padding_mask=ctx.key_padding_mask, mode=attn_mode)
-        del q, k, v, qkv
-        mlp = gelu_tanh(mlp)
-        del h
-        out = self.linear2(torch.cat((a, mlp.to(a.dtype)), dim=-1))
+        b, L, _ = x.shape
+        ranges = token_ranges(L, ctx.token_chunk)
+        if len(ranges) == 1:
+            (q, k, v), mlp = self._project(x, 0, shift, scale, ctx)
+        else:  # linear1's output (7 x hidden a token) never exists in full: keep q, k, v and the MLP part only
+            qkv = x.new_empty((3, b, self.heads, L, self.hidden // self.heads), dtype=ctx.compute_dtype)
+            mlp = None
+            for s, e in ranges:
+                parts, mlp_part = self._project(x[:, s:e], s, shift, scale, ctx)
+                _store_qkv(qkv, s, parts)
+                if mlp is None:
+                    mlp = x.new_empty((b, L, self.mlp_hidden), dtype=mlp_part.dtype)
+                mlp[:, s:e] = mlp_part
+                del parts, mlp_part
+            q, k, v = qkv.unbind(0)
+            del qkv
+        a = attention(q, k, v, key_padding_mask=ctx.key_padding_mask, mode=attn_mode)
+        del q, k, v
+        for s, e in ranges:
+            x[:, s:e].addcmul_(concat_gelu_linear(self.linear2, a[:, s:e], mlp[:, s:e], ctx.fused_producers), gate)
         del a, mlp
-        return _fp16_guard(x.addcmul_(out, gate))
+        return _fp16_guard(x)
 
 
 class LastLayer(nn.Module):
@@ -199,5 +248,5 @@ class LastLayer(nn.Module):
         return self.linear(norm_modulate(x, shift, scale, norm_dtype))
 
 
-__all__ = ["BlockInputs", "split_heads", "TokenRefinerBlock", "IndividualTokenRefiner", "TokenRefiner",
+__all__ = ["BlockInputs", "token_ranges", "split_heads", "TokenRefinerBlock", "IndividualTokenRefiner", "TokenRefiner",
            "DoubleStreamBlock", "SingleStreamBlock", "LastLayer"]

@@ -2,8 +2,9 @@
 
 Parameter names follow ComfyUI's native model (``comfy/ldm/flux/layers.py`` and
 ``comfy/ldm/hunyuan_video/model.py``) so state dicts and LoRA keys line up. The
-element-wise steps (LayerNorm+modulate, GELU, RMS norm) are separate functions so
-a fused FP8 producer kernel can replace each one without touching the blocks.
+element-wise steps (LayerNorm+modulate, GELU, RMS norm) are separate functions, and
+``modulated_linear`` / ``gelu_linear`` / ``concat_gelu_linear`` pick per layer between
+them and the fused FP8 producers (``fp8.fused``) that feed a W8A8 GEMM directly.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..fp8 import fused
 
 NORM_EPS = 1e-6
 
@@ -55,8 +58,10 @@ class PatchEmbed(nn.Module):
                               device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Tokens come out contiguous: every block updates them in place, and the fused producers (and fast
+        LayerNorms) need each token's channels adjacent, which the conv's ``[B, C, N]`` layout transposed is not."""
         w, b = self.proj.weight.to(x.dtype), self.proj.bias.to(x.dtype)  # no-ops unless the policy changed dtype
-        return F.conv3d(x, w, b, stride=self.proj.stride).flatten(2).transpose(1, 2)
+        return F.conv3d(x, w, b, stride=self.proj.stride).flatten(2).transpose(1, 2).contiguous()
 
 
 def rms_norm(x: Tensor, scale: Tensor, norm_dtype: torch.dtype) -> Tensor:
@@ -105,6 +110,49 @@ def gelu_tanh(x: Tensor) -> Tensor:
     return F.gelu(x, approximate="tanh")
 
 
+# --- feeding a linear: fused FP8 producer where the layer computes W8A8, the high-precision steps otherwise ----------
+# The producers are Triton kernels on CUDA; torch.compile runs them as opaque calls (graph break) rather than
+# tracing their launch code.
+
+_layernorm_modulate_quant = torch.compiler.disable(fused.layernorm_modulate_quant)
+_gelu_tanh_quant = torch.compiler.disable(fused.gelu_tanh_quant)
+_concat_gelu_quant = torch.compiler.disable(fused.concat_gelu_quant)
+
+
+def takes_fp8_input(layer: nn.Module, fused_producers: bool) -> bool:
+    """Whether to feed ``layer`` from a fused producer: it computes W8A8 per token (policy, hardware and shape
+    allow) and the model has the fused producers on. nn.Linear and weight-only / high-precision modes never do."""
+    return fused_producers and bool(getattr(layer, "accepts_quantized", False))
+
+
+def modulated_linear(layer: nn.Module, x: Tensor, shift: Tensor, scale: Tensor, norm_dtype: torch.dtype,
+                     fused_producers: bool) -> Tensor:
+    """``layer(LayerNorm(x) * (1 + scale) + shift)``: the qkv, fc1 and linear1 inputs.
+
+    Fused: LayerNorm, modulation and per-token quantization in fp32 in one pass, straight into the FP8 GEMM.
+    """
+    if takes_fp8_input(layer, fused_producers):
+        return layer.forward_quantized(*_layernorm_modulate_quant(x, shift, scale, NORM_EPS))
+    return layer(norm_modulate(x, shift, scale, norm_dtype))
+
+
+def gelu_linear(layer: nn.Module, h: Tensor, fused_producers: bool) -> Tensor:
+    """``layer(gelu_tanh(h))``: the fc2 input (K = 12288, where eager quantization cost more than the GEMM)."""
+    if takes_fp8_input(layer, fused_producers):
+        h_q, h_scale = _gelu_tanh_quant(h)
+        del h  # the caller passes a temporary: free it before the GEMM allocates its output
+        return layer.forward_quantized(h_q, h_scale)
+    return layer(gelu_tanh(h))
+
+
+def concat_gelu_linear(layer: nn.Module, attn_out: Tensor, mlp_act: Tensor, fused_producers: bool) -> Tensor:
+    """``layer(cat(attn_out, gelu_tanh(mlp_act)))``: the single block's linear2; fused, the concatenation is
+    never written in high precision."""
+    if takes_fp8_input(layer, fused_producers):
+        return layer.forward_quantized(*_concat_gelu_quant(attn_out, mlp_act))
+    return layer(torch.cat((attn_out, gelu_tanh(mlp_act).to(attn_out.dtype)), dim=-1))
+
+
 class LayerNorm(nn.Module):
     """Affine LayerNorm of the token refiner (``norm1``/``norm2``: ``weight`` and ``bias``)."""
 
@@ -133,4 +181,5 @@ class Modulation(nn.Module):
 
 
 __all__ = ["NORM_EPS", "timestep_embedding", "MLPEmbedder", "PatchEmbed", "rms_norm", "RMSNorm", "QKNorm",
-           "layer_norm", "norm_modulate", "gelu_tanh", "LayerNorm", "Modulation"]
+           "layer_norm", "norm_modulate", "gelu_tanh", "LayerNorm", "Modulation", "takes_fp8_input",
+           "modulated_linear", "gelu_linear", "concat_gelu_linear"]

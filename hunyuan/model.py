@@ -19,6 +19,7 @@ by the precision policy instead.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -28,13 +29,16 @@ from torch import Tensor, nn
 from .blocks import BlockInputs, DoubleStreamBlock, LastLayer, SingleStreamBlock, TokenRefiner
 from .config import HunyuanConfig
 from .layers import MLPEmbedder, PatchEmbed, timestep_embedding
-from .rope import append_identity, rope_tables
+from .rope import RopeTables, rope_tables
 
 logger = logging.getLogger("hyvideo_fp8")
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # ComfyUI passes these for I2V / ControlNet / HunyuanImage; this model is text-to-video only.
 _UNSUPPORTED_INPUTS = ("ref_latent", "guiding_frame_index", "control", "txt_byt5")
+# 32k tokens: the largest per-chunk intermediate (linear1's 21504 features in bf16) is 1.4 GB at hidden 3072,
+# and each GEMM still has M >= 32k rows (full tensor-core occupancy). 720p (118,800 tokens) runs in 4 chunks.
+DEFAULT_TOKEN_CHUNK = 32768
 
 
 def _as_dtype(value: str | torch.dtype) -> torch.dtype:
@@ -56,6 +60,15 @@ class HunyuanVideoTransformer(nn.Module):
 
     ``policy`` (a ``fp8.policy.PrecisionPolicy``) sets the compute dtype, the norm dtype and the attention
     kernel per block; ``None`` means: compute in the input's dtype, norms and RoPE in at least fp32, SDPA.
+
+    Attributes read at every forward:
+        fused_producers: feed each linear that computes W8A8 from a fused producer (``fp8.fused``: LayerNorm +
+            modulation, GELU, concat+GELU straight to FP8 with per-token scales) and run the q/k RMS norm + RoPE
+            as one fused prologue when norms are fp32. False: the eager steps (FP8 layers quantize their input).
+            Layers in weight-only or high-precision mode take the eager steps either way.
+        token_chunk: token-wise steps (linears, norms, GELU, residual adds) run over chunks of this many tokens
+            when a stream is longer, so no full-length ``tokens x 4*hidden`` intermediate exists; 0 disables.
+            Exact: chunking changes the peak memory, not the result.
     """
 
     def __init__(self, config: HunyuanConfig, policy=None, device=None, dtype=None) -> None:
@@ -75,6 +88,10 @@ class HunyuanVideoTransformer(nn.Module):
             SingleStreamBlock(h, heads, config.mlp_ratio, **kw) for _ in range(config.depth_single_blocks))
         self.final_layer = LastLayer(h, config.patch_volume, config.out_channels, **kw)
         self._warned_options: set[str] = set()
+        # Speed/memory switches, read at every forward (see the class docstring).
+        self.fused_producers = True
+        self.token_chunk = DEFAULT_TOKEN_CHUNK
+        self._compile_pending = False
 
     @property
     def dtype(self) -> torch.dtype:
@@ -120,6 +137,18 @@ class HunyuanVideoTransformer(nn.Module):
         if self.policy is None:
             return x.dtype, _upcast(x.dtype)
         return _as_dtype(self.policy.compute_dtype), _as_dtype(self.policy.norm_dtype)
+
+    def compile_blocks(self, mode: str | None = None, backend: str = "inductor") -> None:
+        """``torch.compile`` every double and single block in place (static shapes; parameter names unchanged).
+
+        Compilation happens during the next forward, which logs how long it took. The fused producers, the q/k
+        prologue and FP8 attention stay opaque calls between the compiled graphs (their Triton launchers are not
+        traced). Blocks with different compute modes (boundary blocks, hybrid high-precision steps) get their own
+        graphs.
+        """
+        for block in (*self.double_blocks, *self.single_blocks):
+            block.compile(mode=mode, dynamic=False, backend=backend)
+        self._compile_pending = True
 
     # --- inputs ---------------------------------------------------------------------------------------------------
 
@@ -190,6 +219,13 @@ class HunyuanVideoTransformer(nn.Module):
         """
         transformer_options = transformer_options or {}
         self._check_inputs(x, context, y, kwargs, transformer_options)
+        if self._compile_pending:
+            self._compile_pending = False
+            started = time.perf_counter()
+            out = self.forward(x, timestep, context, y, guidance, attention_mask, transformer_options, **kwargs)
+            logger.info("[hyvideo_fp8] first forward with compiled blocks took %.1f s of host time "
+                        "(compilation included)", time.perf_counter() - started)
+            return out
         cfg = self.config
         cdt, ndt = self._dtypes(x)
         b, _, t, h, w = x.shape
@@ -215,12 +251,13 @@ class HunyuanVideoTransformer(nn.Module):
         del context
 
         n_img, n_txt = img.shape[1], txt.shape[1]
-        rope_img = rope_tables(grid, cfg.axes_dim, cfg.theta, x.device, _upcast(cdt))
+        rope = RopeTables(rope_tables(grid, cfg.axes_dim, cfg.theta, x.device, _upcast(cdt)), n_txt, ndt, cdt,
+                          fused=self.fused_producers)
         key_mask = None
         if text_mask is not None:
             key_mask = torch.cat([text_mask.new_ones(b, n_img), text_mask], dim=1)
-        ctx = BlockInputs(rope_img=rope_img, rope_joint=append_identity(rope_img, n_txt), key_padding_mask=key_mask,
-                          norm_dtype=ndt, compute_dtype=cdt)
+        ctx = BlockInputs(rope=rope, key_padding_mask=key_mask, norm_dtype=ndt, compute_dtype=cdt,
+                          fused_producers=self.fused_producers, token_chunk=self.token_chunk)
         del x
 
         for block, mode in zip(self.double_blocks, double_modes):
@@ -247,4 +284,4 @@ class HunyuanVideoTransformer(nn.Module):
         return out.contiguous()
 
 
-__all__ = ["HunyuanVideoTransformer", "refiner_prefixes"]
+__all__ = ["HunyuanVideoTransformer", "refiner_prefixes", "DEFAULT_TOKEN_CHUNK"]

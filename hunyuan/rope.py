@@ -14,7 +14,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .layers import rms_norm
+from ..fp8 import fused
+from .layers import NORM_EPS, rms_norm
+
+_qk_norm_rope = torch.compiler.disable(fused.qk_norm_rope)  # a Triton kernel on CUDA: opaque to torch.compile
+# The fused prologue computes in fp32 and writes one of these dtypes.
+FUSED_PROLOGUE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
 def _axis_angles(n: int, dim: int, theta: float, device) -> Tensor:
@@ -59,4 +64,49 @@ def norm_rope(x: Tensor, scale: Tensor, rope: Tensor | None, norm_dtype: torch.d
     return y.to(out_dtype)
 
 
-__all__ = ["rope_tables", "append_identity", "apply_rope", "norm_rope"]
+def split_heads(qkv: Tensor, heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``[B, L, 3*H*D]`` -> q, k, v ``[B, H, L, D]`` (views, no copy)."""
+    b, L, _ = qkv.shape
+    q, k, v = qkv.view(b, L, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    return q, k, v
+
+
+class RopeTables:
+    """The rotations of one forward and the q/k prologue that applies them to any run of tokens.
+
+    Sequences are image tokens first, then text (the double block's text stream is text only). With ``fused`` the
+    prologue is ``fp8.fused.qk_norm_rope`` (split, RMS norm in fp32, RoPE on the leading image tokens, one write
+    of ``[B, H, L, D]``; Triton on CUDA); otherwise the eager ``norm_rope`` in ``norm_dtype`` (ComfyUI's numerics,
+    any dtype incl. float64).
+    """
+
+    def __init__(self, freqs: Tensor, n_txt: int, norm_dtype: torch.dtype, out_dtype: torch.dtype,
+                 fused: bool) -> None:
+        self.n_img = freqs.shape[0]
+        self.norm_dtype, self.out_dtype = norm_dtype, out_dtype
+        self.fused = fused and freqs.dtype == torch.complex64 and norm_dtype == torch.float32 \
+            and out_dtype in FUSED_PROLOGUE_DTYPES
+        if self.fused:
+            self.cos, self.sin = freqs.real.contiguous(), freqs.imag.contiguous()
+        else:
+            self.joint = append_identity(freqs, n_txt)
+
+    def qk_prologue(self, qkv: Tensor, heads: int, q_scale: Tensor, k_scale: Tensor, start: int,
+                    rotate: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v ``[B, H, L, D]`` from ``qkv [B, L, 3*H*D]`` holding tokens ``start .. start+L`` of the
+        image-first sequence; ``rotate=False`` for a text-only stream. q and k are normalised (and rotated where
+        they are image tokens); v is passed through. All three in ``out_dtype``."""
+        L = qkv.shape[1]
+        if self.fused:
+            n_rope = min(max(self.n_img - start, 0), L) if rotate else 0
+            rows = slice(start, start + n_rope)
+            q, k, v = _qk_norm_rope(qkv, q_scale, k_scale, self.cos[rows], self.sin[rows], n_rope, NORM_EPS)
+            return q.to(self.out_dtype), k.to(self.out_dtype), v.to(self.out_dtype)  # no-ops unless a mode override
+        q, k, v = split_heads(qkv, heads)
+        freqs = self.joint[start:start + L] if rotate else None
+        return (norm_rope(q, q_scale, freqs, self.norm_dtype, self.out_dtype),
+                norm_rope(k, k_scale, freqs, self.norm_dtype, self.out_dtype), v.to(self.out_dtype))
+
+
+__all__ = ["rope_tables", "append_identity", "apply_rope", "norm_rope", "split_heads", "RopeTables",
+           "FUSED_PROLOGUE_DTYPES"]

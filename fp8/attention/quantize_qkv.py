@@ -1,10 +1,10 @@
 """Quantize Q, K, V for the FP8 attention kernel: one pure-torch version (the reference, CPU CI) and Triton kernels.
 
-Both produce the same :class:`QuantizedQKV` buffers, which are the whole contract with the attention kernel:
-
 Q and K are first rotated by the same orthonormal Hadamard matrix (``x @ H / sqrt(D)``; Q.K^T is unchanged because
 H H^T = D I). The rotation spreads outlier channels over all channels, so one INT8 scale per token / per key block
 no longer has to cover a few channels that are many times larger than the rest (FA3's "incoherent processing").
+
+Both versions produce the same :class:`QuantizedQKV` buffers, which are the whole contract with the attention kernel:
 
 - ``q``: int8 ``[B*H, Lq_pad, D]`` (rotated), one scale per token in ``q_scale`` fp32 ``[B*H, Lq_pad]``. The softmax
   scale and log2(e) are folded into the Q scale, so ``q_scale[i] * k_scale[j] * (q_i . k_j)`` is the logit in log2 units
@@ -19,10 +19,11 @@ no longer has to cover a few channels that are many times larger than the rest (
 - Key padding: the valid keys of each batch element are packed first (stable order), ``kv_len[b]`` says how many;
   rows from ``kv_len[b]`` to ``Lk_pad`` are zeros and the kernel masks them, so padded keys are excluded exactly.
 
-A producer kernel that fuses RMS q/k norm + RoPE in front of attention can write these buffers directly: Q needs
-nothing global (per-token scales); K needs its column mean first (a reduction pass over the normed, roped K, as
-:func:`_kv_stats_kernel` does here) and V its per-channel amax; then one pass writes int8 K + block scales and the
-transposed FP8 V.
+A producer kernel that fuses RMS q/k norm + RoPE in front of attention can write these buffers directly, ending its
+tile with the same rotation (one tensor-core dot of the 128-token tile by the +-1 matrix of :func:`hadamard`, then
+``1/sqrt(D)``): Q needs nothing global (per-token scales, ``sm_scale * log2(e)`` folded in); K needs its column mean
+first (a reduction pass over the normed, roped K, as :func:`_kv_stats_kernel` does here; the rotated mean is the
+mean rotated) and V its per-channel amax; then one pass writes int8 K + block scales and the transposed FP8 V.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ FP8_E4M3_MAX = 448.0
 Q_BLOCK = 128  # Lq is padded to a multiple of this (the largest query tile the kernel uses)
 K_BLOCK = 128  # keys per K scale, and the padding of Lk; the kernel's key tile must divide it
 STATS_CHUNK = 512  # keys per program in the K-mean / V-amax reduction
-HEAD_DIMS = (32, 64, 128, 256)  # powers of two (the Hadamard rotation) that the tensor-core tiles take
+HEAD_DIMS = (32, 64, 128, 256)  # powers of two (Hadamard rotation); the Triton kernel takes 64 and 128
 
 
 @dataclass

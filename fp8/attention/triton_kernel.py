@@ -6,6 +6,12 @@ offset), one exp2, one add for the row sum, half an FP8 pack; per output element
 each tile's P.V starts from a zeroed wgmma accumulator and is added into the fp32 accumulator in registers, which
 also avoids the reduced-precision accumulation of Hopper's FP8 MMA over long key sequences). Only the last, partial
 key tile carries a mask, so the main loop has no per-element index arithmetic.
+
+Scheduling: Triton 3.6 waits on every wgmma right after issuing it, so a program never overlaps its own softmax with
+its own MMAs; overlap comes only from several programs sharing an SM. Hence the default of one warpgroup per program
+(BLOCK_M=64, 4 warps) and a 168-register cap so that three programs fit per SM (H200: 1.40x cuDNN bf16 at
+L=119,056, see bench/NOTES-attention.md); 8-warp programs are 20 % slower because the per-tile barriers lock their two
+warpgroups into the same phase.
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ class AttentionConfig:
     num_warps: int = 4
     num_stages: int = 2
     maxnreg: int | None = 168  # 168 registers fit 3 programs of 4 warps per SM without spills
-    magic_cvt: bool = True
 
     def __post_init__(self):
         if Q_BLOCK % self.block_m or K_BLOCK % self.block_n:
@@ -43,8 +48,7 @@ class AttentionConfig:
     @property
     def name(self) -> str:
         regs = f"/r{self.maxnreg}" if self.maxnreg else ""
-        extra = "/magic" if self.magic_cvt else "/i2f"
-        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{regs}{extra}"
+        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{regs}"
 
 
 DEFAULT_CONFIG = AttentionConfig()
@@ -54,25 +58,16 @@ DEFAULT_CONFIG = AttentionConfig()
 def _attend_tile(
     acc, l_i, m_i, q, row_factor, desc_k, desc_v, k_scale_ptr, k_row, v_row, start_n, kv_len,
     BLOCK_N: tl.constexpr, K_SCALE_BLOCK: tl.constexpr, P_SHIFT: tl.constexpr, MASKED: tl.constexpr,
-    MAGIC: tl.constexpr,
 ):  # fmt: skip
     k = desc_k.load([k_row + start_n, 0])
-    s_int = tl.dot(q, k.T, out_dtype=tl.int32)
+    s = tl.dot(q, k.T, out_dtype=tl.int32).to(tl.float32)
     rf = row_factor * tl.load(k_scale_ptr + start_n // K_SCALE_BLOCK)
-    if MAGIC:
-        # |s_int| < 2**22, so the bits of 1.5 * 2**23 + s_int are that float exactly: an integer add (full-rate ALU)
-        # instead of I2FP; the 1.5 * 2**23 offset is folded into the row offset below.
-        s = (s_int + 0x4B400000).to(tl.float32, bitcast=True)
-        base = 12582912.0
-    else:
-        s = s_int.to(tl.float32)
-        base = 0.0
     if MASKED:
         cols = start_n + tl.arange(0, BLOCK_N)
         s = tl.where((cols < kv_len)[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, (tl.max(s, axis=1) - base) * rf)
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * rf)
     alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(s * rf[:, None] - (base * rf + m_new - P_SHIFT)[:, None])
+    p = tl.math.exp2(s * rf[:, None] - (m_new - P_SHIFT)[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     v = desc_v.load([v_row, start_n])
     pv = tl.dot(p.to(tl.float8e4nv), v.T)
@@ -86,7 +81,7 @@ def _fp8_attention_kernel(
     H, L, Lq_pad, Lk_pad,
     sob, soh, sol, sod,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    K_SCALE_BLOCK: tl.constexpr, P_SHIFT: tl.constexpr, MAGIC: tl.constexpr,
+    K_SCALE_BLOCK: tl.constexpr, P_SHIFT: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -108,12 +103,12 @@ def _fp8_attention_kernel(
     for start_n in range(0, n_full, BLOCK_N):
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, q, row_factor, desc_k, desc_v, ks_ptr, k_row, v_row, start_n, kv_len,
-            BLOCK_N, K_SCALE_BLOCK, P_SHIFT, False, MAGIC,
+            BLOCK_N, K_SCALE_BLOCK, P_SHIFT, False,
         )  # fmt: skip
     if n_full < kv_len:
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, q, row_factor, desc_k, desc_v, ks_ptr, k_row, v_row, n_full, kv_len,
-            BLOCK_N, K_SCALE_BLOCK, P_SHIFT, True, MAGIC,
+            BLOCK_N, K_SCALE_BLOCK, P_SHIFT, True,
         )  # fmt: skip
 
     cols = tl.arange(0, HEAD_DIM)
@@ -141,7 +136,6 @@ def attention_triton(qkv: QuantizedQKV, out: torch.Tensor, config: AttentionConf
         desc_q, desc_k, desc_v, qkv.q_scale, qkv.k_scale, qkv.v_scale, qkv.kv_len, out,
         qkv.heads, qkv.seq_len, lq_pad, lk_pad, *out.stride(),
         HEAD_DIM=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, K_SCALE_BLOCK=K_BLOCK, P_SHIFT=P_LOG2_SCALE,
-        MAGIC=cfg.magic_cvt,
         **launch,
     )  # fmt: skip
     return out
