@@ -44,7 +44,9 @@ def random_canonical(cfg, device: str, seed: int) -> dict[str, torch.Tensor]:
         else:
             fan_in = math.prod(shape[1:])
             t = torch.randn(shape, generator=g, device=device) / math.sqrt(fan_in)
-        sd[name] = t.to(torch.bfloat16)
+        t = t.to(torch.bfloat16)
+        # Kept on the host (pinned) so each variant's peak GPU memory is its own model plus activations.
+        sd[name] = t.cpu().pin_memory() if t.is_cuda else t
     return sd
 
 
@@ -85,8 +87,8 @@ def build_native(variant: str, sd: dict, cfg, device: str, comfy_path: str):
         ops, dtype = comfy.ops.fp8_ops, torch.float8_e4m3fn
     with torch.device("meta"):
         model = hv.HunyuanVideo(**unet, dtype=dtype, operations=ops)
-    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=True, assign=True)
-    return model.to(device).eval()
+    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, strict=True, assign=True)
+    return model.eval()
 
 
 def kernel_split(fn) -> dict[str, float]:
