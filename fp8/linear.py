@@ -221,10 +221,22 @@ class FP8Linear(nn.Module):
             return False
         return self._fp8_runs_on(self.weight.device)
 
-    def forward_quantized(self, x_q: torch.Tensor, x_scale: torch.Tensor,
-                          out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    def _rows(self, rows: slice | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
+        """``(weight, weight_scale, bias, n)`` restricted to the output channels ``rows`` (views, no copy)."""
+        if rows is None:
+            return self.weight, self.weight_scale, self.bias, self.out_features
+        start, stop, step = rows.indices(self.out_features)
+        if step != 1 or stop <= start:
+            raise ValueError(f"{self.name or 'FP8Linear'}: rows must be a non-empty contiguous slice of the "
+                             f"{self.out_features} outputs, got {rows}")
+        bias = self.bias[start:stop] if self.bias is not None else None
+        return self.weight[start:stop], self.weight_scale[start:stop], bias, stop - start
+
+    def forward_quantized(self, x_q: torch.Tensor, x_scale: torch.Tensor, out_dtype: torch.dtype | None = None,
+                          rows: slice | None = None) -> torch.Tensor:
         """The fp8 GEMM on an input already quantized per token: ``x_q`` e4m3fn ``[..., K]``, ``x_scale`` fp32
-        ``[..., 1]`` (``x ≈ x_q * x_scale``). Output ``[..., N]`` in ``out_dtype`` (default: the compute dtype).
+        ``[..., 1]`` (``x ≈ x_q * x_scale``). Output ``[..., N]`` in ``out_dtype`` (default: the compute dtype);
+        ``rows`` computes only those output channels (a fused projection used in parts).
 
         Only valid while the layer computes W8A8 (see ``accepts_quantized``): in any other mode the layer would
         compute from the high-precision input, which a quantized one cannot replace.
@@ -241,30 +253,34 @@ class FP8Linear(nn.Module):
             raise ValueError(f"{label}: x_scale must be float32 {[*x_q.shape[:-1], 1]} (one scale per token), "
                              f"got {x_scale.dtype} {list(x_scale.shape)}")
         out_dtype = self.compute_dtype if out_dtype is None else _as_compute_dtype(out_dtype)
-        out = scaled_gemm(x_q.reshape(-1, self.in_features), x_scale.reshape(-1, 1), self.weight, self.weight_scale,
-                          self.bias, out_dtype=out_dtype)
-        return out.reshape(*x_q.shape[:-1], self.out_features)
+        weight, weight_scale, bias, n = self._rows(rows)
+        out = scaled_gemm(x_q.reshape(-1, self.in_features), x_scale.reshape(-1, 1), weight, weight_scale, bias,
+                          out_dtype=out_dtype)
+        return out.reshape(*x_q.shape[:-1], n)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
+        """``rows``: compute only these output channels (a contiguous slice), e.g. one part of a fused projection."""
         if x.shape[-1] != self.in_features:
             raise ValueError(f"{self.name or 'FP8Linear'} expects {self.in_features} input features, "
                              f"got input of shape {tuple(x.shape)}")
         mode = self._mode
+        weight, weight_scale, bias, n = self._rows(rows)
         if self._fp8_runs_on(x.device):
-            return self._forward_fp8(x)
+            return self._forward_fp8(x, weight, weight_scale, bias, n)
         high = mode in (ComputeMode.BF16, ComputeMode.FP32)
         dtype = HIGH_PRECISION_DTYPES[mode.value] if high else self.compute_dtype
-        bias = self.bias.to(dtype) if self.bias is not None else None
-        return F.linear(x.to(dtype), self.dequantized_weight(dtype), bias)
+        bias = bias.to(dtype) if bias is not None else None
+        return F.linear(x.to(dtype), dequantize(weight, weight_scale, dtype), bias)
 
-    def _forward_fp8(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_fp8(self, x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                     bias: torch.Tensor | None, n: int) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
         if self.activation_scaling == "per-token":
             x_q, x_scale = quantize_rowwise(x2, ACTIVATION_DTYPE)
         else:
             x_q, x_scale = quantize_tensorwise(x2, ACTIVATION_DTYPE)
-        out = scaled_gemm(x_q, x_scale, self.weight, self.weight_scale, self.bias, out_dtype=self.compute_dtype)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        out = scaled_gemm(x_q, x_scale, weight, weight_scale, bias, out_dtype=self.compute_dtype)
+        return out.reshape(*x.shape[:-1], n)
 
     # --- nn.Module plumbing ---------------------------------------------------------------------------------------
 

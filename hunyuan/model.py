@@ -91,6 +91,7 @@ class HunyuanVideoTransformer(nn.Module):
         # Speed/memory switches, read at every forward (see the class docstring).
         self.fused_producers = True
         self.token_chunk = DEFAULT_TOKEN_CHUNK
+        self.block_swap = None  # set by hunyuan.offload.enable_block_swap
         self._compile_pending = False
 
     @property
@@ -146,6 +147,9 @@ class HunyuanVideoTransformer(nn.Module):
         traced). Blocks with different compute modes (boundary blocks, hybrid high-precision steps) get their own
         graphs.
         """
+        if self.block_swap is not None:
+            raise RuntimeError("compile_blocks cannot be combined with block swap (every upload would recompile): "
+                               "call model.block_swap.remove() first")
         for block in (*self.double_blocks, *self.single_blocks):
             block.compile(mode=mode, dynamic=False, backend=backend)
         self._compile_pending = True

@@ -1,5 +1,6 @@
 """ComfyUI node classes of the pack (V1 API). Importing this needs no ComfyUI; the nodes import it when they run."""
 
+from .attention_patch import HyVideoFP8AttentionPatch
 from .converter import HyVideoFP8Converter
 from .loader import HyVideoFP8Loader
 from .policy import HyVideoFP8Policy
@@ -12,6 +13,7 @@ NODE_CLASS_MAPPINGS = {
     "HyVideoFP8Sampler": HyVideoFP8Sampler,
     "HyVideoFP8Converter": HyVideoFP8Converter,
     "HyVideoFP8QualityReport": HyVideoFP8QualityReport,
+    "HyVideoFP8AttentionPatch": HyVideoFP8AttentionPatch,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -20,6 +22,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "HyVideoFP8Sampler": "HunyuanVideo FP8 Sampler",
     "HyVideoFP8Converter": "HunyuanVideo FP8 Checkpoint Converter",
     "HyVideoFP8QualityReport": "HunyuanVideo FP8 Quality Report",
+    "HyVideoFP8AttentionPatch": "HunyuanVideo FP8 Attention (native model)",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

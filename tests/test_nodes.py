@@ -37,7 +37,7 @@ def nodes_without_comfy(monkeypatch):
 
 def test_every_node_is_declared_completely(nodes_without_comfy):
     classes, names = nodes_without_comfy
-    assert set(classes) == set(names) and len(classes) == 5
+    assert set(classes) == set(names) and len(classes) == 6
     for node_id, cls in classes.items():
         assert node_id.startswith("HyVideoFP8") and names[node_id].startswith("HunyuanVideo FP8")
         assert cls.CATEGORY == "HunyuanVideo FP8" and callable(getattr(cls, cls.FUNCTION))
