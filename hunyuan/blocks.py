@@ -199,39 +199,37 @@ class SingleStreamBlock(nn.Module):
         self.norm = QKNorm(hidden // heads, device=device, dtype=dtype)
         self.modulation = Modulation(hidden, 3, device=device, dtype=dtype)
 
-    def _project(self, x: Tensor, start: int, shift: Tensor, scale: Tensor,
-                 ctx: BlockInputs) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
-        """linear1 of tokens ``start ..`` -> ((q, k, v) ``[B, H, n, D]``, MLP pre-activation ``[B, n, mlp_hidden]``).
-        The MLP part is a view into linear1's output."""
-        h = modulated_linear(self.linear1, x, shift, scale, ctx.norm_dtype, ctx.fused_producers)
-        norm = self.norm
-        qkv = ctx.rope.qk_prologue(h[..., :3 * self.hidden], self.heads, norm.query_norm.scale, norm.key_norm.scale,
-                                   start, rotate=True)
-        return qkv, h[..., 3 * self.hidden:]
-
     def forward(self, x: Tensor, vec: Tensor, ctx: BlockInputs, attn_mode: str) -> Tensor:
+        """linear1 runs in two parts: its q, k, v rows before attention, its MLP rows after it, chunk by chunk
+        together with linear2. So neither linear1's full output (7 x hidden a token) nor the MLP pre-activation
+        (4 x hidden) is alive during attention; the price is a second LayerNorm + modulation pass over x."""
         shift, scale, gate = self.modulation(vec)
         b, L, _ = x.shape
+        nd, fp = ctx.norm_dtype, ctx.fused_producers
+        qkv_rows, mlp_rows = slice(0, 3 * self.hidden), slice(3 * self.hidden, None)
+        norm = self.norm
+
+        def project(s: int, e: int) -> tuple[Tensor, Tensor, Tensor]:
+            qkv = modulated_linear(self.linear1, x[:, s:e], shift, scale, nd, fp, rows=qkv_rows)
+            return ctx.rope.qk_prologue(qkv, self.heads, norm.query_norm.scale, norm.key_norm.scale, s, rotate=True)
+
         ranges = token_ranges(L, ctx.token_chunk)
         if len(ranges) == 1:
-            (q, k, v), mlp = self._project(x, 0, shift, scale, ctx)
-        else:  # linear1's output (7 x hidden a token) never exists in full: keep q, k, v and the MLP part only
+            q, k, v = project(0, L)
+        else:
             qkv = x.new_empty((3, b, self.heads, L, self.hidden // self.heads), dtype=ctx.compute_dtype)
-            mlp = None
             for s, e in ranges:
-                parts, mlp_part = self._project(x[:, s:e], s, shift, scale, ctx)
-                _store_qkv(qkv, s, parts)
-                if mlp is None:
-                    mlp = x.new_empty((b, L, self.mlp_hidden), dtype=mlp_part.dtype)
-                mlp[:, s:e] = mlp_part
-                del parts, mlp_part
+                _store_qkv(qkv, s, project(s, e))
             q, k, v = qkv.unbind(0)
             del qkv
         a = attention(q, k, v, key_padding_mask=ctx.key_padding_mask, mode=attn_mode)
         del q, k, v
-        for s, e in ranges:
-            x[:, s:e].addcmul_(concat_gelu_linear(self.linear2, a[:, s:e], mlp[:, s:e], ctx.fused_producers), gate)
-        del a, mlp
+        for s, e in ranges:  # LayerNorm is per token: chunk s:e of x is read here before it is updated
+            xc = x[:, s:e]
+            mlp = modulated_linear(self.linear1, xc, shift, scale, nd, fp, rows=mlp_rows)
+            xc.addcmul_(concat_gelu_linear(self.linear2, a[:, s:e], mlp, fp), gate)
+            del mlp
+        del a
         return _fp16_guard(x)
 
 

@@ -125,15 +125,25 @@ def takes_fp8_input(layer: nn.Module, fused_producers: bool) -> bool:
     return fused_producers and bool(getattr(layer, "accepts_quantized", False))
 
 
+def linear_rows(layer: nn.Module, x: Tensor, rows: slice | None = None) -> Tensor:
+    """``layer(x)``, or only its output channels ``rows`` (an nn.Linear or an FP8Linear)."""
+    if rows is None:
+        return layer(x)
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, layer.weight[rows], layer.bias[rows] if layer.bias is not None else None)
+    return layer(x, rows=rows)
+
+
 def modulated_linear(layer: nn.Module, x: Tensor, shift: Tensor, scale: Tensor, norm_dtype: torch.dtype,
-                     fused_producers: bool) -> Tensor:
-    """``layer(LayerNorm(x) * (1 + scale) + shift)``: the qkv, fc1 and linear1 inputs.
+                     fused_producers: bool, rows: slice | None = None) -> Tensor:
+    """``layer(LayerNorm(x) * (1 + scale) + shift)`` (output channels ``rows`` only, if given): the qkv, fc1 and
+    linear1 inputs.
 
     Fused: LayerNorm, modulation and per-token quantization in fp32 in one pass, straight into the FP8 GEMM.
     """
     if takes_fp8_input(layer, fused_producers):
-        return layer.forward_quantized(*_layernorm_modulate_quant(x, shift, scale, NORM_EPS))
-    return layer(norm_modulate(x, shift, scale, norm_dtype))
+        return layer.forward_quantized(*_layernorm_modulate_quant(x, shift, scale, NORM_EPS), rows=rows)
+    return linear_rows(layer, norm_modulate(x, shift, scale, norm_dtype), rows)
 
 
 def gelu_linear(layer: nn.Module, h: Tensor, fused_producers: bool) -> Tensor:
@@ -182,4 +192,4 @@ class Modulation(nn.Module):
 
 __all__ = ["NORM_EPS", "timestep_embedding", "MLPEmbedder", "PatchEmbed", "rms_norm", "RMSNorm", "QKNorm",
            "layer_norm", "norm_modulate", "gelu_tanh", "LayerNorm", "Modulation", "takes_fp8_input",
-           "modulated_linear", "gelu_linear", "concat_gelu_linear"]
+           "linear_rows", "modulated_linear", "gelu_linear", "concat_gelu_linear"]
