@@ -116,10 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default=",".join(SIZES), help=f"comma list of {list(SIZES)}")
     ap.add_argument("--variants", default=",".join(OURS + NATIVE))
     ap.add_argument("--comfyui", default=None, help="ComfyUI source tree: adds the native variants")
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=3, help="timed steps at the first size")
+    ap.add_argument("--warmup", type=int, default=1, help="warm-up steps at the first size (Triton JIT, cuDNN plans)")
+    ap.add_argument("--runs-rest", type=int, default=None, help="timed steps at later sizes (default: --runs)")
+    ap.add_argument("--warmup-rest", type=int, default=None,
+                    help="warm-up steps at later sizes (default: --warmup); the kernels are already compiled there")
     ap.add_argument("--text-tokens", type=int, default=256)
-    ap.add_argument("--profile", action="store_true", help="add the attention/GEMM/other kernel-time split")
+    ap.add_argument("--profile", default="", help="comma list of sizes to profile for the attention/GEMM/other split")
     ap.add_argument("--tiny", action="store_true", help="tiny config and sizes (CPU smoke test)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--seed", type=int, default=0)
@@ -157,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
             results.append(dict(variant=variant, error=f"{type(e).__name__}: {e}"))
             continue
         weight_gib = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())) / 2**30
-        for size_name, size in sizes.items():
+        for i, (size_name, size) in enumerate(sizes.items()):
+            warmup = args.warmup if i == 0 or args.warmup_rest is None else args.warmup_rest
+            runs = args.runs if i == 0 or args.runs_rest is None else args.runs_rest
             inputs = make_inputs(cfg, size, args.device, args.seed, args.text_tokens)
             def fn(model=model, inputs=inputs):
                 return model(**inputs)
@@ -167,9 +172,18 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.reset_peak_memory_stats()
             try:
                 with torch.inference_mode():
-                    out = fn()
-                    times = time_cuda(fn, warmup=max(0, args.warmup - 1), runs=args.runs)
-                    split = kernel_split(fn) if (args.profile and cuda) else None
+                    if warmup == 0:  # kernels already warm from the first size: the timed steps give the output
+                        kept = {}
+
+                        def fn_keep(fn=fn, kept=kept):
+                            kept["out"] = fn()
+
+                        times = time_cuda(fn_keep, warmup=0, runs=runs)
+                        out = kept.pop("out")
+                    else:
+                        out = fn()  # the first warm-up step, and the output for the error column
+                        times = time_cuda(fn, warmup=warmup - 1, runs=runs)
+                    split = kernel_split(fn) if (size_name in args.profile.split(",") and cuda) else None
             except Exception as e:
                 print(f"[bench_step] {variant} {size_name}: failed: {type(e).__name__}: {e}", flush=True)
                 results.append(dict(variant=variant, size=size_name, error=f"{type(e).__name__}: {e}"))

@@ -98,13 +98,13 @@ def test_forward_quantized_equals_forward_on_the_same_quantized_input():
     out = layer.forward_quantized(x_q, x_scale)
     assert out.shape == (2, 5, 48) and out.dtype == torch.bfloat16
     assert torch.equal(out, layer(x))  # FP8Linear's own fp8 path quantizes exactly like this
-    rows = layer.forward_quantized(x_q, x_scale, rows=slice(16, 40))
-    assert torch.equal(rows, layer(x, rows=slice(16, 40)))
+    rows = layer.forward_quantized(x_q, x_scale, rows=slice(16, 48))
+    assert torch.equal(rows, layer(x, rows=slice(16, 48)))
     exact = x.double() @ layer.dequantized_weight(torch.float64).T + layer.bias.double()
     out32 = layer.forward_quantized(x_q, x_scale, out_dtype=torch.float32)
     assert out32.dtype == torch.float32
-    assert rel(out32, exact) < 0.05  # activation quantization only: measured 2.3e-02
-    assert rel(out32[..., 16:40], rows) < 1e-2  # the row slice is the same GEMM (bf16 rounding: 2e-3)
+    assert rel(out32, exact) < 0.02  # activation quantization only: measured 5.8e-03
+    assert rel(out32[..., 16:48], rows) < 1e-2  # the row slice is the same GEMM (bf16 rounding: 1.6e-03)
 
 
 @pytest.mark.parametrize("make,expected", [
@@ -141,7 +141,8 @@ def test_forward_quantized_rejects_bad_inputs():
 
 def _fed_layers(model) -> set[str]:
     return {name for name, m in model.named_modules()
-            if isinstance(m, FP8Linear) and m.accepts_quantized and name.endswith(PRODUCER_FED)}
+            if isinstance(m, FP8Linear) and m.accepts_quantized and name.endswith(PRODUCER_FED)
+            and name.startswith(("double_blocks.", "single_blocks."))}  # the token refiner keeps its eager steps
 
 
 @pytest.mark.parametrize("preset", ["fp8-balanced", "fp8-max"])
@@ -203,7 +204,8 @@ def test_float64_model_keeps_the_eager_prologue(sd, ref64):
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile's CPU backend needs a C++ compiler")
 def test_compile_blocks_gives_the_same_output(caplog):
-    """Inductor on CPU compiles the blocks (the producers' torch reference is the CPU path): ~12 s here."""
+    """Inductor on CPU compiles the blocks (the producers' torch reference is the CPU path): 18 s on 2 cores with
+    an empty inductor cache, under 1 s cached."""
     cfg = tiny_config(depth=1, depth_single_blocks=1)
     sd = random_state_dict(cfg, seed=2)
     model = load_transformer(sd, None, dtype=torch.float32)
