@@ -80,7 +80,8 @@ def build_native(variant: str, sd: dict, cfg, device: str, comfy_path: str):
                 vec_in_dim=cfg.vec_in_dim, context_in_dim=cfg.context_in_dim, hidden_size=cfg.hidden_size,
                 mlp_ratio=cfg.mlp_ratio, num_heads=cfg.num_heads, depth=cfg.depth,
                 depth_single_blocks=cfg.depth_single_blocks, axes_dim=list(cfg.axes_dim), theta=int(cfg.theta),
-                patch_size=list(cfg.patch_size), qkv_bias=True, guidance_embed=cfg.guidance_embed)
+                patch_size=list(cfg.patch_size), qkv_bias=True, guidance_embed=cfg.guidance_embed,
+                byt5=False, meanflow=False)
     if variant == "native-bf16":
         ops, dtype = comfy.ops.disable_weight_init, torch.bfloat16
     else:  # what UNETLoader weight_dtype=fp8_e4m3fn_fast builds: e4m3 weights, unit-scale _scaled_mm
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     from hyvideo_fp8.hunyuan.config import RELEASED, tiny_config
 
     cfg = tiny_config() if args.tiny else RELEASED
-    sizes = {"tiny-64x96x9f": (64, 96, 9)} if args.tiny else {k: SIZES[k] for k in args.sizes.split(",")}
+    tiny_sizes = {"tiny-64x96x9f": (64, 96, 9), "tiny-32x64x5f": (32, 64, 5)}
+    sizes = tiny_sizes if args.tiny else {k: SIZES[k] for k in args.sizes.split(",")}
     variants = [v for v in args.variants.split(",") if v in OURS or (args.comfyui and v in NATIVE)]
     print(f"preset attention modes: fp8-balanced/fp8-max as defined in hunyuan/policies.py; variants {variants}")
     if "ours-bf16" in variants:  # the error reference runs first
