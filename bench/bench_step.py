@@ -185,12 +185,13 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         out = fn()  # the first warm-up step, and the output for the error column
                         times = time_cuda(fn, warmup=warmup - 1, runs=runs)
+                    # Peak before profiling: the profiled step was seen to inflate the peak (2026-11-29 run).
+                    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
                     split = kernel_split(fn) if (size_name in args.profile.split(",") and cuda) else None
             except Exception as e:
                 print(f"[bench_step] {variant} {size_name}: failed: {type(e).__name__}: {e}", flush=True)
                 results.append(dict(variant=variant, size=size_name, error=f"{type(e).__name__}: {e}"))
                 continue
-            peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
             out = out.float().cpu()
             if torch.isnan(out).any():
                 err = float("nan")

@@ -76,7 +76,8 @@ def test_presets_contents():
         assert p.description and p.name == preset
         assert (p.norm_dtype, p.softmax_dtype, p.compute_dtype) == ("fp32", "fp32", "bf16")
     assert get_preset("fp8-balanced").mode_for("double_blocks.0.img_mlp.0", BLOCK_ORDER) is hp  # boundary block
-    assert [PRESETS[n].error_budget for n in PRESETS] == [0.0, 0.02, 0.08, 0.12]
+    # measured on the full 13B random model (bench/results/quality-2026-11-29-h200), rounded up ~10%
+    assert [PRESETS[n].error_budget for n in PRESETS] == [0.0, 0.14, 0.12, 0.22]
     assert PRESETS["bf16"].attention == "sdpa" and PRESETS["fp8-weight-only"].attention == "sdpa"
     with pytest.raises(ValueError, match=r"unknown precision preset 'fp8-fast'.*'bf16', 'fp8-weight-only'"):
         get_preset("fp8-fast")
