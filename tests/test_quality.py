@@ -280,47 +280,6 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_node_runs_on_a_stub_host_and_restores_the_model(tmp_path, monkeypatch):
-    import sys
-    from types import ModuleType, SimpleNamespace
-
-    from hyvideo_fp8.nodes.comfy_model import PACK_KEY
-    from hyvideo_fp8.nodes.policy import NodePolicy
-    from hyvideo_fp8.nodes.quality import HyVideoFP8QualityReport
-
-    ticks = []
-    mm = ModuleType("comfy.model_management")
-    mm.load_models_gpu = lambda models: None
-    mm.intermediate_device = lambda: torch.device("cpu")
-    mm.throw_exception_if_processing_interrupted = lambda: ticks.append(1)
-    utils = ModuleType("comfy.utils")
-    utils.ProgressBar = lambda total: SimpleNamespace(update=lambda n: None)
-    comfy = ModuleType("comfy")
-    comfy.model_management, comfy.utils = mm, utils
-    folder_paths = ModuleType("folder_paths")
-    folder_paths.get_output_directory = lambda: str(tmp_path)
-    for name, mod in {"comfy": comfy, "comfy.model_management": mm, "comfy.utils": utils,
-                      "folder_paths": folder_paths}.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-
-    _, transformer = _bf16_model()
-    layers_before = dict(transformer.named_modules())
-    base = SimpleNamespace(diffusion_model=transformer, process_latent_out=lambda x: x / 0.476986)
-    model = SimpleNamespace(model=base, model_options={PACK_KEY: {"config": CFG.to_dict()}})
-    inputs = _inputs()
-    positive = [[inputs.context, {"pooled_output": inputs.y}]]
-    vae = SimpleNamespace(decode=lambda lat: torch.from_numpy(_fake_vae(lat)))
-    extra = NodePolicy(PRESETS["fp8-weight-only"], 1, 0)
-    out = HyVideoFP8QualityReport().report(model, positive, {"samples": torch.zeros(LATENT)}, "bf16", STEPS, 0,
-                                           7.0, 6.0, True, vae=vae, policy_a=extra)
-    text, plot = out["result"]
-    assert "bf16: PASS: identical" in text and "fp8-weight-only+hybrid=1/0: PASS" in text
-    assert plot.shape == (1, 420, 800, 3) and plot.dtype == torch.float32 and 0 <= plot.min() and plot.max() <= 1
-    assert len(ticks) == 4 * STEPS  # reference, floor, two candidates: every step checks for interruption
-    assert len(list(tmp_path.rglob("report.json"))) == 1
-    assert dict(transformer.named_modules()) == layers_before and transformer.policy is PRESETS["bf16"]
-
-
 def test_cli_on_an_fp8_checkpoint_says_the_reference_carries_its_rounding(tmp_path):
     from safetensors.torch import save_file
 
