@@ -10,6 +10,7 @@ from typing import Optional
 from ..hunyuan.checkpoint.writer import OUTPUT_FORMATS
 from ..hunyuan.policies import PRESETS
 from .loader import resolve_node_policy
+from .model_files import diffusion_model_files
 from .policy import CATEGORY, POLICY_TYPE, NodePolicy
 
 logger = logging.getLogger("hyvideo_fp8")
@@ -54,11 +55,9 @@ class HyVideoFP8Converter:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        import folder_paths
-
         return {
             "required": {
-                "model_name": (folder_paths.get_filename_list("diffusion_models"), {"tooltip": (
+                "model_name": (diffusion_model_files(), {"tooltip": (
                     "The source HunyuanVideo checkpoint (bf16, Tencent .pt, diffusers or another FP8 file).")}),
                 "output_name": ("STRING", {"default": "hunyuan_video_t2v_720p_fp8.safetensors", "tooltip": (
                     "File name to write in the first diffusion_models folder (.safetensors is added if missing).")}),

@@ -13,6 +13,7 @@ from ..fp8.formats import ComputeMode
 from ..fp8.hardware import fp8_compute_support
 from ..fp8.policy import PrecisionPolicy
 from ..hunyuan.policies import DEFAULT_PRESET, PRESETS
+from .model_files import diffusion_model_files
 from .policy import CATEGORY, POLICY_TYPE, NodePolicy
 
 logger = logging.getLogger("hyvideo_fp8")
@@ -72,11 +73,9 @@ class HyVideoFP8Loader:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        import folder_paths
-
         return {
             "required": {
-                "model_name": (folder_paths.get_filename_list("diffusion_models"), {"tooltip": (
+                "model_name": (diffusion_model_files(), {"tooltip": (
                     "A HunyuanVideo transformer file from models/diffusion_models (or models/unet).")}),
                 "preset": (list(PRESETS), {"default": DEFAULT_PRESET, "tooltip": (
                     "Precision preset, used when no policy is connected. " + "; ".join(

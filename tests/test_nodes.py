@@ -1,7 +1,6 @@
 """ComfyUI nodes called directly, without ComfyUI (the ComfyUI-typed parts run in tests/host)."""
 
 import json
-import sys
 import types
 
 import pytest
@@ -22,11 +21,8 @@ ORDER = CFG.block_order()
 
 
 @pytest.fixture
-def nodes_without_comfy(monkeypatch):
-    """The node mappings with a stub ``folder_paths`` (the only ComfyUI module INPUT_TYPES touches)."""
-    stub = types.ModuleType("folder_paths")
-    stub.get_filename_list = lambda folder: ["a.safetensors", "b.pt"]
-    monkeypatch.setitem(sys.modules, "folder_paths", stub)
+def nodes_without_comfy():
+    """The node mappings, inspected without ComfyUI (file lists are then empty)."""
     from hyvideo_fp8.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
     return NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
@@ -54,7 +50,7 @@ def test_every_node_is_declared_completely(nodes_without_comfy):
 
 def test_loader_lists_diffusion_models_and_presets(nodes_without_comfy):
     spec = nodes_without_comfy[0]["HyVideoFP8Loader"].INPUT_TYPES()
-    assert spec["required"]["model_name"][0] == ["a.safetensors", "b.pt"]
+    assert spec["required"]["model_name"][0] == []  # the real list is checked against a live ComfyUI (host tests)
     assert spec["required"]["preset"][0] == list(PRESETS)
     assert spec["optional"]["policy"][0] == policy.POLICY_TYPE
 
