@@ -61,14 +61,29 @@ def make_inputs(cfg, size, device: str, seed: int, text_tokens: int):
 
 
 def build_ours(variant: str, sd: dict, cfg, device: str):
+    """``<preset>[+sdpa][+swap][+compile]``: +sdpa keeps bf16 attention, +swap streams the last half of the double
+    and single blocks from pinned host memory (block swap), +compile compiles every block (its first step is timed
+    separately as the compile time)."""
     from hyvideo_fp8.hunyuan.loader import load_transformer
+    from hyvideo_fp8.hunyuan.offload import enable_block_swap
     from hyvideo_fp8.hunyuan.policies import get_preset
 
-    preset = "bf16" if variant == "ours-bf16" else variant.split("+")[0]
-    policy = get_preset(preset)
-    if variant.endswith("+sdpa"):  # W8A8 linears with bf16 attention
+    preset, *options = variant.split("+")
+    policy = get_preset("bf16" if preset == "ours-bf16" else preset)
+    if "sdpa" in options:  # W8A8 linears with bf16 attention
         policy = policy.with_overrides(attention="sdpa")
-    return load_transformer(dict(sd), policy, device=device, config=cfg)
+    model = load_transformer(dict(sd), policy, device=device, config=cfg)
+    if "swap" in options:
+        enable_block_swap(model, cfg.depth // 2, cfg.depth_single_blocks // 2)
+    if "compile" in options:
+        model.compile_blocks()
+    return model
+
+
+def known_variant(variant: str) -> bool:
+    preset, *options = variant.split("+")
+    return variant in NATIVE or ((preset in ("ours-bf16", "fp8-weight-only", "fp8-balanced", "fp8-max"))
+                                 and set(options) <= {"sdpa", "swap", "compile"})
 
 
 def build_native(variant: str, sd: dict, cfg, device: str, comfy_path: str):
@@ -136,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = tiny_config() if args.tiny else RELEASED
     tiny_sizes = {"tiny-64x96x9f": (64, 96, 9), "tiny-32x64x5f": (32, 64, 5)}
     sizes = tiny_sizes if args.tiny else {k: SIZES[k] for k in args.sizes.split(",")}
-    variants = [v for v in args.variants.split(",") if v in OURS or (args.comfyui and v in NATIVE)]
+    unknown = [v for v in args.variants.split(",") if not known_variant(v)]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; e.g. {OURS + NATIVE} or fp8-balanced+swap, fp8-max+compile")
+    variants = [v for v in args.variants.split(",") if v not in NATIVE or args.comfyui]
     print(f"preset attention modes: fp8-balanced/fp8-max as defined in hunyuan/policies.py; variants {variants}")
     if "ours-bf16" in variants:  # the error reference runs first
         variants.remove("ours-bf16")
@@ -164,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         weight_gib = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())) / 2**30
         for i, (size_name, size) in enumerate(sizes.items()):
             warmup = args.warmup if i == 0 or args.warmup_rest is None else args.warmup_rest
+            if "+compile" in variant:  # static shapes: every new size compiles again
+                warmup = max(warmup, 1)
             runs = args.runs if i == 0 or args.runs_rest is None else args.runs_rest
             inputs = make_inputs(cfg, size, args.device, args.seed, args.text_tokens)
             def fn(model=model, inputs=inputs):
@@ -174,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.reset_peak_memory_stats()
             try:
                 with torch.inference_mode():
+                    first = None
                     if warmup == 0:  # kernels already warm from the first size: the timed steps give the output
                         kept = {}
 
@@ -183,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                         times = time_cuda(fn_keep, warmup=0, runs=runs)
                         out = kept.pop("out")
                     else:
-                        out = fn()  # the first warm-up step, and the output for the error column
+                        first = time_cuda(fn, warmup=0, runs=1)[0]  # includes JIT / torch.compile on first use
+                        out = fn()  # the output for the error column
                         times = time_cuda(fn, warmup=warmup - 1, runs=runs)
                     # Peak before profiling: the profiled step was seen to inflate the peak (2026-11-29 run).
                     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
@@ -202,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                 err = ((out - refs[size_name]).norm() / refs[size_name].norm()).item()
             else:
                 err = None
-            row = dict(variant=variant, size=size_name, step_s=median(times), times=times, peak_gib=peak,
+            row = dict(variant=variant, size=size_name, step_s=median(times), times=times, first_step_s=first,
+                       peak_gib=peak,
                        weight_gib=weight_gib, rel_l2_vs_ours_bf16=err, split=split)
             results.append(row)
             print(f"[bench_step] {row}", flush=True)
