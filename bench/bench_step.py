@@ -238,16 +238,18 @@ def main(argv: list[str] | None = None) -> int:
         nat = base.get("native-bf16")
         for r in (r for r in results if r.get("size") == size_name):
             if "error" in r:
-                rows.append([size_name, r["variant"], "failed", "", "", "", "", r["error"][:60]])
+                rows.append([size_name, r["variant"], "failed", "", "", "", "", "", r["error"][:60]])
                 continue
             sp = r["split"]
             rows.append([
-                size_name, r["variant"], f"{r['step_s']:.3f}", f"{nat / r['step_s']:.2f}x" if nat else "-",
+                size_name, r["variant"], f"{r['step_s']:.3f}",
+                "-" if r.get("first_step_s") is None else f"{r['first_step_s']:.2f}",
+                f"{nat / r['step_s']:.2f}x" if nat else "-",
                 f"{r['peak_gib']:.1f}", f"{r['weight_gib']:.1f}",
                 "-" if r["rel_l2_vs_ours_bf16"] is None else f"{r['rel_l2_vs_ours_bf16']:.4f}",
                 "-" if not sp else f"{sp['attention']:.0%} / {sp['gemm']:.0%} / {sp['other']:.0%}",
             ])
-    table = markdown_table(["size", "variant", "step s (median)", "vs native bf16", "peak GiB", "weights GiB",
+    table = markdown_table(["size", "variant", "step s (median)", "first step s (JIT/compile)", "vs native bf16", "peak GiB", "weights GiB",
                             "rel L2 vs ours-bf16", "attn / GEMM / other"], rows)
     if not args.no_save and not args.tiny:
         path = write_result("step", env, table, {"results": results})
