@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                 "-" if r["rel_l2_vs_ours_bf16"] is None else f"{r['rel_l2_vs_ours_bf16']:.4f}",
                 "-" if not sp else f"{sp['attention']:.0%} / {sp['gemm']:.0%} / {sp['other']:.0%}",
             ])
-    table = markdown_table(["size", "variant", "step s (median)", "first step s (JIT/compile)", "vs native bf16", "peak GiB", "weights GiB",
-                            "rel L2 vs ours-bf16", "attn / GEMM / other"], rows)
+    table = markdown_table(["size", "variant", "step s (median)", "first step s (JIT/compile)", "vs native bf16",
+                            "peak GiB", "weights GiB", "rel L2 vs ours-bf16", "attn / GEMM / other"], rows)
     if not args.no_save and not args.tiny:
         path = write_result("step", env, table, {"results": results})
         print(f"wrote {path}")
