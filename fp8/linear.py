@@ -23,7 +23,7 @@ from .formats import (
 )
 from .gemm import scaled_gemm
 from .hardware import fp8_supported_on
-from .quantize import dequantize, quantize_rowwise, quantize_tensorwise
+from .quantize import dequantize, quantize_rowwise, quantize_static, quantize_tensorwise
 
 __all__ = ["ComputeMode", "FP8Linear", "ACTIVATION_SCALINGS", "ACTIVATION_DTYPE"]
 
@@ -193,6 +193,31 @@ class FP8Linear(nn.Module):
             logger.warning("[hyvideo_fp8] %s falls back to fp8-weight-only: %s", self.name or "FP8Linear",
                            self.fallback_reason)
             self._fallback_logged = True
+
+    # --- weight patches (LoRA) -------------------------------------------------------------------------------------
+    # A host that patches weights by name (ComfyUI's ModelPatcher looks for ``convert_<param>`` / ``set_<param>``)
+    # must merge into the real weight, not into the scaled FP8 codes.
+
+    def convert_weight(self, weight: torch.Tensor, inplace: bool = False, **kwargs) -> torch.Tensor:
+        """The real weight that ``weight`` (this layer's FP8 codes, upcast by the host) stands for."""
+        scale = self.weight_scale.to(device=weight.device, dtype=weight.dtype).reshape(-1, 1)
+        return weight.mul_(scale) if inplace else weight * scale
+
+    def set_weight(self, weight: torch.Tensor, inplace_update: bool = False, seed: int | None = None,
+                   return_weight: bool = False, **kwargs) -> torch.Tensor | None:
+        """Store a patched real weight back as FP8 under the layer's existing per-channel scales (saturating).
+
+        The scales stay fixed so that restoring the FP8 codes alone (what a host keeps as its backup) restores the
+        layer exactly; a patch that pushes a channel past ``scale * fp8_max`` saturates there.
+        """
+        q = quantize_static(weight, self.weight_scale.reshape(-1, 1), self.weight.dtype).to(self.weight.device)
+        if return_weight:
+            return q
+        if inplace_update:
+            self.weight.data.copy_(q)
+        else:
+            self.weight = nn.Parameter(q, requires_grad=False)
+        return None
 
     # --- compute --------------------------------------------------------------------------------------------------
 

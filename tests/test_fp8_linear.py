@@ -294,3 +294,21 @@ def test_compute_override_restores_modes_even_on_error():
         pass
     assert set_compute_mode(model, "fp8") == len(before)
     assert {m.mode for m in model.modules() if isinstance(m, FP8Linear)} == {ComputeMode.FP8}
+
+
+def test_weight_patch_hooks_merge_a_lora_into_the_real_weight_and_restore_exactly():
+    """ComfyUI's ModelPatcher upcasts the FP8 codes, calls convert_weight, adds the patch, then set_weight."""
+    w = torch.randn(48, 64) * 0.02
+    w[3] *= 30  # an outlier channel with its own scale
+    layer = FP8Linear.from_float(w, torch.randn(48) * 0.01, "fp8", compute_dtype=torch.float32)
+    codes = layer.weight.detach().clone()
+    real = layer.convert_weight(layer.weight.float(), inplace=True)
+    assert ((real - w).norm() / w.norm()).item() < 0.03  # the real weight, not the codes (measured ~0.02)
+    delta = (torch.randn(48, 4) @ torch.randn(4, 64)) * 1e-3  # a rank-4 LoRA
+    layer.set_weight(real + delta)
+    merged = layer.dequantized_weight(torch.float32)
+    assert ((merged - (w + delta)).norm() / (w + delta).norm()).item() < 0.03  # measured ~0.02
+    assert torch.isfinite(merged).all()
+    layer.set_weight(layer.convert_weight(codes.float()), inplace_update=True)  # unpatch from the FP8 backup
+    assert torch.equal(layer.weight.view(torch.uint8), codes.view(torch.uint8))
+    assert layer.set_weight(real, return_weight=True).dtype == layer.weight.dtype

@@ -149,6 +149,7 @@ def host(comfy_path: Path, tmp_path_factory) -> Any:
     models = root / "models"
     (models / "diffusion_models").mkdir(parents=True)
     (models / "vae").mkdir()
+    (models / "loras").mkdir()
     write_checkpoint(models / "diffusion_models" / BF16_MODEL, layout="comfyui", config=CFG, seed=11)
     write_checkpoint(models / "diffusion_models" / FP8_MODEL, layout="comfyui", fp8="ours", config=CFG, seed=12)
     made = subprocess.run([sys.executable, "-c", _VAE_SCRIPT, str(models / "vae" / VAE)], cwd=comfy_path,
@@ -162,7 +163,7 @@ def host(comfy_path: Path, tmp_path_factory) -> Any:
     (nodes / "hyvideo_fp8_test_nodes").symlink_to(test_pack, target_is_directory=True)
     config = root / "extra_model_paths.yaml"
     config.write_text(f"hyvideo_fp8_tests:\n  base_path: {root}\n  diffusion_models: models/diffusion_models\n"
-                      f"  vae: models/vae\n  custom_nodes: custom_nodes\n")
+                      f"  vae: models/vae\n  loras: models/loras\n  custom_nodes: custom_nodes\n")
     for folder in ("out", "user", "in"):
         (root / folder).mkdir()
     port = _free_port()
