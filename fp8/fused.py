@@ -176,3 +176,50 @@ def qk_norm_rope(
 
             return qk_norm_rope_triton(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps)
     return qk_norm_rope_reference(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps)
+
+
+# ---------------------------------------------------------------- torch.compile: the quantizing producers as custom ops
+# Under torch.compile each producer is one opaque graph node with shapes from the fake implementations below: no
+# graph break and no guards on the launchers' Python. Eager calls skip the op wrapper (compiling_or_eager).
+
+def _fake_quant(x: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (*x.shape[:-1], channels)
+    return x.new_empty(shape, dtype=torch.float8_e4m3fn), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
+
+
+def _custom_op(name: str, fn, fake):
+    """Register ``hyvideo_fp8::<name>`` once per process (the pack may be imported under two names)."""
+    if hasattr(torch.ops.hyvideo_fp8, name):
+        return getattr(torch.ops.hyvideo_fp8, name)
+    op = torch.library.custom_op(f"hyvideo_fp8::{name}", mutates_args=())(fn)
+    op.register_fake(fake)
+    return op
+
+
+def _ln_mod_quant_op(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return layernorm_modulate_quant(x, shift, scale, eps)
+
+
+def _gelu_quant_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return gelu_tanh_quant(x)
+
+
+def _concat_gelu_quant_op(attn_out: torch.Tensor, mlp_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return concat_gelu_quant(attn_out, mlp_act)
+
+
+layernorm_modulate_quant_op = _custom_op("layernorm_modulate_quant", _ln_mod_quant_op,
+                                         lambda x, shift, scale, eps: _fake_quant(x, x.shape[-1]))
+gelu_tanh_quant_op = _custom_op("gelu_tanh_quant", _gelu_quant_op, lambda x: _fake_quant(x, x.shape[-1]))
+concat_gelu_quant_op = _custom_op("concat_gelu_quant", _concat_gelu_quant_op,
+                                  lambda a, m: _fake_quant(a, a.shape[-1] + m.shape[-1]))
+
+
+def compiling_or_eager(op, eager):
+    """``op`` while torch.compile traces, ``eager`` otherwise (the custom-op wrapper costs a dispatch per call)."""
+
+    def call(*args):
+        return op(*args) if torch.compiler.is_compiling() else eager(*args)
+
+    return call

@@ -111,12 +111,11 @@ def gelu_tanh(x: Tensor) -> Tensor:
 
 
 # --- feeding a linear: fused FP8 producer where the layer computes W8A8, the high-precision steps otherwise ----------
-# The producers are Triton kernels on CUDA; torch.compile runs them as opaque calls (graph break) rather than
-# tracing their launch code.
+# The producers are Triton kernels on CUDA; under torch.compile they are custom ops (one opaque node each).
 
-_layernorm_modulate_quant = torch.compiler.disable(fused.layernorm_modulate_quant)
-_gelu_tanh_quant = torch.compiler.disable(fused.gelu_tanh_quant)
-_concat_gelu_quant = torch.compiler.disable(fused.concat_gelu_quant)
+_layernorm_modulate_quant = fused.compiling_or_eager(fused.layernorm_modulate_quant_op, fused.layernorm_modulate_quant)
+_gelu_tanh_quant = fused.compiling_or_eager(fused.gelu_tanh_quant_op, fused.gelu_tanh_quant)
+_concat_gelu_quant = fused.compiling_or_eager(fused.concat_gelu_quant_op, fused.concat_gelu_quant)
 
 
 def takes_fp8_input(layer: nn.Module, fused_producers: bool) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -414,3 +415,25 @@ def test_public_entry_points_route_to_the_kernels(kernels, monkeypatch):
         for g, r in zip(got, reference(*args)):
             assert rel_l2(g.cpu().float(), r.float()) < 1e-3
     assert len(launched) == len(cases)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile's CPU backend needs a C++ compiler")
+def test_quantizing_producers_compile_without_graph_breaks():
+    """Under torch.compile the producers are custom ops: a graph around them compiles in one piece (fullgraph) and
+    computes what the eager call does."""
+    from hyvideo_fp8.hunyuan.layers import _concat_gelu_quant, _gelu_tanh_quant, _layernorm_modulate_quant
+
+    x, a = torch.randn(1, 24, 64), torch.randn(1, 24, 32)
+    shift, scale = torch.randn(1, 1, 64) * 0.1, torch.randn(1, 1, 64) * 0.1
+
+    def chain(x, a, shift, scale):
+        q1, s1 = _layernorm_modulate_quant(x * 2, shift, scale, 1e-6)
+        q2, s2 = _gelu_tanh_quant(x + 1)
+        q3, s3 = _concat_gelu_quant(a, x)
+        return q1.float() * s1, q2.float() * s2, q3.float() * s3
+
+    compiled = torch.compile(chain, fullgraph=True)(x, a, shift, scale)
+    eager = chain(x, a, shift, scale)
+    for c, e in zip(compiled, eager):
+        assert torch.equal(c, e)
