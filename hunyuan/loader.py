@@ -134,11 +134,13 @@ def load_transformer(state_dict: MutableMapping[str, Tensor] | Mapping[str, Tens
         dtype: only with ``policy=None`` (with a policy its ``compute_dtype`` decides).
         config: detected from the shapes when None.
         consume: the caller hands over the dict: each tensor is popped as it is used, so the
-            source is freed layer by layer.
+            source is freed layer by layer. With ``open_canonical(path).lazy_state_dict()`` each tensor is
+            read from the file only then: loading holds the model plus one tensor, never the whole file.
     Raises ``NotHunyuanVideoError`` for another model's dict and ``StateDictError`` naming missing,
     unexpected or mis-shaped keys; both are raised before any weight is converted.
     """
-    shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+    shapes = getattr(state_dict, "shapes", None)  # a lazy mapping (checkpoint.LazyStateDict) knows them unread
+    shapes = dict(shapes) if shapes is not None else {k: tuple(v.shape) for k, v in state_dict.items()}
     config = config or detect_config(shapes)
     param_dtype, norm_dtype = _param_dtypes(policy, dtype)
     model = HunyuanVideoTransformer(config, policy=policy, device="meta")

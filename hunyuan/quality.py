@@ -602,26 +602,26 @@ def run_quality_cli(argv: Sequence[str]) -> int:
 
 
 def _cli(args: argparse.Namespace) -> int:
-    from ..fp8.formats import is_fp8
-    from .checkpoint.canonical import load_canonical_state_dict
-    from .config import canonical_shapes
+    from ..fp8.formats import FP8_DTYPES
+    from .checkpoint.canonical import load_canonical_state_dict, open_canonical
     from .loader import load_transformer
 
     candidates = parse_candidates(args.policies)
     width, height, frames = _parse_size(args.size)
-    sd, info = load_canonical_state_dict(args.checkpoint)
-    cfg = info.config
+    if not args.exact_reference:  # one shared model, streamed from the file: the model plus one tensor in memory
+        with open_canonical(args.checkpoint) as ckpt:
+            info, cfg = ckpt.info, ckpt.info.config
+            fp8_layers = [k[: -len(".weight")] for k, s in ckpt.specs.items()
+                          if k.endswith(".weight") and len(s.shape) == 2 and s.dtype in FP8_DTYPES]
+            model = load_transformer(ckpt.lazy_state_dict(), storage_policy(fp8_layers, candidates),
+                                     torch.device(args.device), config=cfg, consume=True)
+    else:  # a fresh model per run, built from one copy of the weights held in memory
+        sd, info = load_canonical_state_dict(args.checkpoint)
+        cfg = info.config
+        model = lambda policy: load_transformer(sd, policy, torch.device(args.device), config=cfg)  # noqa: E731
     context, y, mask, cond_text = _conditioning(args.cond, cfg, args.seed, args.tokens)
     inputs = QualityInputs(context, y, (context.shape[0], cfg.in_channels, (frames - 1) // 4 + 1, height // 8,
                                         width // 8), mask, args.seed, args.steps, args.shift, args.guidance, cond_text)
-    device = torch.device(args.device)
-    if args.exact_reference:
-        model: nn.Module | Callable = lambda policy: load_transformer(sd, policy, device, config=cfg)
-    else:
-        fp8_layers = [k[: -len(".weight")] for k, s in canonical_shapes(cfg).items()
-                      if k.endswith(".weight") and len(s) == 2 and is_fp8(sd[k])]
-        model = load_transformer(sd, storage_policy(fp8_layers, candidates), device, config=cfg, consume=True)
-        del sd
     setup = {"checkpoint": f"{args.checkpoint} ({info.layout} layout, "
                            f"{info.fp8_flavour + ' FP8' if info.fp8_flavour else 'high precision'})",
              "video": f"{width}x{height}, {frames} frames"}

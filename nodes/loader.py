@@ -48,14 +48,14 @@ def resolve_node_policy(preset: str, policy: Optional[NodePolicy]) -> NodePolicy
 
 def load_model_file(path: str, node_policy: NodePolicy, load_device: torch.device, build_device: torch.device):
     """Read, detect and build the transformer; returns (transformer, config, info). ComfyUI-free for direct tests."""
-    from ..hunyuan.checkpoint.canonical import load_canonical_state_dict
+    from ..hunyuan.checkpoint.canonical import open_canonical
     from ..hunyuan.loader import load_transformer
 
     policy = node_policy.policy
     check_device(policy, load_device)
-    state_dict, info = load_canonical_state_dict(path)
-    cfg = info.config
-    transformer = load_transformer(state_dict, policy, build_device, config=cfg, consume=True)
+    with open_canonical(path) as ckpt:  # streamed: the model plus one tensor in memory, never the whole file
+        info, cfg = ckpt.info, ckpt.info.config
+        transformer = load_transformer(ckpt.lazy_state_dict(), policy, build_device, config=cfg, consume=True)
     return transformer, cfg, info
 
 

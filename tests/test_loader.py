@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -129,3 +132,41 @@ def test_another_models_dict_is_rejected():
 def test_dtype_conflicting_with_policy_is_rejected():
     with pytest.raises(ValueError, match="conflicts with the policy's compute_dtype 'bf16'"):
         load_transformer(random_state_dict(CFG), get_preset("bf16"), dtype=torch.float32)
+
+
+@pytest.mark.parametrize("fp8", [None, "ours"])
+def test_streamed_load_reads_each_tensor_once_and_equals_the_eager_load(tmp_path, monkeypatch, fp8):
+    """open_canonical(...).lazy_state_dict() + consume: shapes come from the header, each tensor is read when its
+    layer is built and dropped after, so loading holds the model plus one tensor, not the whole file."""
+    from hyvideo_fp8.hunyuan.checkpoint.canonical import CanonicalCheckpoint, load_canonical_state_dict, open_canonical
+    from tests.checkpoint_factory import write_checkpoint
+
+    path = tmp_path / "tiny.safetensors"
+    write_checkpoint(path, layout="tencent", fp8=fp8, config=CFG, seed=9)
+    policy = get_preset("fp8-balanced")
+    eager = load_transformer(load_canonical_state_dict(path)[0], policy)
+
+    reads, alive = [], []
+    real_get = CanonicalCheckpoint.get
+
+    def spy(self, name):
+        t = real_get(self, name)
+        reads.append(name)
+        alive.append(weakref.ref(t))
+        return t
+
+    monkeypatch.setattr(CanonicalCheckpoint, "get", spy)
+    with open_canonical(path) as ckpt:
+        lazy = ckpt.lazy_state_dict()
+        assert reads == [] and len(lazy) == len(ckpt.specs)
+        streamed = load_transformer(lazy, policy, config=ckpt.info.config, consume=True)
+        assert len(lazy) == 0
+    assert sorted(reads) == sorted(set(reads)) and len(reads) == len(ckpt.specs)
+    gc.collect()
+    # what survives is what the model kept as its own parameters (no copy of the file's tensors beyond those)
+    kept = {id(p) for p in streamed.parameters()} | {id(b) for b in streamed.buffers()}
+    assert all(r() is None or id(r()) in kept for r in alive)
+    sd_a, sd_b = eager.state_dict(), streamed.state_dict()
+    assert sd_a.keys() == sd_b.keys()
+    for k in sd_a:
+        assert torch.equal(sd_a[k].view(torch.uint8), sd_b[k].view(torch.uint8)), k

@@ -8,9 +8,9 @@ read when :meth:`CanonicalCheckpoint.get` asks for them, so the converter stream
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -118,6 +118,11 @@ class CanonicalCheckpoint:
         """All canonical tensors materialised (``.pt`` sources stay memory-mapped where no rename copies them)."""
         return dict(self.items())
 
+    def lazy_state_dict(self) -> LazyStateDict:
+        """The canonical tensors as a mapping that reads each one when it is taken (valid while the file is open):
+        a loader that consumes it layer by layer never holds the whole checkpoint in memory."""
+        return LazyStateDict(self)
+
     def quantized_layers(self) -> list[str]:
         """Layer names (without ``.weight``) stored as FP8 + scale."""
         return [n[: -len(SCALE_SUFFIX)] for n in self._plan if n.endswith(SCALE_SUFFIX)]
@@ -130,6 +135,34 @@ class CanonicalCheckpoint:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class LazyStateDict(Mapping):
+    """Canonical name -> tensor, read from the file on access; ``shapes`` answers without reading any data."""
+
+    def __init__(self, ckpt: CanonicalCheckpoint) -> None:
+        self._ckpt = ckpt
+        self.shapes: dict[str, tuple[int, ...]] = {k: tuple(s.shape) for k, s in ckpt.specs.items()}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.shapes:
+            raise KeyError(name)
+        return self._ckpt.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.shapes
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.shapes))
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def pop(self, name: str) -> torch.Tensor:
+        """Read ``name`` and forget it (a consuming loader takes each tensor once)."""
+        tensor = self[name]
+        del self.shapes[name]
+        return tensor
 
 
 def _validate(specs: dict[str, TensorSpec], config: HunyuanConfig) -> None:
@@ -204,4 +237,4 @@ def load_canonical_state_dict(path: str | os.PathLike, *, prefer: str = "module"
         return ckpt.state_dict(), ckpt.info
 
 
-__all__ = ["CheckpointInfo", "CanonicalCheckpoint", "open_canonical", "load_canonical_state_dict"]
+__all__ = ["CheckpointInfo", "CanonicalCheckpoint", "LazyStateDict", "open_canonical", "load_canonical_state_dict"]
