@@ -16,14 +16,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pack_path import load_pack  # noqa: E402
+from common import environment, load_pack, median, time_cuda
 
 load_pack()
 from hyvideo_fp8.fp8.attention import fp8_attention  # noqa: E402
@@ -144,21 +141,7 @@ def check_correctness(lengths, log) -> dict:
 
 
 def time_ms(fn, reps: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
-
-
-def median(xs: list[float]) -> float:
-    return sorted(xs)[len(xs) // 2]
+    return [t * 1e3 for t in time_cuda(fn, warmup=warmup, runs=reps)]
 
 
 def time_length(L: int, variants, log) -> list[dict]:
@@ -204,27 +187,21 @@ def run_timing(lengths, variants, log) -> list[dict]:
     return rows
 
 
-def environment() -> dict:
+def attention_environment() -> dict:
+    """The common record plus what matters for attention: the cuDNN frontend and the clocks."""
+
     def cmd(*args):
         try:
             return subprocess.run(args, capture_output=True, text=True, timeout=30).stdout.strip()
         except (OSError, subprocess.SubprocessError) as e:
             return f"unavailable: {e}"
 
-    import triton
-
     return {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(),
+        **environment(),
         "cudnn_frontend": cmd(sys.executable, "-m", "pip", "show", "nvidia-cudnn-frontend")[:200] or "not installed",
         "nvidia_smi": cmd(
             "nvidia-smi", "--query-gpu=name,clocks.sm,clocks.max.sm,power.draw,temperature.gpu", "--format=csv"
         ),  # fmt: skip
-        "command": " ".join(sys.argv),
     }
 
 
@@ -243,7 +220,7 @@ def main() -> None:
         log_file.write(msg + "\n")
         log_file.flush()
 
-    result = {"environment": environment()}
+    result = {"environment": attention_environment()}
     log(json.dumps(result["environment"], indent=1))
     if not args.skip_checks:
         result["correctness"] = check_correctness(args.lengths, log)

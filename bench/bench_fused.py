@@ -235,7 +235,6 @@ def main(argv: list[str] | None = None) -> int:
     if DEVICE == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_fused.py needs a CUDA GPU (sm_89+); the CPU path is covered by tests/test_fused.py")
     load_pack()
-    import triton
     from triton.testing import do_bench
 
     from hyvideo_fp8.fp8 import fused
@@ -281,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(header, rows_md)
     sweep = markdown_table(["kernel", "M", "num_warps", "ms"],
                            [[s["kernel"], s["M"], s["num_warps"], f"{s['ms']:.3f}"] for s in data["sweep"]])
-    env["triton"] = triton.__version__
     notes = (f"Device-to-device copy ceiling: {copy_bw / 1e12:.2f} TB/s. Bytes = inputs read once + outputs written "
              "once. 'eager unfused' = bf16 producer then quantize_rowwise (qk_norm_rope: the torch reference); "
              "'compiled' = that chain under torch.compile(dynamic=True), first-call time in parentheses. "

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +24,21 @@ try:
                       SDPBackend.MATH]
     _HAS_PRIORITY = "set_priority" in inspect.signature(sdpa_kernel).parameters
 except ImportError:  # torch without torch.nn.attention: plain SDPA
+    _CUDA_PRIORITY = []
     _HAS_PRIORITY = False
+
+
+@contextlib.contextmanager
+def cuda_sdpa_priority(backends: Sequence) -> Iterator[None]:
+    """SDPA on CUDA tries ``backends`` in this order instead of cuDNN first (the quality report's noise floor swaps
+    kernels this way: an outer ``sdpa_kernel`` would be overridden by the priority set around every call)."""
+    global _CUDA_PRIORITY
+    saved = _CUDA_PRIORITY
+    _CUDA_PRIORITY = list(backends)
+    try:
+        yield
+    finally:
+        _CUDA_PRIORITY = saved
 
 
 def key_bias(key_padding_mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -74,4 +90,4 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, key_padding_mask: Tensor | Non
     return out.transpose(1, 2).reshape(b, L, h * d)
 
 
-__all__ = ["ATTENTION_MODES", "attention", "key_bias"]
+__all__ = ["ATTENTION_MODES", "attention", "cuda_sdpa_priority", "key_bias"]

@@ -227,18 +227,11 @@ def _decode(vae_decode: VaeDecode, latent: Tensor) -> np.ndarray:
 def _sdpa_flash_not_cudnn() -> Iterator[None]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from . import attention
+    from .attention import cuda_sdpa_priority
 
     order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
-    # hunyuan.attention enters its own cuDNN-first priority around every SDPA call, which overrides an outer
-    # sdpa_kernel; its priority list is swapped for the duration instead (restored on exit).
-    saved = list(attention._CUDA_PRIORITY)
-    attention._CUDA_PRIORITY[:] = order
-    try:
-        with sdpa_kernel(order):
-            yield
-    finally:
-        attention._CUDA_PRIORITY[:] = saved
+    with cuda_sdpa_priority(order), sdpa_kernel(order):
+        yield
 
 
 def noise_floor(device: torch.device) -> tuple[Callable[[], ContextManager], str]:

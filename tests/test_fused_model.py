@@ -14,6 +14,7 @@ from hyvideo_fp8.fp8.quantize import quantize_rowwise
 from hyvideo_fp8.hunyuan.config import tiny_config
 from hyvideo_fp8.hunyuan.loader import load_transformer, random_state_dict
 from hyvideo_fp8.hunyuan.policies import get_preset
+from tests.test_model import strong_state_dict
 
 CFG = tiny_config()
 PRODUCER_FED = ("attn.qkv", "mlp.0", "mlp.2", "linear1", "linear2")  # the layers the fused producers feed
@@ -22,15 +23,6 @@ PRODUCER_FED = ("attn.qkv", "mlp.0", "mlp.2", "linear1", "linear2")  # the layer
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
-
-def strong_state_dict(seed: int) -> dict[str, torch.Tensor]:
-    """Weights large enough (std 0.1, norm scales 1 +- 0.2) that attention, RoPE and the norms all matter."""
-    sd = random_state_dict(CFG, seed)
-    g = torch.Generator().manual_seed(seed)
-    for k, v in sd.items():
-        norm = k.endswith(".scale") or k.endswith(".norm1.weight") or k.endswith(".norm2.weight")
-        sd[k] = 1 + 0.2 * torch.randn(v.shape, generator=g) if norm else v * 5
-    return sd
 
 
 def make_inputs(dtype: torch.dtype, b: int = 2, seed: int = 3) -> dict[str, torch.Tensor]:
