@@ -18,6 +18,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .hardware import MIN_CAPABILITY
 from .quantize import quantize_rowwise
 from .triton import (
     MAX_ROW_BLOCK,
@@ -39,7 +40,6 @@ __all__ = [
 FUSED_ENV = "HYVIDEO_FP8_FUSED"
 USE_TRITON: bool = os.environ.get(FUSED_ENV, "1").strip() != "0"
 
-_FP8_CAPABILITY = (8, 9)  # Triton converts to e4m3fn (fp8e4nv) only on Ada / Hopper and newer
 
 
 @functools.cache
@@ -57,7 +57,7 @@ def uses_triton(t: torch.Tensor, fp8_output: bool = True) -> bool:
     if not (USE_TRITON and isinstance(t, torch.Tensor) and t.is_cuda and triton_available()):
         return False
     index = t.device.index if t.device.index is not None else torch.cuda.current_device()
-    return not fp8_output or _capability(index) >= _FP8_CAPABILITY
+    return not fp8_output or _capability(index) >= MIN_CAPABILITY  # Triton's e4m3fn cast needs Ada / Hopper
 
 
 def _fits_row(channels: int) -> bool:

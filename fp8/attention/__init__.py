@@ -11,13 +11,13 @@ import math
 
 import torch
 
+from ..hardware import MIN_CAPABILITY
 from .quantize_qkv import QuantizedQKV, quantize_qkv_torch, quantize_qkv_triton
 from .reference import attention_reference
 
 __all__ = ["fp8_attention", "triton_backend_support", "BACKENDS", "QuantizedQKV"]
 
 BACKENDS = ("auto", "triton", "reference")
-MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (sm_89) and Hopper (sm_90)
 
 
 def triton_backend_support(device: torch.device, head_dim: int) -> tuple[bool, str]:
