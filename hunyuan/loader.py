@@ -15,11 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..fp8.formats import is_fp8
+from ..fp8.formats import high_precision_dtype, is_fp8
 from ..fp8.quantize import dequantize
 from .config import HunyuanConfig, canonical_shapes, detect_config
 from .layers import LayerNorm, RMSNorm
-from .model import HunyuanVideoTransformer, _as_dtype, _upcast
+from .model import HunyuanVideoTransformer, _upcast
 
 INIT_STD = 0.02
 _LINEAR_EXTRAS = (".weight_scale", ".input_scale")  # consumed with their layer; input_scale is not used
@@ -66,7 +66,7 @@ def _param_dtypes(policy, dtype: torch.dtype | None) -> tuple[torch.dtype, torch
     if policy is None:
         param = dtype or torch.float32
         return param, _upcast(param)
-    param = _as_dtype(policy.compute_dtype)
+    param = high_precision_dtype(policy.compute_dtype)
     if dtype is not None and dtype != param:
         raise ValueError(f"dtype={dtype} conflicts with the policy's compute_dtype {policy.compute_dtype!r}; "
                          "pass dtype=None (the policy decides) or change the policy")

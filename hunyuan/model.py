@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..fp8.formats import HIGH_PRECISION_DTYPES, high_precision_dtype
 from .blocks import BlockInputs, DoubleStreamBlock, LastLayer, SingleStreamBlock, TokenRefiner
 from .config import HunyuanConfig
 from .layers import MLPEmbedder, PatchEmbed, timestep_embedding
@@ -33,16 +34,12 @@ from .rope import RopeTables, rope_tables
 
 logger = logging.getLogger("hyvideo_fp8")
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_PLAIN_DTYPES = (*HIGH_PRECISION_DTYPES.values(), torch.float16)  # what a model without a policy computes in
 # ComfyUI passes these for I2V / ControlNet / HunyuanImage; this model is text-to-video only.
 _UNSUPPORTED_INPUTS = ("ref_latent", "guiding_frame_index", "control", "txt_byt5")
 # 32k tokens: the largest per-chunk intermediate (linear1's 21504 features in bf16) is 1.4 GB at hidden 3072,
 # and each GEMM still has M >= 32k rows (full tensor-core occupancy). 720p (118,800 tokens) runs in 4 chunks.
 DEFAULT_TOKEN_CHUNK = 32768
-
-
-def _as_dtype(value: str | torch.dtype) -> torch.dtype:
-    return value if isinstance(value, torch.dtype) else _DTYPES[value]
 
 
 def _upcast(dtype: torch.dtype) -> torch.dtype:
@@ -98,8 +95,8 @@ class HunyuanVideoTransformer(nn.Module):
     def dtype(self) -> torch.dtype:
         """Compute dtype: ComfyUI's ``BaseModel.get_dtype`` reads it to cast the sampler's inputs."""
         if self.policy is not None:
-            return _as_dtype(self.policy.compute_dtype)
-        return next((p.dtype for p in self.parameters() if p.dtype in _DTYPES.values()), torch.float32)
+            return high_precision_dtype(self.policy.compute_dtype)
+        return next((p.dtype for p in self.parameters() if p.dtype in _PLAIN_DTYPES), torch.float32)
 
     # --- policy ---------------------------------------------------------------------------------------------------
 
@@ -117,7 +114,7 @@ class HunyuanVideoTransformer(nn.Module):
                 module.mode = policy.mode_for(name, order)
             elif type(module) is nn.Linear:
                 wanted = policy.mode_for(name, order).value
-                if _DTYPES.get(wanted) != module.weight.dtype:
+                if HIGH_PRECISION_DTYPES.get(wanted) != module.weight.dtype:
                     parent, _, child = name.rpartition(".")
                     setattr(self.get_submodule(parent), child,
                             make_linear(name, module.weight, module.bias, policy, order))
@@ -137,7 +134,7 @@ class HunyuanVideoTransformer(nn.Module):
     def _dtypes(self, x: Tensor) -> tuple[torch.dtype, torch.dtype]:
         if self.policy is None:
             return x.dtype, _upcast(x.dtype)
-        return _as_dtype(self.policy.compute_dtype), _as_dtype(self.policy.norm_dtype)
+        return high_precision_dtype(self.policy.compute_dtype), high_precision_dtype(self.policy.norm_dtype)
 
     def compile_blocks(self, mode: str | None = None, backend: str = "inductor") -> None:
         """``torch.compile`` every double and single block in place (static shapes; parameter names unchanged).
