@@ -1,22 +1,32 @@
-"""FP8Linear (W8A8, activation quantization included) vs a bf16 nn.Linear at HunyuanVideo's GEMM shapes (issue #2).
+"""FP8 GEMMs vs a bf16 nn.Linear at HunyuanVideo's GEMM shapes (issue #2): cuBLAS ``_scaled_mm`` and the Triton kernel.
 
-Per shape: the bf16 linear, the full FP8Linear forward (eager per-token quantization + row-wise ``_scaled_mm``),
-the bare ``scaled_gemm`` on a pre-quantized input (with and without fast accumulation) and the quantization
-alone; median of several runs after warm-up (CUDA events), TFLOP/s = 2*M*K*N / time, speed-ups over bf16, and
-the relative L2 difference of the FP8 output from the bf16 one.
+Per shape, the variants are timed **interleaved**: every round calls each variant once (the order rotates from round
+to round), so clock and thermal drift hit all of them alike; median over the timed rounds after warm-up rounds, CUDA
+events. Variants: bf16 ``F.linear``; ``scaled_gemm`` (row-wise ``_scaled_mm``) precise and with fast accumulation;
+every config of ``fp8/triton/scaled_gemm.py`` (``--linear`` adds the full FP8Linear forward and the eager
+quantization). TFLOP/s = 2*M*K*N / time; speed-up = bf16 time / variant time.
 
-    python bench/bench_linear.py                 # GPU (sm_89+): 3 token counts x 6 (K, N) shapes
-    python bench/bench_linear.py --tiny          # CPU smoke test with tiny shapes
+Accuracy, on 2048 rows (the first and last 1024, so the partial last M tile is included):
+    acc err: rel. L2 of the variant run with fp32 output against a float64 GEMM of the dequantized FP8 operands
+             (isolates accumulation error: the operands are identical); for bf16, against float64 of the bf16 operands
+    out err: the same with the bf16 output that the model uses (adds bf16 output rounding, ~1e-3)
+    vs bf16: rel. L2 of the bf16 output against bf16 F.linear on the unquantized operands (FP8 quantization error)
+A Triton config whose out err exceeds max(5e-3, 2 x scaled_gemm's, 2 x fast-accum's) is marked WRONG and never
+picked as best.
+
+    python3 bench/bench_linear.py                 # GPU (sm_89+; Triton GEMM on sm_90): 3 token counts x 6 shapes
+    python3 bench/bench_linear.py --tiny          # CPU smoke test with tiny shapes (no Triton)
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import time
 
 import torch
 import torch.nn.functional as F
-from common import environment, load_pack, markdown_table, median, time_cuda, write_result
+from common import environment, load_pack, markdown_table, median, write_result
 
 # Image tokens per sample: 480x848x61f, 544x960x129f, 720x1280x129f.
 TOKENS = (25_440, 67_320, 118_800)
@@ -24,9 +34,45 @@ TOKENS = (25_440, 67_320, 118_800)
 SHAPES = ((3072, 9216), (3072, 3072), (3072, 12288), (12288, 3072), (3072, 21504), (15360, 3072))
 TINY_TOKENS = (37, 64)
 TINY_SHAPES = tuple((k // 48, n // 48) for k, n in SHAPES)
+ACC_ROWS = 2048
+PRECISE = ("scaled_gemm",)  # plus every Triton config with promotion (added at run time)
 
 
-def bench_shape(m: int, k: int, n: int, device: str, warmup: int, runs: int) -> dict:
+def interleaved_times(fns: dict, warmup: int, runs: int) -> dict[str, list[float]]:
+    """Seconds per call of each variant, the variants alternating within every round (rotating order)."""
+    names = list(fns)
+    cuda = torch.cuda.is_available()
+    times = {n: [] for n in names}
+    for r in range(warmup + runs):
+        order = names[r % len(names):] + names[:r % len(names)]
+        pending = []
+        for n in order:
+            if cuda:
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fns[n]()
+                end.record()
+                pending.append((n, start, end))
+            else:
+                t0 = time.perf_counter()
+                fns[n]()
+                if r >= warmup:
+                    times[n].append(time.perf_counter() - t0)
+        if cuda:
+            torch.cuda.synchronize()
+            if r >= warmup:
+                for n, start, end in pending:
+                    times[n].append(start.elapsed_time(end) / 1e3)
+    return times
+
+
+def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def bench_shape(m: int, k: int, n: int, device: str, warmup: int, runs: int, triton_cfgs: dict,
+                with_linear: bool) -> dict:
     from hyvideo_fp8.fp8.gemm import scaled_gemm
     from hyvideo_fp8.fp8.linear import FP8Linear
     from hyvideo_fp8.fp8.quantize import quantize_rowwise
@@ -37,28 +83,71 @@ def bench_shape(m: int, k: int, n: int, device: str, warmup: int, runs: int) -> 
     b = (0.02 * torch.randn(n, device=device, generator=g)).to(torch.bfloat16)
     layer = FP8Linear.from_float(w, b, "fp8")
     x_q, x_s = quantize_rowwise(x)
+    w_q, w_s, bias = layer.weight, layer.weight_scale, layer.bias
+
+    def gemm(fast: bool, rows=None, out_dtype=torch.bfloat16):
+        xq, xs = (x_q, x_s) if rows is None else (x_q[rows], x_s[rows])
+        return lambda: scaled_gemm(xq, xs, w_q, w_s, bias, out_dtype=out_dtype, use_fast_accum=fast)
+
+    def tgemm(cfg, rows=None, out_dtype=torch.bfloat16):
+        from hyvideo_fp8.fp8.triton.scaled_gemm import triton_scaled_gemm
+
+        xq, xs = (x_q, x_s) if rows is None else (x_q[rows], x_s[rows])
+        return lambda: triton_scaled_gemm(xq, xs, w_q, w_s, bias, out_dtype=out_dtype, config=cfg)
+
+    makers = {"bf16": None, "scaled_gemm": lambda **kw: gemm(False, **kw),
+              "scaled_gemm_fast_accum": lambda **kw: gemm(True, **kw)}
+    makers.update({f"triton:{name}": (lambda c: lambda **kw: tgemm(c, **kw))(cfg) for name, cfg in triton_cfgs.items()})
+    errors: dict[str, str] = {}
+    head = min(m, ACC_ROWS // 2)
+    rows = torch.cat([torch.arange(head), torch.arange(max(m - ACC_ROWS // 2, head), m)]).to(device)
 
     with torch.inference_mode():
-        ref = F.linear(x, w, b)
-        err = ((layer(x).float() - ref.float()).norm() / ref.float().norm()).item()
-        del ref
-        variants = {
-            "bf16": lambda: F.linear(x, w, b),
-            "fp8_linear": lambda: layer(x),
-            "scaled_gemm": lambda: scaled_gemm(x_q, x_s, layer.weight, layer.weight_scale, layer.bias),
-            "scaled_gemm_fast_accum": lambda: scaled_gemm(x_q, x_s, layer.weight, layer.weight_scale, layer.bias,
-                                                          use_fast_accum=True),
-            "quantize": lambda: quantize_rowwise(x),
-        }
-        ms = {name: median(time_cuda(fn, warmup=warmup, runs=runs)) * 1e3 for name, fn in variants.items()}
+        # Accuracy first (this also JIT-compiles the Triton configs; a config that cannot run is dropped here).
+        ref_bf16 = F.linear(x[rows], w, b)
+        ref64_q = (x_q[rows].double() * x_s[rows].double()) @ (w_q.double() * w_s.double()[:, None]).T + b.double()
+        ref64_bf16 = x[rows].double() @ w.double().T + b.double()
+        acc = {"bf16": {"acc_err": rel_l2(ref_bf16, ref64_bf16), "out_err": rel_l2(ref_bf16, ref64_bf16),
+                        "vs_bf16": 0.0}}
+        del ref64_bf16
+        fns = {"bf16": lambda: F.linear(x, w, b)}
+        for name, make in makers.items():
+            if make is None:
+                continue
+            try:
+                out = make()()
+                acc[name] = {"out_err": rel_l2(out[rows], ref64_q), "vs_bf16": rel_l2(out[rows], ref_bf16)}
+                del out
+            except Exception as e:  # noqa: BLE001 - one broken config must not cost the whole run
+                errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                continue
+            try:
+                acc[name]["acc_err"] = rel_l2(make(rows=rows, out_dtype=torch.float32)(), ref64_q)
+            except Exception as e:  # noqa: BLE001 - e.g. the fp32 epilogue tile does not fit in shared memory
+                acc[name]["acc_err"] = float("nan")
+                errors[name] = f"fp32-output accuracy run only: {type(e).__name__}: {str(e).splitlines()[0][:150]}"
+            fns[name] = make()
+        if with_linear:
+            fns["fp8_linear"] = lambda: layer(x)
+            fns["quantize"] = lambda: quantize_rowwise(x)
+            acc["fp8_linear"] = {"acc_err": float("nan"), "out_err": rel_l2(layer(x[rows]), ref64_q),
+                                 "vs_bf16": rel_l2(layer(x[rows]), ref_bf16)}
+        limit = max([5e-3] + [2 * acc[nm]["out_err"] for nm in ("scaled_gemm", "scaled_gemm_fast_accum") if nm in acc])
+        wrong = [nm for nm, a in acc.items() if nm.startswith("triton:") and not a["out_err"] <= limit]
+        times = interleaved_times(fns, warmup, runs)
+    ms = {name: median(ts) * 1e3 for name, ts in times.items()}
     flop = 2.0 * m * k * n
+    gemms = [nm for nm in ms if nm not in ("bf16", "fp8_linear", "quantize")]
+    ok = [nm for nm in gemms if nm not in wrong]
+    precise = [nm for nm in ok if nm in PRECISE or (nm.startswith("triton:") and triton_cfgs[nm[7:]].precise)]
     return {
         "M": m, "K": k, "N": n, "ms": ms,
         "tflops": {name: flop / (t * 1e-3) / 1e12 for name, t in ms.items() if name != "quantize"},
-        "speedup_fp8_linear": ms["bf16"] / ms["fp8_linear"],
-        "speedup_scaled_gemm": ms["bf16"] / ms["scaled_gemm"],
-        "quantize_share_of_gemm": ms["quantize"] / ms["scaled_gemm"],
-        "rel_l2_vs_bf16": err,
+        "speedup": {name: ms["bf16"] / t for name, t in ms.items() if name != "quantize"},
+        "accuracy": acc, "wrong": wrong, "errors": errors,
+        "best": min(ok, key=ms.get) if ok else None,
+        "best_precise": min(precise, key=ms.get) if precise else None,
+        "best_triton": min((nm for nm in ok if nm.startswith("triton:")), key=ms.get, default=None),
     }
 
 
@@ -67,9 +156,13 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on CPU (smoke test of the harness)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--tokens", type=int, nargs="+", default=None, help="token counts M")
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--runs", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up rounds (each variant once per round)")
+    parser.add_argument("--runs", type=int, default=None, help="timed rounds")
+    parser.add_argument("--configs", default=None, help="comma-separated Triton config names (default: all), "
+                        "or 'none'")
+    parser.add_argument("--linear", action="store_true", help="also time the FP8Linear forward and the quantization")
     args = parser.parse_args()
+    t_start = time.perf_counter()
 
     load_pack()
     from hyvideo_fp8.fp8.hardware import fp8_compute_support
@@ -85,43 +178,97 @@ def main() -> None:
     warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 5)
     runs = args.runs if args.runs is not None else (3 if args.tiny else 20)
 
+    triton_cfgs: dict = {}
+    triton_note = "Triton GEMM not run"
+    if args.configs != "none":
+        from hyvideo_fp8.fp8.triton import scaled_gemm as tsg
+
+        ok_t, why = tsg.triton_gemm_support(device)
+        if ok_t:
+            names = args.configs.split(",") if args.configs else list(tsg.CONFIGS)
+            triton_cfgs = {nm: tsg.CONFIGS[nm] for nm in names}
+            triton_note = "Triton configs: " + ", ".join(triton_cfgs)
+        else:
+            triton_note = f"Triton GEMM skipped: {why}"
+    print(f"[bench_linear] {triton_note}", flush=True)
+
     env = environment()
     env["device"] = device
     results = []
     for m in tokens:
         for k, n in shapes:
-            results.append(bench_shape(m, k, n, device, warmup, runs))
+            t0 = time.perf_counter()
+            r = bench_shape(m, k, n, device, warmup, runs, triton_cfgs, args.linear)
+            results.append(r)
+            for name, e in r["errors"].items():
+                print(f"[bench_linear] {m}x{k}x{n} {name}: {e}", flush=True)
+            print(f"[bench_linear] {m}x{k}x{n}: {time.perf_counter() - t0:.1f} s, best {r['best']} "
+                  f"{r['speedup'].get(r['best'], float('nan')):.2f}x, wrong: {r['wrong'] or 'none'}", flush=True)
             gc.collect()
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
 
-    header = ["M x K x N", "bf16 ms (TF/s)", "FP8Linear ms (TF/s)", "speed-up", "scaled_gemm ms (TF/s)",
-              "gemm speed-up", "fast-accum gemm ms (TF/s)", "quantize ms (÷ gemm)", "rel L2 vs bf16"]
     def tf(v: float) -> str:
         return f"{v:.0f}" if v >= 10 else f"{v:.2g}"
 
+    def cell(r: dict, name: str | None) -> str:
+        if name is None or name not in r["ms"]:
+            return "-"
+        return f"{r['ms'][name]:.3f} ({tf(r['tflops'][name])}, {r['speedup'][name]:.2f}x)"
+
+    def err(r: dict, name: str | None, key: str = "acc_err") -> str:
+        v = r["accuracy"].get(name, {}).get(key) if name else None
+        return "-" if v is None else f"{v:.2e}"
+
+    short = lambda nm: (nm or "-").replace("triton:", "T:").replace("scaled_gemm_fast_accum", "sg-fast").replace(
+        "scaled_gemm", "sg")
+
+    # Detail: every variant of every shape.
+    detail_rows = []
+    for r in results:
+        for name in r["ms"]:
+            mark = ("**best** " if name == r["best"] else "") + ("WRONG " if name in r["wrong"] else "")
+            a = r["accuracy"].get(name, {})
+            detail_rows.append([
+                f"{r['M']} x {r['K']} x {r['N']}", short(name) + (" " + mark.strip() if mark else ""),
+                f"{r['ms'][name]:.3f}", tf(r["tflops"].get(name, float("nan"))) if name != "quantize" else "-",
+                f"{r['speedup'][name]:.2f}x" if name != "quantize" else "-",
+                *(f"{a[key]:.2e}" if key in a else "-" for key in ("acc_err", "out_err", "vs_bf16")),
+            ])
+    detail = markdown_table(["M x K x N", "variant", "ms", "TF/s", "speed-up", "acc err (fp32 out)", "out err (bf16)",
+                             "vs bf16"], detail_rows)
+
+    header = ["M x K x N", "bf16 ms (TF/s)", "sg precise ms (TF/s, x)", "sg fast ms (TF/s, x)",
+              "best Triton: ms (TF/s, x)", "best precise", "best FP8 GEMM", "acc err sg / sg-fast / best T"]
     rows = []
     for r in results:
-        ms, t = r["ms"], r["tflops"]
+        bt = r["best_triton"]
         rows.append([
             f"{r['M']} x {r['K']} x {r['N']}",
-            f"{ms['bf16']:.3f} ({tf(t['bf16'])})",
-            f"{ms['fp8_linear']:.3f} ({tf(t['fp8_linear'])})",
-            f"{r['speedup_fp8_linear']:.2f}x",
-            f"{ms['scaled_gemm']:.3f} ({tf(t['scaled_gemm'])})",
-            f"{r['speedup_scaled_gemm']:.2f}x",
-            f"{ms['scaled_gemm_fast_accum']:.3f} ({tf(t['scaled_gemm_fast_accum'])})",
-            f"{ms['quantize']:.3f} ({r['quantize_share_of_gemm']:.0%})",
-            f"{r['rel_l2_vs_bf16']:.4f}",
+            f"{r['ms']['bf16']:.3f} ({tf(r['tflops']['bf16'])})",
+            cell(r, "scaled_gemm"), cell(r, "scaled_gemm_fast_accum"),
+            f"{short(bt)} {cell(r, bt)}" if bt else "-",
+            f"{short(r['best_precise'])} ({r['speedup'][r['best_precise']]:.2f}x)" if r["best_precise"] else "-",
+            f"**{short(r['best'])}** ({r['speedup'][r['best']]:.2f}x)" if r["best"] else "-",
+            " / ".join(err(r, nm) for nm in ("scaled_gemm", "scaled_gemm_fast_accum", bt)),
         ])
     table = markdown_table(header, rows)
-    notes = (f"Median of {runs} runs after {warmup} warm-ups. FP8Linear = eager per-token e4m3fn quantization of "
-             "the bf16 input + row-wise `_scaled_mm` (per-output-channel weight scales, bf16 output, fused bias, "
-             "no fast accumulation). scaled_gemm = the same GEMM on a pre-quantized input. quantize = the eager "
-             "per-token quantization alone (the part fused producer kernels remove).")
+    wall = time.perf_counter() - t_start
+    notes = (f"Median of {runs} interleaved rounds after {warmup} warm-up rounds (each round calls every variant "
+             "once, rotating the order). sg = `scaled_gemm` (row-wise `_scaled_mm`, per-token x per-channel scales, "
+             "fused bias, bf16 out) on a pre-quantized input; sg fast = `use_fast_accum=True`; T:<config> = "
+             "`fp8/triton/scaled_gemm.py` (pfast = tensor-core accumulation only; pdot / padd = fp32 promotion "
+             "every block_k). x = speed-up over bf16 F.linear. acc err = rel. L2 vs a float64 GEMM of the "
+             f"dequantized FP8 operands with fp32 output, on {ACC_ROWS} rows (first and last 1024); for bf16 vs "
+             f"float64 of its own operands. {triton_note}. Wall time {wall:.0f} s.")
     if not args.tiny:  # a smoke test records nothing
-        path = write_result("linear", env, table, {"results": results}, notes)
+        path = write_result("linear", env, table + "\n\n## All variants\n\n" + detail,
+                            {"results": results, "triton_configs": list(triton_cfgs)}, notes)
         print(f"wrote {path} and {path.with_suffix('.json')}")
+    print(detail)
+    print()
+    print(notes)
+    print()
     print(table)
 
 

@@ -67,7 +67,8 @@ def make_linear(
     if not is_fp8(weight) and weight_scale is not None:
         raise ValueError(f"{name}: weight_scale was given but the weight is {weight.dtype}, not FP8")
     if mode in (ComputeMode.FP8, ComputeMode.FP8_WEIGHT_ONLY):
-        options = dict(compute_dtype=policy.compute_dtype, activation_scaling=policy.activation_scaling, name=name)
+        options = dict(compute_dtype=policy.compute_dtype, activation_scaling=policy.activation_scaling, name=name,
+                       fast_accum=policy.fast_accum_for(weight.shape[1]))
         target = fp8_dtype(policy.fp8_format)
         if is_fp8(weight) and weight.dtype == target:
             return FP8Linear.from_quantized(weight, weight_scale, bias, mode, **options)

@@ -88,6 +88,7 @@ class FP8Linear(nn.Module):
         activation_scaling: str = "per-token",
         device: torch.device | str | None = None,
         name: str = "",
+        fast_accum: bool = False,
     ) -> None:
         super().__init__()
         self.in_features = in_features
@@ -95,6 +96,7 @@ class FP8Linear(nn.Module):
         self.compute_dtype = _as_compute_dtype(compute_dtype)
         self.activation_scaling = _check_activation_scaling(activation_scaling)
         self.name = name
+        self.fast_accum = bool(fast_accum)
         self.weight = nn.Parameter(
             torch.empty(out_features, in_features, dtype=fp8_dtype(fp8_format), device=device), requires_grad=False
         )
@@ -123,6 +125,7 @@ class FP8Linear(nn.Module):
         compute_dtype: torch.dtype | str = torch.bfloat16,
         activation_scaling: str = "per-token",
         name: str = "",
+        fast_accum: bool = False,
     ) -> FP8Linear:
         """Quantize a high-precision ``[N, K]`` weight per output channel (saturating) and wrap it."""
         if is_fp8(weight):
@@ -132,7 +135,7 @@ class FP8Linear(nn.Module):
             raise ValueError(f"{name or 'weight'} must be 2-D [out_features, in_features], got {tuple(weight.shape)}")
         q, scale = quantize_rowwise(weight.detach(), fp8_format)
         return cls.from_quantized(q, scale, bias, mode, compute_dtype=compute_dtype,
-                                  activation_scaling=activation_scaling, name=name)
+                                  activation_scaling=activation_scaling, name=name, fast_accum=fast_accum)
 
     @classmethod
     def from_quantized(
@@ -144,6 +147,7 @@ class FP8Linear(nn.Module):
         compute_dtype: torch.dtype | str = torch.bfloat16,
         activation_scaling: str = "per-token",
         name: str = "",
+        fast_accum: bool = False,
     ) -> FP8Linear:
         """Wrap an already-quantized FP8 ``[N, K]`` weight; its scale may be ``[]``/``[1]``/``[N]``/``[N, 1]``."""
         label = name or "weight"
@@ -158,7 +162,7 @@ class FP8Linear(nn.Module):
             raise ValueError(f"{label} bias must be a high-precision [{n}] tensor, "
                              f"got {bias.dtype} {tuple(bias.shape)}")
         layer = cls(k, n, bias=bias is not None, mode=mode, fp8_format=weight_q.dtype, compute_dtype=compute_dtype,
-                    activation_scaling=activation_scaling, device="meta", name=name)
+                    activation_scaling=activation_scaling, device="meta", name=name, fast_accum=fast_accum)
         layer.weight = nn.Parameter(weight_q.detach().contiguous(), requires_grad=False)
         layer.weight_scale = scale
         if bias is not None:
@@ -280,7 +284,7 @@ class FP8Linear(nn.Module):
         out_dtype = self.compute_dtype if out_dtype is None else _as_compute_dtype(out_dtype)
         weight, weight_scale, bias, n = self._rows(rows)
         out = scaled_gemm(x_q.reshape(-1, self.in_features), x_scale.reshape(-1, 1), weight, weight_scale, bias,
-                          out_dtype=out_dtype)
+                          out_dtype=out_dtype, use_fast_accum=self.fast_accum)
         return out.reshape(*x_q.shape[:-1], n)
 
     def forward(self, x: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
@@ -304,7 +308,8 @@ class FP8Linear(nn.Module):
             x_q, x_scale = quantize_rowwise(x2, ACTIVATION_DTYPE)
         else:
             x_q, x_scale = quantize_tensorwise(x2, ACTIVATION_DTYPE)
-        out = scaled_gemm(x_q, x_scale, weight, weight_scale, bias, out_dtype=self.compute_dtype)
+        out = scaled_gemm(x_q, x_scale, weight, weight_scale, bias, out_dtype=self.compute_dtype,
+                          use_fast_accum=self.fast_accum)
         return out.reshape(*x.shape[:-1], n)
 
     # --- nn.Module plumbing ---------------------------------------------------------------------------------------
@@ -358,6 +363,8 @@ class FP8Linear(nn.Module):
         s = (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
              f"mode={self._mode.value}, format={self.fp8_format}, compute_dtype={self.compute_dtype}, "
              f"activation_scaling={self.activation_scaling}")
+        if self.fast_accum:
+            s += ", fast_accum=True"
         if self.fallback_reason is not None:
             s += ", fallback=weight-only"
         return s

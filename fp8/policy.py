@@ -64,6 +64,9 @@ class PrecisionPolicy:
     last ``high_precision_boundary_blocks`` blocks (given as name prefixes in execution order) compute entirely in
     ``compute_dtype`` with SDPA attention, which protects the most error-sensitive blocks of video DiTs.
     ``error_budget`` is the accepted relative L2 error of one step's output against the bf16 reference.
+    W8A8 layers with at most ``fast_accum_max_k`` input features accumulate entirely in the tensor cores' fast
+    (reduced-precision) accumulator instead of promoting partial sums to fp32: faster, and its extra error stays
+    small while K is short (0 turns it off).
     """
 
     version: int = POLICY_VERSION
@@ -79,6 +82,7 @@ class PrecisionPolicy:
     activation_scaling: str = "per-token"
     high_precision_boundary_blocks: int = 0
     error_budget: float = 0.0
+    fast_accum_max_k: int = 0
 
     def __post_init__(self) -> None:
         if type(self.version) is not int or self.version != POLICY_VERSION:
@@ -108,6 +112,9 @@ class PrecisionPolicy:
         n = self.high_precision_boundary_blocks
         if type(n) is not int or n < 0:
             raise ValueError(f"policy field 'high_precision_boundary_blocks' must be an integer >= 0, got {n!r}")
+        k = self.fast_accum_max_k
+        if type(k) is not int or k < 0:
+            raise ValueError(f"policy field 'fast_accum_max_k' must be an integer >= 0 (0: off), got {k!r}")
         b = self.error_budget
         if type(b) not in (int, float) or not math.isfinite(b) or b < 0:
             raise ValueError(f"policy field 'error_budget' must be a finite number >= 0, got {b!r}")
@@ -135,6 +142,10 @@ class PrecisionPolicy:
             if fnmatchcase(module_name, rule.pattern):
                 return rule.mode
         return self.default_mode
+
+    def fast_accum_for(self, in_features: int) -> bool:
+        """Whether a W8A8 layer with ``in_features`` inputs uses the fast FP8 accumulator."""
+        return 0 < in_features <= self.fast_accum_max_k
 
     def attention_for(self, module_name: str, block_order: Sequence[str] = ()) -> str:
         """Attention kernel ("sdpa" or "fp8") for the block that owns ``module_name``."""

@@ -166,8 +166,11 @@ if triton is not None:
 
     @triton.jit
     def _round_to_int8(x):
-        """Round half to even like ``torch.round`` (the float add of 1.5 * 2**23 does it), then narrow to int8."""
-        bits = (x + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000
+        """Round half to even like ``torch.round`` (the float add of 1.5 * 2**23 does it), then narrow to int8.
+
+        The fp32 cast matters under torch.compile: Inductor passes Python float arguments as fp64 scalars.
+        """
+        bits = (x.to(tl.float32) + 12582912.0).to(tl.int32, bitcast=True) - 0x4B400000
         return bits.to(tl.int8)
 
     @triton.jit
@@ -217,7 +220,8 @@ if triton is not None:
             q_ptr + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + rows.to(tl.int64)[:, None] * sql + cols[None, :] * sqd
         )
         x = tl.load(src, mask=(rows < L)[:, None], other=0.0)
-        x = tl.dot(x, tl.load(h_ptr + cols[:, None] * D + cols[None, :]), input_precision=PRECISION) * scale_mult
+        rot = tl.load(h_ptr + cols[:, None] * D + cols[None, :])
+        x = tl.dot(x, rot, input_precision=PRECISION) * scale_mult.to(tl.float32)
         scale = tl.maximum(tl.max(tl.abs(x), axis=1), FLOOR) / 127.0
         dst = bh.to(tl.int64) * L_pad + rows
         tl.store(qo_ptr + dst[:, None] * D + cols[None, :], _round_to_int8(x / scale[:, None]))
@@ -246,7 +250,8 @@ if triton is not None:
         src = src[:, None]
         k_src = k_ptr + b.to(tl.int64) * skb + h.to(tl.int64) * skh + src * skl + cols[None, :] * skd
         kt = tl.load(k_src, mask=ok[:, None], other=0.0)
-        kt = tl.dot(kt, tl.load(h_ptr + cols[:, None] * D + cols[None, :]), input_precision=PRECISION) * rot_norm
+        rot = tl.load(h_ptr + cols[:, None] * D + cols[None, :])
+        kt = tl.dot(kt, rot, input_precision=PRECISION) * rot_norm.to(tl.float32)
         kt = tl.where(ok[:, None], kt - tl.load(kmean_ptr + bh * D + cols)[None, :], 0.0)
         k_scale = tl.maximum(tl.max(tl.max(tl.abs(kt), axis=1), axis=0), FLOOR) / 127.0
         dst = bh.to(tl.int64) * Lk_pad + rows
