@@ -38,6 +38,12 @@ MODULATION_LINEARS: tuple[str, ...] = (
 # balanced 0.108, max 0.198, bf16 kernel noise floor 0.017), rounded up by about 10%. Random weights amplify
 # rounding through 60 blocks far more than trained ones (the bf16 flash-vs-cuDNN floor alone is 1.7%), so these are
 # upper bounds to re-measure on real checkpoints with `tools.py quality`.
+# Fast FP8 accumulation on every linear of HunyuanVideo (largest K: single_blocks.*.linear2, 15,360): on an H200 it
+# takes the GEMM from 1.67-1.97x to 1.93-2.10x bf16 and adds 1.1e-3 (K=3,072) to 3.0e-3 (K=15,360) relative L2
+# accumulation error, against 3.75e-2 from the FP8 quantization itself (bench/results/linear-2026-11-29-h200-
+# interleaved.md).
+FAST_ACCUM_MAX_K = 15360
+
 PRESETS: dict[str, PrecisionPolicy] = {
     p.name: p
     for p in (
@@ -66,6 +72,7 @@ PRESETS: dict[str, PrecisionPolicy] = {
             attention="fp8",
             high_precision_boundary_blocks=1,
             error_budget=0.12,
+            fast_accum_max_k=FAST_ACCUM_MAX_K,
         ),
         PrecisionPolicy(
             name="fp8-max",
@@ -74,6 +81,7 @@ PRESETS: dict[str, PrecisionPolicy] = {
             default_mode=FP8,
             attention="fp8",
             error_budget=0.22,
+            fast_accum_max_k=FAST_ACCUM_MAX_K,
         ),
     )
 }

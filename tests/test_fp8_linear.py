@@ -279,6 +279,25 @@ def test_make_linear_follows_policy_and_checkpoint_format():
         make_linear("a.z", w, b, policy, weight_scale=s)
 
 
+def test_fast_accumulation_follows_the_policy_into_every_fp8_gemm(monkeypatch):
+    """``fast_accum_max_k`` picks the layers by K; the flag reaches ``_scaled_mm`` in forward and forward_quantized."""
+    policy = PrecisionPolicy(rules=(("*", "fp8"),), default_mode="bf16", fast_accum_max_k=64)
+    w, b = layer_data(k=64, n=48)
+    short = make_linear("a.short", w, b, policy)
+    long = make_linear("a.long", *layer_data(k=80, n=48), policy)
+    assert short.fast_accum and not long.fast_accum and "fast_accum=True" in repr(short)
+    seen = []
+    real = torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **kw: seen.append(kw.get("use_fast_accum")) or real(*a, **kw))
+    x = outlier_input(5, 64)
+    out = short(x)
+    short.forward_quantized(*quantize_rowwise(x))
+    long(outlier_input(5, 80))
+    assert [f for f in seen if f is not None] == [True, True, False]  # None: the one-off row-wise support probe
+    # The CPU kernel accumulates in fp32 either way (GPU figures: bench_linear.py); the W8A8 bound of the main test.
+    assert rel_l2(out, reference(x, w, b)) <= 0.05 and not out.isnan().any()
+
+
 def test_compute_override_restores_modes_even_on_error():
     model = tiny_model().float()
     quantize_model_(model, PrecisionPolicy(rules=(("blocks.0.*", "fp8"), ("*", "fp8-weight-only"))))

@@ -78,6 +78,10 @@ def test_presets_contents():
     assert get_preset("fp8-balanced").mode_for("double_blocks.0.img_mlp.0", BLOCK_ORDER) is hp  # boundary block
     # measured on the full 13B random model (bench/results/quality-2026-11-29-h200), rounded up ~10%
     assert [PRESETS[n].error_budget for n in PRESETS] == [0.0, 0.14, 0.12, 0.22]
+    # fast FP8 accumulation on every HunyuanVideo linear (K <= 15,360) in the W8A8 presets only
+    assert [PRESETS[n].fast_accum_max_k for n in PRESETS] == [0, 0, 15360, 15360]
+    assert PRESETS["fp8-max"].fast_accum_for(15360) and not PRESETS["fp8-max"].fast_accum_for(15361)
+    assert not PRESETS["bf16"].fast_accum_for(3072)
     assert PRESETS["bf16"].attention == "sdpa" and PRESETS["fp8-weight-only"].attention == "sdpa"
     with pytest.raises(ValueError, match=r"unknown precision preset 'fp8-fast'.*'bf16', 'fp8-weight-only'"):
         get_preset("fp8-fast")
@@ -117,6 +121,8 @@ def test_unknown_fields_are_rejected():
     ("high_precision_boundary_blocks", 1.5, "'high_precision_boundary_blocks' must be an integer >= 0"),
     ("error_budget", -0.1, "'error_budget' must be a finite number >= 0"),
     ("error_budget", "small", "'error_budget' must be a finite number >= 0"),
+    ("fast_accum_max_k", -1, "'fast_accum_max_k' must be an integer >= 0"),
+    ("fast_accum_max_k", 3072.0, "'fast_accum_max_k' must be an integer >= 0"),
     ("version", 2, "'version' is 2; this pack reads version 1 .*update the pack"),
     ("name", "", "'name' must not be empty"),
     ("rules", [["double_blocks.*", "int4"]], r"'rules\[0\].mode' is 'int4'"),

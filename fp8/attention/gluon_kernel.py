@@ -68,6 +68,7 @@ class GluonAttentionConfig:
     producer_regs: int = 24
     consumer_regs: int = 240
     maxnreg: int | None = None  # kernel-wide cap (1 consumer: 128 lets 2 CTAs share an SM, setmaxnreg moves the rest)
+    kperm: bool = False  # K rows permuted within 32 keys so that P lands in the wgmma A layout without shuffles
 
     def __post_init__(self):
         if K_BLOCK % self.block_n or self.block_n not in (64, 128):
@@ -85,7 +86,8 @@ class GluonAttentionConfig:
     def name(self) -> str:
         pp = "pp" if self.pingpong else ""
         cap = f"/r{self.maxnreg}" if self.maxnreg else ""
-        return f"gluon_c{self.consumers}{pp}n{self.block_n}s{self.stages}{cap}"
+        kp = "kp" if self.kperm else ""
+        return f"gluon_c{self.consumers}{pp}{kp}n{self.block_n}s{self.stages}{cap}"
 
 
 GLUON_CONFIGS = [
@@ -122,23 +124,39 @@ if GLUON_AVAILABLE:
 
     @gluon.jit
     def _softmax(s_int, m_i, l_i, rf, start_n, kv_len, s_layout: gl.constexpr, p_layout: gl.constexpr,
-                 BLOCK_N: gl.constexpr, P_SHIFT: gl.constexpr, MASKED: gl.constexpr):  # fmt: skip
+                 BLOCK_N: gl.constexpr, P_SHIFT: gl.constexpr, MASKED: gl.constexpr, KPERM: gl.constexpr):  # fmt: skip
         s = s_int.to(gl.float32)
         if MASKED:
-            cols = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+            cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+            if KPERM:  # S column c holds key 16a + 4t + 2b + e of its 32-key chunk, c = 16a + 8b + 2t + e
+                cols = (cols & ~15) + ((cols >> 1) & 3) * 4 + ((cols >> 3) & 1) * 2 + (cols & 1)
+            cols = start_n + cols
             s = gl.where(gl.expand_dims(cols < kv_len, 0), s, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(s, axis=1) * rf)
         alpha = gl.exp2(m_i - m_new)
         p = gl.exp2(s * gl.expand_dims(rf, 1) - gl.expand_dims(m_new - P_SHIFT, 1))
         l_i = l_i * alpha + gl.sum(p, axis=1)
-        p8 = gl.convert_layout(p.to(gl.float8e4nv), p_layout)
+        if KPERM:
+            # back to key order: a pure renaming of registers (each thread already holds its A-operand keys), then
+            # 4 logits -> one A-operand register by 2 cvt.e4m3x2 + 1 byte permute (same rounding as .to(float8e4nv))
+            SUB_M: gl.constexpr = p.shape[0]
+            p = gl.reshape(p, [SUB_M, BLOCK_N // 32, 2, 2, 4, 2])  # (row, chunk, a, b, t, e)
+            p = gl.permute(p, [0, 1, 2, 4, 3, 5])  # (row, chunk, a, t, b, e): key order
+            p = gl.convert_layout(gl.reshape(p, [SUB_M, BLOCK_N]), p_layout)
+            p8 = gl.inline_asm_elementwise(
+                "{ .reg .b16 lo, hi; cvt.rn.satfinite.e4m3x2.f32 lo, $2, $1; "
+                "cvt.rn.satfinite.e4m3x2.f32 hi, $4, $3; mov.b32 $0, {lo, hi}; }",
+                "=r,r,r,r,r", [p], dtype=gl.float8e4nv, is_pure=True, pack=4,
+            )  # fmt: skip
+        else:
+            p8 = gl.convert_layout(p.to(gl.float8e4nv), p_layout)
         return p8, alpha, m_new, l_i
 
     @gluon.jit
     def _step(j, acc, p_prev, alpha_prev, m_i, l_i, row_factor, q_smem, k_smem, v_smem, k_ready, v_ready, empty,
               my_turn, other_turn, ks_ptr, kv_len, s_zero, o_zero, s_layout: gl.constexpr, o_layout: gl.constexpr,
               p_layout: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, K_SCALE_BLOCK: gl.constexpr,
-              P_SHIFT: gl.constexpr, PINGPONG: gl.constexpr, MASKED: gl.constexpr):  # fmt: skip
+              P_SHIFT: gl.constexpr, PINGPONG: gl.constexpr, MASKED: gl.constexpr, KPERM: gl.constexpr):  # fmt: skip
         """Key tile j: issue Q.K_j and P_{j-1}.V_{j-1}; softmax of tile j under P.V_{j-1}; fold P.V_{j-1} into acc."""
         slot = j % STAGES
         prev = (j - 1) % STAGES
@@ -154,14 +172,14 @@ if GLUON_AVAILABLE:
             mbarrier.arrive(other_turn)
         s_int = warpgroup_mma_wait(num_outstanding=1, deps=(s_tok,))
         p8, alpha, m_i, l_i = _softmax(s_int, m_i, l_i, rf, start_n, kv_len, s_layout, p_layout, BLOCK_N, P_SHIFT,
-                                       MASKED)  # fmt: skip
+                                       MASKED, KPERM)  # fmt: skip
         pv = warpgroup_mma_wait(num_outstanding=0, deps=(pv_tok,))
         mbarrier.arrive(empty.index(prev))
         acc = acc * gl.expand_dims(gl.convert_layout(alpha_prev, gl.SliceLayout(1, o_layout)), 1) + pv
         return acc, p8, alpha, m_i, l_i
 
     @gluon.jit
-    def _consumer(c: gl.constexpr, desc_q, q_smem, q_bar, k_smem, v_smem, k_ready, v_ready, empty, turn,
+    def _consumer(c: gl.constexpr, desc_q, q_smem, q_bar, k_smem, v_smem, k_ready, v_ready, empty, turn, flags,
                   q_scale_ptr, k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad,
                   sob, soh, sol, sod, CONSUMERS: gl.constexpr):  # fmt: skip
         # constexprs do not survive warp_specialize's argument tuples: take them from static shapes and globals
@@ -170,6 +188,7 @@ if GLUON_AVAILABLE:
         BLOCK_N: gl.constexpr = k_smem.shape[1]
         STAGES: gl.constexpr = k_smem.shape[0]
         PINGPONG: gl.constexpr = turn.shape[0] == 2
+        KPERM: gl.constexpr = flags.shape[0] == 2
         K_SCALE_BLOCK: gl.constexpr = _K_SCALE_BLOCK
         P_SHIFT: gl.constexpr = _P_SHIFT
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -207,7 +226,7 @@ if GLUON_AVAILABLE:
         s_tok = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         s_int = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok,))
         p_prev, alpha_prev, m_i, l_i = _softmax(s_int, m_i, l_i, rf, 0, kv_len, s_layout, p_layout, BLOCK_N,
-                                                P_SHIFT, True)  # fmt: skip
+                                                P_SHIFT, True, KPERM)  # fmt: skip
         if PINGPONG:
             if c == 1:
                 mbarrier.arrive(other_turn)  # consumer 0 issues first
@@ -216,13 +235,13 @@ if GLUON_AVAILABLE:
             acc, p_prev, alpha_prev, m_i, l_i = _step(
                 j, acc, p_prev, alpha_prev, m_i, l_i, row_factor, q_smem, k_smem, v_smem, k_ready, v_ready, empty,
                 my_turn, other_turn, ks_ptr, kv_len, s_zero, o_zero, s_layout, o_layout, p_layout,
-                BLOCK_N, STAGES, K_SCALE_BLOCK, P_SHIFT, PINGPONG, False,
+                BLOCK_N, STAGES, K_SCALE_BLOCK, P_SHIFT, PINGPONG, False, KPERM,
             )  # fmt: skip
         if n_tiles > 1:
             acc, p_prev, alpha_prev, m_i, l_i = _step(
                 n_tiles - 1, acc, p_prev, alpha_prev, m_i, l_i, row_factor, q_smem, k_smem, v_smem, k_ready,
                 v_ready, empty, my_turn, other_turn, ks_ptr, kv_len, s_zero, o_zero, s_layout, o_layout, p_layout,
-                BLOCK_N, STAGES, K_SCALE_BLOCK, P_SHIFT, PINGPONG, True,
+                BLOCK_N, STAGES, K_SCALE_BLOCK, P_SHIFT, PINGPONG, True, KPERM,
             )  # fmt: skip
 
         # epilogue: P.V of the last tile
@@ -246,16 +265,16 @@ if GLUON_AVAILABLE:
         gl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=mask)
 
     @gluon.jit
-    def _consumer0(desc_q, q_smem, q_bar, k_smem, v_smem, k_ready, v_ready, empty, turn, q_scale_ptr, k_scale_ptr,
+    def _consumer0(desc_q, q_smem, q_bar, k_smem, v_smem, k_ready, v_ready, empty, turn, flags, q_scale_ptr, k_scale_ptr,
                    v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad, sob, soh, sol, sod):  # fmt: skip
-        _consumer(0, desc_q, q_smem.index(0), q_bar.index(0), k_smem, v_smem, k_ready, v_ready, empty, turn,
+        _consumer(0, desc_q, q_smem.index(0), q_bar.index(0), k_smem, v_smem, k_ready, v_ready, empty, turn, flags,
                   q_scale_ptr, k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad,
                   sob, soh, sol, sod, q_smem.shape[0])  # fmt: skip
 
     @gluon.jit
-    def _consumer1(desc_q, q_smem, q_bar, k_smem, v_smem, k_ready, v_ready, empty, turn, q_scale_ptr, k_scale_ptr,
+    def _consumer1(desc_q, q_smem, q_bar, k_smem, v_smem, k_ready, v_ready, empty, turn, flags, q_scale_ptr, k_scale_ptr,
                    v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad, sob, soh, sol, sod):  # fmt: skip
-        _consumer(1, desc_q, q_smem.index(1), q_bar.index(1), k_smem, v_smem, k_ready, v_ready, empty, turn,
+        _consumer(1, desc_q, q_smem.index(1), q_bar.index(1), k_smem, v_smem, k_ready, v_ready, empty, turn, flags,
                   q_scale_ptr, k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad,
                   sob, soh, sol, sod, q_smem.shape[0])  # fmt: skip
 
@@ -264,7 +283,7 @@ if GLUON_AVAILABLE:
         desc_q, desc_k, desc_v, q_scale_ptr, k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr,
         H, L, Lq_pad, Lk_pad, sob, soh, sol, sod,
         HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, K_SCALE_BLOCK: gl.constexpr,
-        P_SHIFT: gl.constexpr, CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr,
+        P_SHIFT: gl.constexpr, CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr, KPERM: gl.constexpr,
         PRODUCER_WARPS: gl.constexpr, PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
     ):  # fmt: skip
         q_smem = gl.allocate_shared_memory(desc_q.dtype, [CONSUMERS] + desc_q.block_type.shape, desc_q.layout)
@@ -276,6 +295,8 @@ if GLUON_AVAILABLE:
         empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         N_TURN: gl.constexpr = 2 if PINGPONG else 1
         turn = gl.allocate_shared_memory(gl.int64, [N_TURN, 1], mbarrier.MBarrierLayout())
+        N_FLAGS: gl.constexpr = 2 if KPERM else 1  # carries KPERM into the partitions (as a static shape)
+        flags = gl.allocate_shared_memory(gl.int64, [N_FLAGS, 1], mbarrier.MBarrierLayout())
         for i in gl.static_range(CONSUMERS):
             mbarrier.init(q_bar.index(i), count=1)
         for i in gl.static_range(STAGES):
@@ -286,7 +307,7 @@ if GLUON_AVAILABLE:
             mbarrier.init(turn.index(i), count=1)
         fence_async_shared()
 
-        args = (desc_q, q_smem, q_bar, k_smem, v_smem, k_ready, v_ready, empty, turn, q_scale_ptr, k_scale_ptr,
+        args = (desc_q, q_smem, q_bar, k_smem, v_smem, k_ready, v_ready, empty, turn, flags, q_scale_ptr, k_scale_ptr,
                 v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad, sob, soh, sol, sod)  # fmt: skip
         prod_args = (desc_k, desc_v, k_smem, v_smem, k_ready, v_ready, empty, kv_len_ptr, H, Lk_pad)
         if CONSUMERS == 2:
@@ -320,7 +341,10 @@ def attention_gluon(
         raise ValueError(f"{cfg}: {cfg.block_m} query rows per program must divide {Q_BLOCK}")
     lq, lk, lv = _smem_layouts(sub_m, cfg.block_n, D)
     desc_q = TensorDescriptor.from_tensor(qkv.q.view(BH * lq_pad, D), [sub_m, D], lq)
-    desc_k = TensorDescriptor.from_tensor(qkv.k.view(BH * lk_pad, D), [cfg.block_n, D], lk)
+    k = qkv.k
+    if cfg.kperm:  # row c = 16a + 8b + 2t + e of each 32-key chunk holds key 16a + 4t + 2b + e (see _softmax)
+        k = k.view(BH, lk_pad // 32, 2, 4, 2, 2, D).permute(0, 1, 2, 4, 3, 5, 6).contiguous()
+    desc_k = TensorDescriptor.from_tensor(k.view(BH * lk_pad, D), [cfg.block_n, D], lk)
     desc_v = TensorDescriptor.from_tensor(qkv.v_t.view(BH * D, lk_pad), [D, cfg.block_n], lv)
     grid = (lq_pad // cfg.block_m, BH)
     launch = {"num_warps": 4}
@@ -330,7 +354,7 @@ def attention_gluon(
         desc_q, desc_k, desc_v, qkv.q_scale, qkv.k_scale, qkv.v_scale, qkv.kv_len, out,
         qkv.heads, qkv.seq_len, lq_pad, lk_pad, *out.stride(),
         HEAD_DIM=D, BLOCK_N=cfg.block_n, STAGES=cfg.stages, K_SCALE_BLOCK=K_BLOCK, P_SHIFT=P_LOG2_SCALE,
-        CONSUMERS=cfg.consumers, PINGPONG=cfg.pingpong, PRODUCER_WARPS=cfg.producer_warps,
+        CONSUMERS=cfg.consumers, PINGPONG=cfg.pingpong, KPERM=cfg.kperm, PRODUCER_WARPS=cfg.producer_warps,
         PRODUCER_REGS=cfg.producer_regs, CONSUMER_REGS=cfg.consumer_regs, **launch,
     )  # fmt: skip
     return out
