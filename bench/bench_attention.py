@@ -264,10 +264,10 @@ def attention_environment() -> dict:
     }
 
 
-def gluon_preflight() -> None:
+def gluon_preflight(names=None) -> None:
     """Child process: each Gluon variant once on small shapes vs the reference; one ``PREFLIGHT {json}`` line each."""
     cases = [(100, 1, None), (1000, 2, None), (4000, 4, (3700, 100, 160))]  # (L, heads, padding): 1, 8, 32 tiles
-    for var in gluon_variants():
+    for var in gluon_variants(names):
         rec = {"name": var.name, "ok": False}
         t0 = time.perf_counter()
         try:
@@ -294,12 +294,14 @@ def gluon_preflight() -> None:
         print("PREFLIGHT " + json.dumps(rec), flush=True)
 
 
-def run_gluon_preflight(timeout_s: float, log) -> tuple[list[str], dict]:
+def run_gluon_preflight(timeout_s: float, log, names=None) -> tuple[list[str], dict]:
     """Run :func:`gluon_preflight` in a child with a timeout; the names that passed, and every record."""
     if gluon_kernel is None or not gluon_kernel.GLUON_AVAILABLE:
         log(f"gluon: not available ({_GLUON_ERR})")
         return [], {"unavailable": _GLUON_ERR}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--gluon-preflight"]
+    if names is not None:
+        cmd += ["--gluon-variants", ",".join(names)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
@@ -317,7 +319,7 @@ def run_gluon_preflight(timeout_s: float, log) -> tuple[list[str], dict]:
             rec = json.loads(ln[len("PREFLIGHT ") :])
             records[rec["name"]] = rec
             log(f"gluon preflight: {json.dumps(rec)}"[:1500])
-    for var in gluon_variants():
+    for var in gluon_variants(names):
         if var.name not in records:
             records[var.name] = {"name": var.name, "ok": False, "error": "no result (hang, crash or timeout)"}
             log(f"gluon preflight: {var.name} gave no result")
@@ -363,10 +365,17 @@ def main() -> None:
     ap.add_argument("--gluon-timeout", type=float, default=90.0, help="seconds for the Gluon preflight child")
     ap.add_argument("--deadline", type=float, default=0.0,
                     help="if > 0: after this many seconds write what is there and exit (a hung kernel)")
+    ap.add_argument("--gluon-variants", default="",
+                    help="comma-separated Gluon config names to check and time (default: all of GLUON_CONFIGS)")
     ap.add_argument("--gluon-preflight", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    gluon_names = [n.strip() for n in args.gluon_variants.split(",") if n.strip()] or None
+    if gluon_names and gluon_kernel is not None:
+        known = [c.name for c in gluon_kernel.GLUON_CONFIGS]
+        if [n for n in gluon_names if n not in known]:
+            ap.error(f"unknown Gluon variant in {gluon_names}; known: {known}")
     if args.gluon_preflight:
-        gluon_preflight()
+        gluon_preflight(gluon_names)
         return
     families = [f.strip() for f in args.kernels.split(",") if f.strip()]
     unknown = [f for f in families if f not in KERNEL_FAMILIES]
@@ -402,7 +411,7 @@ def main() -> None:
     elif "triton-default" in families:
         variants += triton_variants()[:1]
     if "gluon" in families:
-        passed, records = run_gluon_preflight(args.gluon_timeout, log)
+        passed, records = run_gluon_preflight(args.gluon_timeout, log, gluon_names)
         result["gluon_preflight"] = records
         variants += gluon_variants(passed)
     all_names = [v.name for v in variants] + [n for n in result.get("gluon_preflight", {}) if n not in

@@ -1,26 +1,28 @@
-"""FP8 GEMMs vs a bf16 nn.Linear at HunyuanVideo's GEMM shapes (issue #2): cuBLAS ``_scaled_mm`` and the Triton kernel.
+"""FP8 GEMMs (row-wise ``torch._scaled_mm``) vs a bf16 nn.Linear at HunyuanVideo's GEMM shapes (issue #2).
 
 Per shape, the variants are timed **interleaved**: every round calls each variant once (the order rotates from round
 to round), so clock and thermal drift hit all of them alike; median over the timed rounds after warm-up rounds, CUDA
-events. Variants: bf16 ``F.linear``; ``scaled_gemm`` (row-wise ``_scaled_mm``) precise and with fast accumulation;
-every config of ``fp8/triton/scaled_gemm.py`` (``--linear`` adds the full FP8Linear forward and the eager
-quantization). TFLOP/s = 2*M*K*N / time; speed-up = bf16 time / variant time.
+events. Variants: bf16 ``F.linear``; ``scaled_gemm`` (row-wise ``_scaled_mm``) precise and with fast accumulation
+(``use_fast_accum=True``); ``--linear`` adds the full FP8Linear forward and the eager quantization. The faster of the
+two FP8 GEMMs is marked best per shape. TFLOP/s = 2*M*K*N / time; speed-up = bf16 time / variant time.
 
 Accuracy, on 2048 rows (the first and last 1024, so the partial last M tile is included):
     acc err: rel. L2 of the variant run with fp32 output against a float64 GEMM of the dequantized FP8 operands
              (isolates accumulation error: the operands are identical); for bf16, against float64 of the bf16 operands
     out err: the same with the bf16 output that the model uses (adds bf16 output rounding, ~1e-3)
     vs bf16: rel. L2 of the bf16 output against bf16 F.linear on the unquantized operands (FP8 quantization error)
-A Triton config whose out err exceeds max(5e-3, 2 x scaled_gemm's, 2 x fast-accum's) is marked WRONG and never
-picked as best.
 
-    python3 bench/bench_linear.py                 # GPU (sm_89+; Triton GEMM on sm_90): 3 token counts x 6 shapes
-    python3 bench/bench_linear.py --tiny          # CPU smoke test with tiny shapes (no Triton)
+A Triton persistent TMA GEMM was tried on 2026-11-29 and removed: it lost to ``_scaled_mm`` fast-accum on all 18
+shapes (1.60-2.00x vs 1.93-2.10x bf16; see bench/results/linear-2026-11-29-h200-interleaved.md).
+
+    python3 bench/bench_linear.py                 # GPU (sm_89+): 3 token counts x 6 shapes
+    python3 bench/bench_linear.py --tiny          # CPU smoke test with tiny shapes
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import time
 
@@ -35,7 +37,8 @@ SHAPES = ((3072, 9216), (3072, 3072), (3072, 12288), (12288, 3072), (3072, 21504
 TINY_TOKENS = (37, 64)
 TINY_SHAPES = tuple((k // 48, n // 48) for k, n in SHAPES)
 ACC_ROWS = 2048
-PRECISE = ("scaled_gemm",)  # plus every Triton config with promotion (added at run time)
+# FP8 GEMM variant -> use_fast_accum.
+GEMMS = {"scaled_gemm": False, "scaled_gemm_fast_accum": True}
 
 
 def interleaved_times(fns: dict, warmup: int, runs: int) -> dict[str, list[float]]:
@@ -71,8 +74,7 @@ def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm()).item()
 
 
-def bench_shape(m: int, k: int, n: int, device: str, warmup: int, runs: int, triton_cfgs: dict,
-                with_linear: bool) -> dict:
+def bench_shape(m: int, k: int, n: int, device: str, warmup: int, runs: int, with_linear: bool) -> dict:
     from hyvideo_fp8.fp8.gemm import scaled_gemm
     from hyvideo_fp8.fp8.linear import FP8Linear
     from hyvideo_fp8.fp8.quantize import quantize_rowwise
@@ -85,25 +87,14 @@ def bench_shape(m: int, k: int, n: int, device: str, warmup: int, runs: int, tri
     x_q, x_s = quantize_rowwise(x)
     w_q, w_s, bias = layer.weight, layer.weight_scale, layer.bias
 
-    def gemm(fast: bool, rows=None, out_dtype=torch.bfloat16):
+    def gemm(fast: bool, rows=None, out_dtype=torch.bfloat16) -> torch.Tensor:
         xq, xs = (x_q, x_s) if rows is None else (x_q[rows], x_s[rows])
-        return lambda: scaled_gemm(xq, xs, w_q, w_s, bias, out_dtype=out_dtype, use_fast_accum=fast)
+        return scaled_gemm(xq, xs, w_q, w_s, bias, out_dtype=out_dtype, use_fast_accum=fast)
 
-    def tgemm(cfg, rows=None, out_dtype=torch.bfloat16):
-        from hyvideo_fp8.fp8.triton.scaled_gemm import triton_scaled_gemm
-
-        xq, xs = (x_q, x_s) if rows is None else (x_q[rows], x_s[rows])
-        return lambda: triton_scaled_gemm(xq, xs, w_q, w_s, bias, out_dtype=out_dtype, config=cfg)
-
-    makers = {"bf16": None, "scaled_gemm": lambda **kw: gemm(False, **kw),
-              "scaled_gemm_fast_accum": lambda **kw: gemm(True, **kw)}
-    makers.update({f"triton:{name}": (lambda c: lambda **kw: tgemm(c, **kw))(cfg) for name, cfg in triton_cfgs.items()})
-    errors: dict[str, str] = {}
     head = min(m, ACC_ROWS // 2)
     rows = torch.cat([torch.arange(head), torch.arange(max(m - ACC_ROWS // 2, head), m)]).to(device)
 
     with torch.inference_mode():
-        # Accuracy first (this also JIT-compiles the Triton configs; a config that cannot run is dropped here).
         ref_bf16 = F.linear(x[rows], w, b)
         ref64_q = (x_q[rows].double() * x_s[rows].double()) @ (w_q.double() * w_s.double()[:, None]).T + b.double()
         ref64_bf16 = x[rows].double() @ w.double().T + b.double()
@@ -111,43 +102,27 @@ def bench_shape(m: int, k: int, n: int, device: str, warmup: int, runs: int, tri
                         "vs_bf16": 0.0}}
         del ref64_bf16
         fns = {"bf16": lambda: F.linear(x, w, b)}
-        for name, make in makers.items():
-            if make is None:
-                continue
-            try:
-                out = make()()
-                acc[name] = {"out_err": rel_l2(out[rows], ref64_q), "vs_bf16": rel_l2(out[rows], ref_bf16)}
-                del out
-            except Exception as e:  # noqa: BLE001 - one broken config must not cost the whole run
-                errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-                continue
-            try:
-                acc[name]["acc_err"] = rel_l2(make(rows=rows, out_dtype=torch.float32)(), ref64_q)
-            except Exception as e:  # noqa: BLE001 - e.g. the fp32 epilogue tile does not fit in shared memory
-                acc[name]["acc_err"] = float("nan")
-                errors[name] = f"fp32-output accuracy run only: {type(e).__name__}: {str(e).splitlines()[0][:150]}"
-            fns[name] = make()
+        for name, fast in GEMMS.items():
+            out = gemm(fast)[rows]  # the full-size call that is timed, so the same kernel choice
+            acc[name] = {"acc_err": rel_l2(gemm(fast, rows, torch.float32), ref64_q),
+                         "out_err": rel_l2(out, ref64_q), "vs_bf16": rel_l2(out, ref_bf16)}
+            del out
+            fns[name] = functools.partial(gemm, fast)
         if with_linear:
             fns["fp8_linear"] = lambda: layer(x)
             fns["quantize"] = lambda: quantize_rowwise(x)
-            acc["fp8_linear"] = {"acc_err": float("nan"), "out_err": rel_l2(layer(x[rows]), ref64_q),
-                                 "vs_bf16": rel_l2(layer(x[rows]), ref_bf16)}
-        limit = max([5e-3] + [2 * acc[nm]["out_err"] for nm in ("scaled_gemm", "scaled_gemm_fast_accum") if nm in acc])
-        wrong = [nm for nm, a in acc.items() if nm.startswith("triton:") and not a["out_err"] <= limit]
+            out = layer(x[rows])
+            acc["fp8_linear"] = {"acc_err": float("nan"), "out_err": rel_l2(out, ref64_q),
+                                 "vs_bf16": rel_l2(out, ref_bf16)}
         times = interleaved_times(fns, warmup, runs)
     ms = {name: median(ts) * 1e3 for name, ts in times.items()}
     flop = 2.0 * m * k * n
-    gemms = [nm for nm in ms if nm not in ("bf16", "fp8_linear", "quantize")]
-    ok = [nm for nm in gemms if nm not in wrong]
-    precise = [nm for nm in ok if nm in PRECISE or (nm.startswith("triton:") and triton_cfgs[nm[7:]].precise)]
     return {
         "M": m, "K": k, "N": n, "ms": ms,
         "tflops": {name: flop / (t * 1e-3) / 1e12 for name, t in ms.items() if name != "quantize"},
         "speedup": {name: ms["bf16"] / t for name, t in ms.items() if name != "quantize"},
-        "accuracy": acc, "wrong": wrong, "errors": errors,
-        "best": min(ok, key=ms.get) if ok else None,
-        "best_precise": min(precise, key=ms.get) if precise else None,
-        "best_triton": min((nm for nm in ok if nm.startswith("triton:")), key=ms.get, default=None),
+        "accuracy": acc,
+        "best": min(GEMMS, key=ms.get),
     }
 
 
@@ -158,8 +133,6 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=None, help="token counts M")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up rounds (each variant once per round)")
     parser.add_argument("--runs", type=int, default=None, help="timed rounds")
-    parser.add_argument("--configs", default=None, help="comma-separated Triton config names (default: all), "
-                        "or 'none'")
     parser.add_argument("--linear", action="store_true", help="also time the FP8Linear forward and the quantization")
     args = parser.parse_args()
     t_start = time.perf_counter()
@@ -178,32 +151,16 @@ def main() -> None:
     warmup = args.warmup if args.warmup is not None else (1 if args.tiny else 5)
     runs = args.runs if args.runs is not None else (3 if args.tiny else 20)
 
-    triton_cfgs: dict = {}
-    triton_note = "Triton GEMM not run"
-    if args.configs != "none":
-        from hyvideo_fp8.fp8.triton import scaled_gemm as tsg
-
-        ok_t, why = tsg.triton_gemm_support(device)
-        if ok_t:
-            names = args.configs.split(",") if args.configs else list(tsg.CONFIGS)
-            triton_cfgs = {nm: tsg.CONFIGS[nm] for nm in names}
-            triton_note = "Triton configs: " + ", ".join(triton_cfgs)
-        else:
-            triton_note = f"Triton GEMM skipped: {why}"
-    print(f"[bench_linear] {triton_note}", flush=True)
-
     env = environment()
     env["device"] = device
     results = []
     for m in tokens:
         for k, n in shapes:
             t0 = time.perf_counter()
-            r = bench_shape(m, k, n, device, warmup, runs, triton_cfgs, args.linear)
+            r = bench_shape(m, k, n, device, warmup, runs, args.linear)
             results.append(r)
-            for name, e in r["errors"].items():
-                print(f"[bench_linear] {m}x{k}x{n} {name}: {e}", flush=True)
             print(f"[bench_linear] {m}x{k}x{n}: {time.perf_counter() - t0:.1f} s, best {r['best']} "
-                  f"{r['speedup'].get(r['best'], float('nan')):.2f}x, wrong: {r['wrong'] or 'none'}", flush=True)
+                  f"{r['speedup'][r['best']]:.2f}x", flush=True)
             gc.collect()
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
@@ -211,59 +168,45 @@ def main() -> None:
     def tf(v: float) -> str:
         return f"{v:.0f}" if v >= 10 else f"{v:.2g}"
 
-    def cell(r: dict, name: str | None) -> str:
-        if name is None or name not in r["ms"]:
-            return "-"
+    def cell(r: dict, name: str) -> str:
         return f"{r['ms'][name]:.3f} ({tf(r['tflops'][name])}, {r['speedup'][name]:.2f}x)"
 
-    def err(r: dict, name: str | None, key: str = "acc_err") -> str:
-        v = r["accuracy"].get(name, {}).get(key) if name else None
-        return "-" if v is None else f"{v:.2e}"
-
-    short = lambda nm: (nm or "-").replace("triton:", "T:").replace("scaled_gemm_fast_accum", "sg-fast").replace(
-        "scaled_gemm", "sg")
+    def short(name: str) -> str:
+        return name.replace("scaled_gemm_fast_accum", "sg-fast").replace("scaled_gemm", "sg")
 
     # Detail: every variant of every shape.
     detail_rows = []
     for r in results:
         for name in r["ms"]:
-            mark = ("**best** " if name == r["best"] else "") + ("WRONG " if name in r["wrong"] else "")
             a = r["accuracy"].get(name, {})
             detail_rows.append([
-                f"{r['M']} x {r['K']} x {r['N']}", short(name) + (" " + mark.strip() if mark else ""),
-                f"{r['ms'][name]:.3f}", tf(r["tflops"].get(name, float("nan"))) if name != "quantize" else "-",
+                f"{r['M']} x {r['K']} x {r['N']}", short(name) + (" **best**" if name == r["best"] else ""),
+                f"{r['ms'][name]:.3f}", tf(r["tflops"][name]) if name != "quantize" else "-",
                 f"{r['speedup'][name]:.2f}x" if name != "quantize" else "-",
                 *(f"{a[key]:.2e}" if key in a else "-" for key in ("acc_err", "out_err", "vs_bf16")),
             ])
     detail = markdown_table(["M x K x N", "variant", "ms", "TF/s", "speed-up", "acc err (fp32 out)", "out err (bf16)",
                              "vs bf16"], detail_rows)
 
-    header = ["M x K x N", "bf16 ms (TF/s)", "sg precise ms (TF/s, x)", "sg fast ms (TF/s, x)",
-              "best Triton: ms (TF/s, x)", "best precise", "best FP8 GEMM", "acc err sg / sg-fast / best T"]
-    rows = []
-    for r in results:
-        bt = r["best_triton"]
-        rows.append([
-            f"{r['M']} x {r['K']} x {r['N']}",
-            f"{r['ms']['bf16']:.3f} ({tf(r['tflops']['bf16'])})",
-            cell(r, "scaled_gemm"), cell(r, "scaled_gemm_fast_accum"),
-            f"{short(bt)} {cell(r, bt)}" if bt else "-",
-            f"{short(r['best_precise'])} ({r['speedup'][r['best_precise']]:.2f}x)" if r["best_precise"] else "-",
-            f"**{short(r['best'])}** ({r['speedup'][r['best']]:.2f}x)" if r["best"] else "-",
-            " / ".join(err(r, nm) for nm in ("scaled_gemm", "scaled_gemm_fast_accum", bt)),
-        ])
+    header = ["M x K x N", "bf16 ms (TF/s)", "sg precise ms (TF/s, x)", "sg fast ms (TF/s, x)", "best FP8 GEMM",
+              "acc err sg / sg-fast"]
+    rows = [[
+        f"{r['M']} x {r['K']} x {r['N']}",
+        f"{r['ms']['bf16']:.3f} ({tf(r['tflops']['bf16'])})",
+        cell(r, "scaled_gemm"), cell(r, "scaled_gemm_fast_accum"),
+        f"**{short(r['best'])}** ({r['speedup'][r['best']]:.2f}x)",
+        " / ".join(f"{r['accuracy'][nm]['acc_err']:.2e}" for nm in GEMMS),
+    ] for r in results]
     table = markdown_table(header, rows)
     wall = time.perf_counter() - t_start
     notes = (f"Median of {runs} interleaved rounds after {warmup} warm-up rounds (each round calls every variant "
              "once, rotating the order). sg = `scaled_gemm` (row-wise `_scaled_mm`, per-token x per-channel scales, "
-             "fused bias, bf16 out) on a pre-quantized input; sg fast = `use_fast_accum=True`; T:<config> = "
-             "`fp8/triton/scaled_gemm.py` (pfast = tensor-core accumulation only; pdot / padd = fp32 promotion "
-             "every block_k). x = speed-up over bf16 F.linear. acc err = rel. L2 vs a float64 GEMM of the "
-             f"dequantized FP8 operands with fp32 output, on {ACC_ROWS} rows (first and last 1024); for bf16 vs "
-             f"float64 of its own operands. {triton_note}. Wall time {wall:.0f} s.")
+             "fused bias, bf16 out) on a pre-quantized input; sg fast = `use_fast_accum=True`. x = speed-up over "
+             "bf16 F.linear. acc err = rel. L2 vs a float64 GEMM of the dequantized FP8 operands with fp32 output, "
+             f"on {ACC_ROWS} rows (first and last 1024); for bf16 vs float64 of its own operands. "
+             f"Wall time {wall:.0f} s.")
     if not args.tiny:  # a smoke test records nothing
-        path = write_result("linear", env, table + "\n\n## All variants\n\n" + detail,
-                            {"results": results, "triton_configs": list(triton_cfgs)}, notes)
+        path = write_result("linear", env, table + "\n\n## All variants\n\n" + detail, {"results": results}, notes)
         print(f"wrote {path} and {path.with_suffix('.json')}")
     print(detail)
     print()

@@ -187,7 +187,7 @@ def _fake_quant(x: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Ten
     return x.new_empty(shape, dtype=torch.float8_e4m3fn), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
 
 
-def _custom_op(name: str, fn, fake):
+def register_custom_op(name: str, fn, fake):
     """Register ``hyvideo_fp8::<name>`` once per process (the pack may be imported under two names)."""
     if hasattr(torch.ops.hyvideo_fp8, name):
         return getattr(torch.ops.hyvideo_fp8, name)
@@ -209,10 +209,11 @@ def _concat_gelu_quant_op(attn_out: torch.Tensor, mlp_act: torch.Tensor) -> tupl
     return concat_gelu_quant(attn_out, mlp_act)
 
 
-layernorm_modulate_quant_op = _custom_op("layernorm_modulate_quant", _ln_mod_quant_op,
+layernorm_modulate_quant_op = register_custom_op("layernorm_modulate_quant", _ln_mod_quant_op,
                                          lambda x, shift, scale, eps: _fake_quant(x, x.shape[-1]))
-gelu_tanh_quant_op = _custom_op("gelu_tanh_quant", _gelu_quant_op, lambda x: _fake_quant(x, x.shape[-1]))
-concat_gelu_quant_op = _custom_op("concat_gelu_quant", _concat_gelu_quant_op,
+gelu_tanh_quant_op = register_custom_op("gelu_tanh_quant", _gelu_quant_op,
+                                        lambda x: _fake_quant(x, x.shape[-1]))
+concat_gelu_quant_op = register_custom_op("concat_gelu_quant", _concat_gelu_quant_op,
                                   lambda a, m: _fake_quant(a, a.shape[-1] + m.shape[-1]))
 
 

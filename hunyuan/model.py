@@ -139,10 +139,10 @@ class HunyuanVideoTransformer(nn.Module):
     def compile_blocks(self, mode: str | None = None, backend: str = "inductor") -> None:
         """``torch.compile`` every double and single block in place (static shapes; parameter names unchanged).
 
-        Compilation happens during the next forward, which logs how long it took. The fused producers, the q/k
-        prologue and FP8 attention stay opaque calls between the compiled graphs (their Triton launchers are not
-        traced). Blocks with different compute modes (boundary blocks, hybrid high-precision steps) get their own
-        graphs.
+        Compilation happens during the next forward, which logs how long it took. The fused producers and FP8
+        attention are opaque custom ops inside the compiled graphs (``hyvideo_fp8::*``); the q/k norm + RoPE prologue
+        runs eagerly between them (a graph break). Blocks with different compute modes (boundary blocks, hybrid
+        high-precision steps) get their own graphs.
         """
         if self.block_swap is not None:
             raise RuntimeError("compile_blocks cannot be combined with block swap (every upload would recompile): "

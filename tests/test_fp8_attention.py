@@ -157,3 +157,16 @@ def test_bad_inputs_raise_clear_errors(change, error, match):
     q, k, v, kwargs = change(*_good())
     with pytest.raises(error, match=match):
         fp8_attention(q, k, v, **kwargs)
+
+
+def test_triton_path_is_one_opaque_op_for_torch_compile():
+    """Under torch.compile the GPU path is the custom op ``hyvideo_fp8::fp8_attention``: its fake implementation gives
+    Inductor the output's shape, dtype and layout without tracing the key packing or our Triton launchers."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(2, 300, 3, 64, dtype=torch.bfloat16).transpose(1, 2)  # [B, H, L, D] view, as the model has
+        mask = torch.empty(2, 300, dtype=torch.bool)
+        out = torch.ops.hyvideo_fp8.fp8_attention(q, q, q, mask, 0.125)
+        assert out.shape == (2, 3, 300, 64) and out.dtype == torch.bfloat16 and out.is_contiguous()
+        assert torch.ops.hyvideo_fp8.fp8_attention(q.float(), q.float(), q.float(), None, 0.1).dtype == torch.float32

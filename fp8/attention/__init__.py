@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from ..fused import compiling_or_eager, register_custom_op
 from ..hardware import MIN_CAPABILITY
 from .quantize_qkv import QuantizedQKV, quantize_qkv_torch, quantize_qkv_triton
 from .reference import attention_reference
@@ -102,9 +103,22 @@ def fp8_attention(
     if not use_triton:
         qkv = quantize_qkv_torch(q, k, v, key_padding_mask, sm_scale)
         return attention_reference(qkv, q.dtype)
+    return _triton_path(q, k, v, key_padding_mask, sm_scale)
 
+
+def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
+                      sm_scale: float) -> torch.Tensor:
     from .triton_kernel import attention_triton
 
     qkv = quantize_qkv_triton(q, k, v, key_padding_mask, sm_scale)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     return attention_triton(qkv, out)
+
+
+# Under torch.compile the Triton path is one opaque graph node (hyvideo_fp8::fp8_attention): Dynamo does not trace the
+# data-dependent key packing, and Inductor does not re-launch our kernels through its own wrappers (it did on an
+# H200 and faulted with an illegal memory access).
+_triton_path = compiling_or_eager(
+    register_custom_op("fp8_attention", _triton_attention, lambda q, k, v, mask, scale: q.new_empty(q.shape)),
+    _triton_attention,
+)

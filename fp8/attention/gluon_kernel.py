@@ -17,6 +17,15 @@ Scheduling (what plain Triton 3.6 cannot express, see bench/NOTES-attention.md):
 - ``PINGPONG`` (two consumers): the consumers take turns issuing their wgmmas (mbarriers ``turn[0]``/``turn[1]``),
   so one's softmax runs under the other's MMAs, as FA3's warp-scheduler barriers do.
 
+- ``kperm`` (config names ``...kp...``): K is copied once per call with its rows permuted inside every 32-key chunk
+  (row ``16a + 8b + 2t + e`` holds key ``16a + 4t + 2b + e``), so the wgmma accumulator of Q.K already holds, in each
+  thread, exactly the keys that thread must supply in the FP8 A operand of P.V; moving P to the A layout is then a
+  register renaming (reshape/permute) instead of SHFL + PRMT. Same arithmetic (the max and sum are order-free; the
+  masked tile maps columns back to keys). SASS (CPU compile): per 128-key loop iteration 717 instructions (c2
+  ping-pong), 710 (c2), 698 (c1/r128) instead of ~795, no SHFL.IDX, no LDL/STL anywhere (STACK 0; c1 spilled 48 B
+  before). What remains of the packing (~90 PRMT + 64 LOP3 + 32 SHF) is P being carried across the loop edge as 64
+  separate bytes; casting to fp8 right before P.V removes it (621 instructions) but a 64-register fp32 P spills.
+
 Compiled for sm_90a on a CPU machine with Triton 3.6's ptxas (D=128; not yet run on a GPU). All four variants: Q.K is
 ``IGMMA.64x128x32.S8.S8`` (64x64 for block_n 64), P.V ``QGMMA.64x128x32.F32.E4M3.E4M3`` with P from registers, and in
 the steady-state loop the waits are ``WARPGROUP.DEPBAR.LE gsb0, 0x1`` (Q.K_j done, P.V_{j-1} still running) then
@@ -95,6 +104,10 @@ GLUON_CONFIGS = [
     GluonAttentionConfig(block_n=128, stages=3, consumers=2, pingpong=False),
     GluonAttentionConfig(block_n=128, stages=2, consumers=1, pingpong=False, consumer_regs=232, maxnreg=128),
     GluonAttentionConfig(block_n=64, stages=4, consumers=2, pingpong=True),
+    GluonAttentionConfig(block_n=128, stages=3, consumers=2, pingpong=True, kperm=True),
+    GluonAttentionConfig(block_n=128, stages=3, consumers=2, pingpong=False, kperm=True),
+    GluonAttentionConfig(block_n=128, stages=2, consumers=1, pingpong=False, consumer_regs=232, maxnreg=128,
+                         kperm=True),
 ]
 DEFAULT_GLUON_CONFIG = GLUON_CONFIGS[0]
 
@@ -136,20 +149,13 @@ if GLUON_AVAILABLE:
         alpha = gl.exp2(m_i - m_new)
         p = gl.exp2(s * gl.expand_dims(rf, 1) - gl.expand_dims(m_new - P_SHIFT, 1))
         l_i = l_i * alpha + gl.sum(p, axis=1)
-        if KPERM:
-            # back to key order: a pure renaming of registers (each thread already holds its A-operand keys), then
-            # 4 logits -> one A-operand register by 2 cvt.e4m3x2 + 1 byte permute (same rounding as .to(float8e4nv))
-            SUB_M: gl.constexpr = p.shape[0]
-            p = gl.reshape(p, [SUB_M, BLOCK_N // 32, 2, 2, 4, 2])  # (row, chunk, a, b, t, e)
-            p = gl.permute(p, [0, 1, 2, 4, 3, 5])  # (row, chunk, a, t, b, e): key order
-            p = gl.convert_layout(gl.reshape(p, [SUB_M, BLOCK_N]), p_layout)
-            p8 = gl.inline_asm_elementwise(
-                "{ .reg .b16 lo, hi; cvt.rn.satfinite.e4m3x2.f32 lo, $2, $1; "
-                "cvt.rn.satfinite.e4m3x2.f32 hi, $4, $3; mov.b32 $0, {lo, hi}; }",
-                "=r,r,r,r,r", [p], dtype=gl.float8e4nv, is_pure=True, pack=4,
-            )  # fmt: skip
-        else:
-            p8 = gl.convert_layout(p.to(gl.float8e4nv), p_layout)
+        p8 = p.to(gl.float8e4nv)
+        if KPERM:  # back to key order: a pure renaming of registers (each thread already holds its A-operand keys)
+            SUB_M: gl.constexpr = p8.shape[0]
+            p8 = gl.reshape(p8, [SUB_M, BLOCK_N // 32, 2, 2, 4, 2])  # (row, chunk, a, b, t, e)
+            p8 = gl.permute(p8, [0, 1, 2, 4, 3, 5])  # (row, chunk, a, t, b, e): key order
+            p8 = gl.reshape(p8, [SUB_M, BLOCK_N])
+        p8 = gl.convert_layout(p8, p_layout)
         return p8, alpha, m_new, l_i
 
     @gluon.jit
@@ -265,15 +271,17 @@ if GLUON_AVAILABLE:
         gl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=mask)
 
     @gluon.jit
-    def _consumer0(desc_q, q_smem, q_bar, k_smem, v_smem, k_ready, v_ready, empty, turn, flags, q_scale_ptr, k_scale_ptr,
-                   v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad, sob, soh, sol, sod):  # fmt: skip
+    def _consumer0(desc_q, q_smem, q_bar, k_smem, v_smem, k_ready, v_ready, empty, turn, flags, q_scale_ptr,
+                   k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad, sob, soh, sol,
+                   sod):  # fmt: skip
         _consumer(0, desc_q, q_smem.index(0), q_bar.index(0), k_smem, v_smem, k_ready, v_ready, empty, turn, flags,
                   q_scale_ptr, k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad,
                   sob, soh, sol, sod, q_smem.shape[0])  # fmt: skip
 
     @gluon.jit
-    def _consumer1(desc_q, q_smem, q_bar, k_smem, v_smem, k_ready, v_ready, empty, turn, flags, q_scale_ptr, k_scale_ptr,
-                   v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad, sob, soh, sol, sod):  # fmt: skip
+    def _consumer1(desc_q, q_smem, q_bar, k_smem, v_smem, k_ready, v_ready, empty, turn, flags, q_scale_ptr,
+                   k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad, sob, soh, sol,
+                   sod):  # fmt: skip
         _consumer(1, desc_q, q_smem.index(1), q_bar.index(1), k_smem, v_smem, k_ready, v_ready, empty, turn, flags,
                   q_scale_ptr, k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad,
                   sob, soh, sol, sod, q_smem.shape[0])  # fmt: skip
