@@ -1,17 +1,18 @@
 """GPU benchmark of the FP8 attention: correctness first (fresh inputs, poisoned outputs), then speed vs cuDNN/flash.
 
     PYTHONUNBUFFERED=1 python bench/bench_attention.py --out $OUT
-    PYTHONUNBUFFERED=1 python bench/bench_attention.py --kernels triton,gluon --out $OUT   # + the Gluon variants
+    PYTHONUNBUFFERED=1 python bench/bench_attention.py --kernels triton-default --out $OUT   # only the shipped variant
 
-``--kernels gluon`` first runs every Gluon variant once in a child process with a timeout (small shapes, checked
-against the reference), so a variant that fails to compile, faults or deadlocks is reported and left out instead of
-taking the whole run down; the survivors then go through the same checks and timings as the Triton variants.
+Checks, in order: Triton quantization == torch quantization; every Triton kernel variant == the torch reference on
+the same quantized buffers; fp8_attention vs fp32 SDPA (normal inputs, and sharp inputs with a shared K offset and
+outlier K channels) at 8k and, on 2 heads, at every benchmark length; per-tensor FP8 Q.K on the sharp case for
+contrast; exact key padding. Then times each kernel variant (kernel alone, and quantization + kernel for the default
+variant) next to cuDNN and flash bf16 SDPA at B=1, H=24, D=128. Results: ``attention.json``, ``attention.md`` and
+``attention.log`` in --out.
 
-Checks, in order: Triton quantization == torch quantization; every kernel variant == the torch reference on the same
-quantized buffers; fp8_attention vs fp32 SDPA (normal inputs, and sharp inputs with a shared K offset and outlier K
-channels) at 8k and, on 2 heads, at every benchmark length; per-tensor FP8 Q.K on the sharp case for contrast; exact
-key padding. Then times each kernel variant (kernel alone, and quantization + kernel for the default variant)
-next to cuDNN and flash bf16 SDPA at B=1, H=24, D=128. Results: ``attention.json`` and ``attention.md`` in --out.
+A Gluon (triton.experimental.gluon) FA3-style kernel with a TMA producer warpgroup, two ping-pong consumer warpgroups
+and async wgmma was tried on 2026-11-29 and removed: 711-723 TFLOP/s at best vs 779 for the Triton kernel
+(bench/NOTES-attention.md).
 """
 
 from __future__ import annotations
@@ -19,14 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,14 +36,6 @@ from hyvideo_fp8.fp8.attention.reference import attention_reference  # noqa: E40
 from hyvideo_fp8.fp8.attention.triton_kernel import DEFAULT_CONFIG, AttentionConfig, attention_triton  # noqa: E402
 from hyvideo_fp8.fp8.quantize import quantize_tensorwise  # noqa: E402
 
-try:  # optional: importable on CPU and without Gluon (GLUON_AVAILABLE says whether it can run)
-    from hyvideo_fp8.fp8.attention import gluon_kernel  # noqa: E402
-except Exception as _e:  # noqa: BLE001
-    gluon_kernel = None
-    _GLUON_ERR = repr(_e)
-else:
-    _GLUON_ERR = gluon_kernel.GLUON_IMPORT_ERROR
-
 LENGTHS = (25_696, 67_576, 119_056)
 HEADS, HEAD_DIM = 24, 128
 VARIANTS = [  # the default first; the others are the runners-up of the 2026-11-29 sweep (NOTES-attention.md)
@@ -56,27 +45,7 @@ VARIANTS = [  # the default first; the others are the runners-up of the 2026-11-
     AttentionConfig(64, 64, 4, 3, maxnreg=None),
     AttentionConfig(128, 128, 8, 3, maxnreg=None),
 ]
-KERNEL_FAMILIES = ("triton", "triton-default", "gluon")  # triton-default: only VARIANTS[0], the shipped one
-
-
-@dataclass
-class Variant:
-    """One kernel variant: ``run(qkv, out)`` on the quantized buffers; ``block_n`` is the tile of its arithmetic."""
-
-    name: str
-    run: Callable
-    block_n: int
-
-
-def triton_variants() -> list[Variant]:
-    return [Variant(c.name, lambda qkv, out, c=c: attention_triton(qkv, out, c), c.block_n) for c in VARIANTS]
-
-
-def gluon_variants(names=None) -> list[Variant]:
-    if gluon_kernel is None:
-        return []
-    cfgs = [c for c in gluon_kernel.GLUON_CONFIGS if names is None or c.name in names]
-    return [Variant(c.name, lambda qkv, out, c=c: gluon_kernel.attention_gluon(qkv, out, c), c.block_n) for c in cfgs]
+KERNELS = {"triton": VARIANTS, "triton-default": VARIANTS[:1]}  # triton-default: only the shipped variant
 
 
 def metrics(out: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -133,19 +102,19 @@ def check_correctness(lengths, variants, log) -> dict:
 
     # 2. every kernel variant vs the torch reference on the same buffers (poisoned output)
     res["kernel_vs_reference"] = {}
-    for var in variants:
+    for cfg in variants:
         out = torch.full((1, 4, 4000, HEAD_DIM), float("nan"), dtype=torch.float32, device="cuda")
         try:
-            var.run(t, out)
+            attention_triton(t, out, cfg)
         except Exception as e:  # one variant that fails to compile must not hide the others' numbers
-            res["kernel_vs_reference"][var.name] = {"error": repr(e)[:300]}
-            log(f"kernel {var.name} FAILED: {e!r}"[:400])
+            res["kernel_vs_reference"][cfg.name] = {"error": repr(e)[:300]}
+            log(f"kernel {cfg.name} FAILED: {e!r}"[:400])
             continue
-        ref = attention_reference(t, torch.float32, var.block_n)
+        ref = attention_reference(t, torch.float32, cfg.block_n)
         m = metrics(out, ref)
         m["max_abs_diff"] = (out - ref).abs().max().item()
-        res["kernel_vs_reference"][var.name] = m
-        log(f"kernel {var.name} vs reference: {m}")
+        res["kernel_vs_reference"][cfg.name] = m
+        log(f"kernel {cfg.name} vs reference: {m}")
 
     # 3. end to end vs fp32 SDPA
     cases = [(8192, HEADS)] + [(L, 2) for L in lengths]
@@ -161,13 +130,13 @@ def check_correctness(lengths, variants, log) -> dict:
                 row["bf16_cudnn"] = metrics(F.scaled_dot_product_attention(q, k, v), ref)
             qkv = quantize_qkv_triton(q, k, v, None, HEAD_DIM**-0.5)
             row["variants"] = {}
-            for var in variants:  # every variant on the same quantized buffers, poisoned bf16 output
+            for cfg in variants:  # every variant on the same quantized buffers, poisoned bf16 output
                 out = torch.full_like(q, float("nan"))
                 try:
-                    var.run(qkv, out)
-                    row["variants"][var.name] = metrics(out, ref)
+                    attention_triton(qkv, out, cfg)
+                    row["variants"][cfg.name] = metrics(out, ref)
                 except Exception as e:  # noqa: BLE001
-                    row["variants"][var.name] = {"error": repr(e)[:300]}
+                    row["variants"][cfg.name] = {"error": repr(e)[:300]}
                 del out
             res["vs_fp32_sdpa"].append(row)
             log(f"vs fp32 SDPA: {row}")
@@ -218,21 +187,13 @@ def time_length(L: int, variants, log) -> list[dict]:
     add("quantize_qkv_triton", time_ms(lambda: quantize_qkv_triton(q, k, v, None, sm), reps))
     qkv = quantize_qkv_triton(q, k, v, None, sm)
     out = torch.empty_like(q)
-    for var in variants:
+    for cfg in variants:
         try:
-            add(f"kernel {var.name}", time_ms(lambda var=var: var.run(qkv, out), reps))
+            add(f"kernel {cfg.name}", time_ms(lambda cfg=cfg: attention_triton(qkv, out, cfg), reps))
         except Exception as e:  # noqa: BLE001 (reported, and the other variants still run)
-            log(f"L={L} kernel {var.name} FAILED: {e!r}"[:400])
-            rows.append({"L": L, "variant": f"kernel {var.name}", "error": repr(e)[:300]})
+            log(f"L={L} kernel {cfg.name} FAILED: {e!r}"[:400])
+            rows.append({"L": L, "variant": f"kernel {cfg.name}", "error": repr(e)[:300]})
     add(f"fp8_attention (quant + kernel {DEFAULT_CONFIG.name})", time_ms(lambda: fp8_attention(q, k, v), reps))
-    for var in variants:
-        if not var.name.startswith("gluon"):
-            continue
-        try:
-            add(f"quant + kernel {var.name}",
-                time_ms(lambda var=var: var.run(quantize_qkv_triton(q, k, v, None, sm), out), reps))  # fmt: skip
-        except Exception as e:  # noqa: BLE001
-            log(f"L={L} quant + kernel {var.name} FAILED: {e!r}"[:400])
     with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
         add("cudnn_bf16 (again)", time_ms(sdpa, reps))
     return rows
@@ -264,70 +225,6 @@ def attention_environment() -> dict:
     }
 
 
-def gluon_preflight(names=None) -> None:
-    """Child process: each Gluon variant once on small shapes vs the reference; one ``PREFLIGHT {json}`` line each."""
-    cases = [(100, 1, None), (1000, 2, None), (4000, 4, (3700, 100, 160))]  # (L, heads, padding): 1, 8, 32 tiles
-    for var in gluon_variants(names):
-        rec = {"name": var.name, "ok": False}
-        t0 = time.perf_counter()
-        try:
-            worst = 0.0
-            for L, heads, pad in cases:
-                q, k, v = make_inputs(L, heads, sharp=True, seed=L)
-                mask = None
-                if pad:
-                    mask = torch.ones(1, L, dtype=torch.bool, device="cuda")
-                    mask[0, pad[0] :] = False
-                    mask[0, pad[1] : pad[2]] = False
-                qkv = quantize_qkv_triton(q, k, v, mask, HEAD_DIM**-0.5)
-                out = torch.full((1, heads, L, HEAD_DIM), float("nan"), dtype=torch.float32, device="cuda")
-                var.run(qkv, out)
-                torch.cuda.synchronize()
-                ref = attention_reference(qkv, torch.float32, var.block_n)
-                m = metrics(out, ref)
-                rec[f"L{L}"] = m
-                worst = max(worst, 1.0 - m["cos"] if m["nan"] == 0 else 1.0)
-            rec["ok"] = worst < 1e-4
-        except Exception as e:  # noqa: BLE001
-            rec["error"] = repr(e)[:600]
-        rec["seconds"] = round(time.perf_counter() - t0, 1)
-        print("PREFLIGHT " + json.dumps(rec), flush=True)
-
-
-def run_gluon_preflight(timeout_s: float, log, names=None) -> tuple[list[str], dict]:
-    """Run :func:`gluon_preflight` in a child with a timeout; the names that passed, and every record."""
-    if gluon_kernel is None or not gluon_kernel.GLUON_AVAILABLE:
-        log(f"gluon: not available ({_GLUON_ERR})")
-        return [], {"unavailable": _GLUON_ERR}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--gluon-preflight"]
-    if names is not None:
-        cmd += ["--gluon-variants", ",".join(names)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-    reader.start()
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # our own child's process group only
-        proc.wait()
-        log(f"gluon preflight: TIMEOUT after {timeout_s:.0f} s (a variant hangs); the next unreported one is it")
-    reader.join(timeout=5)
-    records = {}
-    for ln in lines:
-        if ln.startswith("PREFLIGHT "):
-            rec = json.loads(ln[len("PREFLIGHT ") :])
-            records[rec["name"]] = rec
-            log(f"gluon preflight: {json.dumps(rec)}"[:1500])
-    for var in gluon_variants(names):
-        if var.name not in records:
-            records[var.name] = {"name": var.name, "ok": False, "error": "no result (hang, crash or timeout)"}
-            log(f"gluon preflight: {var.name} gave no result")
-    if proc.returncode not in (0, None):
-        log("gluon preflight child output tail:\n" + "".join(lines[-40:])[-4000:])
-    return [n for n, r in records.items() if r.get("ok")], records
-
-
 def correctness_summary(result: dict, names: list[str]) -> list[str]:
     """One row per variant: vs the reference (small L, padded) and the worst cos vs fp32 SDPA per case."""
     corr = result.get("correctness", {})
@@ -346,9 +243,6 @@ def correctness_summary(result: dict, names: list[str]) -> list[str]:
                 errs.append(f"L={row['L']}: {m['error'][:60]}")
             else:
                 cos[row["case"]].append(m["cos"] if m["nan"] == 0 else float("nan"))
-        pre = result.get("gluon_preflight", {}).get(name)
-        if pre is not None and not pre.get("ok"):
-            errs.append("preflight: " + str(pre.get("error", "mismatch"))[:80])
         fmt = lambda xs: f"{min(xs):.5f}" if xs else "-"
         table.append(f"| {name} | {ref_s} | {fmt(cos['normal'])} | {fmt(cos['sharp'])} | {'; '.join(errs) or '-'} |")
     return table
@@ -359,28 +253,13 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", "bench/results/tmp"))
     ap.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     ap.add_argument("--skip-checks", action="store_true")
-    ap.add_argument("--kernels", default="triton",
-                    help=f"comma-separated kernel families to check and time: {','.join(KERNEL_FAMILIES)} "
-                         "(default: triton, the 5 Triton variants)")  # fmt: skip
-    ap.add_argument("--gluon-timeout", type=float, default=90.0, help="seconds for the Gluon preflight child")
+    ap.add_argument("--kernels", choices=list(KERNELS), default="triton",
+                    help=f"Triton kernel variants to check and time: triton = all {len(VARIANTS)}, "
+                         f"triton-default = only the shipped {DEFAULT_CONFIG.name} (default: triton)")  # fmt: skip
     ap.add_argument("--deadline", type=float, default=0.0,
                     help="if > 0: after this many seconds write what is there and exit (a hung kernel)")
-    ap.add_argument("--gluon-variants", default="",
-                    help="comma-separated Gluon config names to check and time (default: all of GLUON_CONFIGS)")
-    ap.add_argument("--gluon-preflight", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    gluon_names = [n.strip() for n in args.gluon_variants.split(",") if n.strip()] or None
-    if gluon_names and gluon_kernel is not None:
-        known = [c.name for c in gluon_kernel.GLUON_CONFIGS]
-        if [n for n in gluon_names if n not in known]:
-            ap.error(f"unknown Gluon variant in {gluon_names}; known: {known}")
-    if args.gluon_preflight:
-        gluon_preflight(gluon_names)
-        return
-    families = [f.strip() for f in args.kernels.split(",") if f.strip()]
-    unknown = [f for f in families if f not in KERNEL_FAMILIES]
-    if unknown:
-        ap.error(f"unknown kernel family {unknown}; allowed: {list(KERNEL_FAMILIES)}")
+    variants = KERNELS[args.kernels]
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_file = open(out_dir / "attention.log", "w")
@@ -405,17 +284,6 @@ def main() -> None:
 
         threading.Timer(args.deadline, on_deadline).start()
 
-    variants: list[Variant] = []
-    if "triton" in families:
-        variants += triton_variants()
-    elif "triton-default" in families:
-        variants += triton_variants()[:1]
-    if "gluon" in families:
-        passed, records = run_gluon_preflight(args.gluon_timeout, log, gluon_names)
-        result["gluon_preflight"] = records
-        variants += gluon_variants(passed)
-    all_names = [v.name for v in variants] + [n for n in result.get("gluon_preflight", {}) if n not in
-                                              {v.name for v in variants} and n != "unavailable"]  # fmt: skip
     if not args.skip_checks:
         result["correctness"] = check_correctness(args.lengths, variants, log)
     write_json()
@@ -431,7 +299,7 @@ def main() -> None:
                 table.append(f"| {L} | {r['variant']} | failed | - | {r.get('error', '')[:80]} |")
                 continue
             table.append(f"| {L} | {r['variant']} | {r['ms']:.2f} | {r['tflops']:.0f} | {cudnn / r['ms']:.2f}x |")
-    summary = correctness_summary(result, all_names) if families != ["triton"] else []
+    summary = correctness_summary(result, [c.name for c in variants]) if "correctness" in result else []
     (out_dir / "attention.md").write_text("\n".join(table + [""] + summary) + "\n")
     if summary:
         print("\n".join(summary))

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from ..fp8.formats import MODE_NAMES
 from ..fp8.policy import PrecisionPolicy, Rule
-from ..hunyuan.policies import DEFAULT_PRESET, MODULATION_LINEARS, PRESETS
+from ..hunyuan.policies import DEFAULT_PRESET, FAST_ACCUM_MAX_K, MODULATION_LINEARS, PRESETS
 
 CATEGORY = "HunyuanVideo FP8"
 POLICY_TYPE = "HYVIDEO_FP8_POLICY"
 KEEP = "preset"
+FAST_ACCUMULATION = {KEEP: -1, "on": FAST_ACCUM_MAX_K, "off": 0}  # -> PrecisionPolicy.fast_accum_max_k
 
 # Override groups: widget name -> module globs (ComfyUI internal names) it sets.
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -56,9 +57,12 @@ def build_policy(
     attention: str = KEEP,
     boundary_blocks: int = -1,
     policy_json: str = "",
+    fast_accumulation: str = KEEP,
     **group_modes: str,
 ) -> PrecisionPolicy:
     """The preset (or ``policy_json`` when given) with the group overrides applied on top (first rule wins)."""
+    if fast_accumulation not in FAST_ACCUMULATION:
+        raise ValueError(f"fast_accumulation is {fast_accumulation!r}; allowed: {list(FAST_ACCUMULATION)}")
     unknown = sorted(set(group_modes) - set(GROUPS))
     if unknown:
         raise ValueError(f"unknown override group(s) {unknown}; known: {list(GROUPS)}")
@@ -85,6 +89,8 @@ def build_policy(
         changes["attention"] = attention
     if boundary_blocks >= 0:
         changes["high_precision_boundary_blocks"] = boundary_blocks
+    if fast_accumulation != KEEP:
+        changes["fast_accum_max_k"] = FAST_ACCUMULATION[fast_accumulation]
     if changes:
         changes["name"] = f"{base.name}+overrides"
         return base.with_overrides(**changes)
@@ -126,10 +132,16 @@ class HyVideoFP8Policy:
         required["policy_json"] = ("STRING", {"default": "", "multiline": True, "tooltip": (
             "Optional full policy JSON (as output by this node or 'python tools.py'). When not empty it replaces "
             "the preset; the overrides above still apply on top.")})
-        return {"required": required}
+        # Optional, so workflow files saved before this widget existed still load with the preset's choice.
+        optional = {"fast_accumulation": (list(FAST_ACCUMULATION), {"default": KEEP, "tooltip": (
+            "FP8 GEMMs accumulate in the tensor cores' fast, reduced-precision accumulator instead of promoting to "
+            "fp32: about 15% faster GEMMs on an H200 for ~0.1-0.3% extra error (FP8 rounding itself is ~4%). "
+            "'preset' keeps the preset's choice (on for fp8-balanced and fp8-max).")})}
+        return {"required": required, "optional": optional}
 
     def build(self, preset: str, attention: str, boundary_blocks: int, hybrid_first_steps: int,
-              hybrid_last_steps: int, policy_json: str = "", **group_modes: str) -> tuple[NodePolicy, str]:
-        policy = build_policy(preset, attention, boundary_blocks, policy_json, **group_modes)
+              hybrid_last_steps: int, policy_json: str = "", fast_accumulation: str = KEEP,
+              **group_modes: str) -> tuple[NodePolicy, str]:
+        policy = build_policy(preset, attention, boundary_blocks, policy_json, fast_accumulation, **group_modes)
         node_policy = NodePolicy(policy, hybrid_first_steps, hybrid_last_steps)
         return (node_policy, node_policy.to_json())

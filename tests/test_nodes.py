@@ -97,8 +97,21 @@ def test_policy_json_replaces_preset_and_overrides_stack_on_it():
     assert node_policy.policy.mode_for("single_blocks.1.linear2", ORDER) is ComputeMode.FP8_WEIGHT_ONLY
 
 
+def test_policy_node_fast_accumulation_switch():
+    """Optional widget: absent (older workflow files) or 'preset' keeps the preset; on/off override it."""
+    assert run_policy_node()[0].policy.fast_accum_max_k == 15360
+    assert run_policy_node(fast_accumulation="preset")[0].policy == PRESETS["fp8-balanced"]
+    off = run_policy_node(fast_accumulation="off")[0].policy
+    assert off.fast_accum_max_k == 0 and not off.fast_accum_for(3072) and off.name == "fp8-balanced+overrides"
+    on = run_policy_node(preset="bf16", fast_accumulation="on", mlp_linears="fp8")[0].policy
+    assert on.fast_accum_for(15360) and on.mode_for("double_blocks.1.img_mlp.2", ORDER) is ComputeMode.FP8
+    spec = policy.HyVideoFP8Policy.INPUT_TYPES()["optional"]["fast_accumulation"]
+    assert spec[0] == ["preset", "on", "off"] and spec[1]["default"] == "preset"
+
+
 @pytest.mark.parametrize("changes, match", [
     (dict(policy_json="{not json"), "policy_json"),
+    (dict(fast_accumulation="sometimes"), r"fast_accumulation is 'sometimes'; allowed: \['preset', 'on', 'off'\]"),
     (dict(policy_json='{"name": "x", "colour": 1}'), "policy_json.*colour"),
     (dict(preset="fp4"), "unknown precision preset"),
     (dict(mlp_linears="int4"), "mlp_linears.*not a compute mode"),
