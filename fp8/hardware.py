@@ -6,7 +6,7 @@ import torch
 
 from .formats import ComputeMode, compute_mode
 
-__all__ = ["fp8_compute_support", "resolve_mode", "fp8_supported_on"]
+__all__ = ["fp8_compute_support", "resolve_mode", "fp8_supported_on", "max_shared_memory_per_block"]
 
 MIN_CAPABILITY = (8, 9)  # Ada (sm_89) and Hopper (sm_90) have FP8 tensor cores
 
@@ -58,3 +58,11 @@ def resolve_mode(
         return mode, None
     ok, reason = fp8_compute_support(device, capability)
     return (mode, None) if ok else (ComputeMode.FP8_WEIGHT_ONLY, reason)
+
+
+def max_shared_memory_per_block(capability: tuple[int, int]) -> int:
+    """Largest dynamic shared memory one block may opt into, in bytes (CUDA C++ Programming Guide, technical
+    specifications per compute capability): 227 KB on sm_90 / sm_10x, 99 KB on Ada (sm_89) and consumer Blackwell
+    (sm_120). Other GPUs get the 99 KB floor: too small a limit only costs a slower fallback, too large a failed launch.
+    """
+    return 232_448 if (9, 0) <= tuple(capability) < (12, 0) else 101_376

@@ -7,18 +7,22 @@ P is FP8 e4m3 scaled by 2**8, and the softmax running max/sum and both accumulat
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 
 import torch
 
 from ..fused import compiling_or_eager, register_custom_op
 from ..hardware import MIN_CAPABILITY
-from .quantize_qkv import QuantizedQKV, quantize_qkv_torch, quantize_qkv_triton
+from .quantize_qkv import QuantizedQKV, quantize_qkv_torch, quantize_qkv_triton, triton_quantize_fits
 from .reference import attention_reference
 
 __all__ = ["fp8_attention", "triton_backend_support", "BACKENDS", "QuantizedQKV"]
 
 BACKENDS = ("auto", "triton", "reference")
+
+logger = logging.getLogger("hyvideo_fp8")
 
 
 def triton_backend_support(device: torch.device, head_dim: int) -> tuple[bool, str]:
@@ -106,11 +110,24 @@ def fp8_attention(
     return _triton_path(q, k, v, key_padding_mask, sm_scale)
 
 
+@functools.cache
+def _quantizer(dtype: torch.dtype, head_dim: int, capability: tuple[int, int]):
+    """The Triton quantizer, or the torch one where its kernels do not fit shared memory (fp32 at D = 128 on Ada);
+    the attention kernel runs either way."""
+    if triton_quantize_fits(dtype, head_dim, capability):
+        return quantize_qkv_triton
+    logger.warning("[hyvideo_fp8] FP8 attention: %s inputs with head dim %d do not fit the Triton quantizer on this "
+                   "GPU (sm_%d%d): quantizing Q/K/V in torch (slower, more memory); bf16 compute avoids this",
+                   dtype, head_dim, *capability)
+    return quantize_qkv_torch
+
+
 def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
                       sm_scale: float) -> torch.Tensor:
     from .triton_kernel import attention_triton
 
-    qkv = quantize_qkv_triton(q, k, v, key_padding_mask, sm_scale)
+    quantize = _quantizer(q.dtype, q.shape[-1], torch.cuda.get_device_capability(q.device))
+    qkv = quantize(q, k, v, key_padding_mask, sm_scale)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     return attention_triton(qkv, out)
 

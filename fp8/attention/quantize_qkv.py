@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from ..formats import SCALE_FLOOR
+from ..hardware import max_shared_memory_per_block
 
 try:
     import triton
@@ -44,7 +45,7 @@ except ImportError:  # CPU-only installs: the torch version below is all that is
 
 __all__ = [
     "QuantizedQKV", "quantize_qkv_torch", "quantize_qkv_triton", "pack_keys", "hadamard", "Q_BLOCK", "K_BLOCK",
-    "HEAD_DIMS",
+    "HEAD_DIMS", "rotation_shared_bytes", "triton_quantize_fits",
 ]  # fmt: skip
 
 LOG2E = 1.4426950408889634
@@ -265,12 +266,30 @@ if triton is not None:
         tl.store(v_dst, v8)
 
 
+def rotation_shared_bytes(dtype: torch.dtype, head_dim: int) -> int:
+    """Shared memory of the Q and K+V kernels: their rotation dot stages a ``[128, D]`` tile and the ``[D, D]``
+    Hadamard matrix in the input dtype (fp64 runs as fp32); 64 KB for bf16 and 128 KB for fp32 at D = 128."""
+    itemsize = 4 if dtype == torch.float64 else dtype.itemsize
+    return (max(Q_BLOCK, K_BLOCK) + head_dim) * head_dim * itemsize
+
+
+def triton_quantize_fits(dtype: torch.dtype, head_dim: int, capability: tuple[int, int]) -> bool:
+    """Whether :func:`quantize_qkv_triton` can launch for this input dtype on a GPU of this capability
+    (fp32 at D = 128 does not on Ada's 99 KB per block)."""
+    return rotation_shared_bytes(dtype, head_dim) <= max_shared_memory_per_block(capability)
+
+
 def quantize_qkv_triton(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, sm_scale: float
 ) -> QuantizedQKV:
     """Same result as :func:`quantize_qkv_torch` in three Triton passes (K/V stats, Q, K+V); any input strides."""
     if triton is None:
         raise RuntimeError("Triton is not installed: use quantize_qkv_torch (backend='reference')")
+    D = q.shape[-1]
+    if q.is_cuda and not triton_quantize_fits(q.dtype, D, torch.cuda.get_device_capability(q.device)):
+        raise ValueError(f"{q.dtype} inputs with head dim {D} need {rotation_shared_bytes(q.dtype, D)} bytes of "
+                         "shared memory per block, more than this GPU has: use quantize_qkv_torch (fp8_attention "
+                         "does) or bf16/fp16 inputs")
     if q.dtype == torch.float64:  # tensor cores take no fp64; fp32 keeps more precision than the int8 result needs
         q, k, v = q.float(), k.float(), v.float()
     B, H, L, D = q.shape

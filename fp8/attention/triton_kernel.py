@@ -12,6 +12,12 @@ its own MMAs; overlap comes only from several programs sharing an SM. Hence the 
 (BLOCK_M=64, 4 warps) and a 168-register cap so that three programs fit per SM (H200: 1.40x cuDNN bf16 at
 L=119,056, see bench/NOTES-attention.md); 8-warp programs are 20 % slower because the per-tile barriers lock their two
 warpgroups into the same phase.
+
+Ada (sm_89) has no TMA: Triton lowers a tensor descriptor there to element-wise masked loads whose strides it does not
+know, i.e. one byte load per int8/FP8 element and no cp.async pipelining, and every tile shape then spills (offline
+sm_89 compile, Triton 3.6: 1.0-2.3 KB of stack). :data:`ADA_CONFIG` therefore passes the padded row-major buffers
+themselves (``tma=False``): 16-byte cp.async loads, mma.sync IMMA (int8) and QMMA (e4m3), no spills.
+:func:`config_for` picks the config from the device capability.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from .quantize_qkv import K_BLOCK, Q_BLOCK, QuantizedQKV
 from .reference import P_LOG2_SCALE
 
-__all__ = ["AttentionConfig", "DEFAULT_CONFIG", "attention_triton", "SUPPORTED_HEAD_DIMS"]
+__all__ = ["AttentionConfig", "DEFAULT_CONFIG", "ADA_CONFIG", "config_for", "attention_triton", "SUPPORTED_HEAD_DIMS"]
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 
@@ -40,6 +46,7 @@ class AttentionConfig:
     num_warps: int = 4
     num_stages: int = 2
     maxnreg: int | None = 168  # 168 registers fit 3 programs of 4 warps per SM without spills
+    tma: bool = True  # TMA tensor descriptors (sm_90+); False: plain pointer loads (Ada)
 
     def __post_init__(self):
         if Q_BLOCK % self.block_m or K_BLOCK % self.block_n:
@@ -48,18 +55,39 @@ class AttentionConfig:
     @property
     def name(self) -> str:
         regs = f"/r{self.maxnreg}" if self.maxnreg else ""
-        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{regs}"
+        loads = "" if self.tma else "/ptr"
+        return f"m{self.block_m}n{self.block_n}w{self.num_warps}s{self.num_stages}{regs}{loads}"
 
 
 DEFAULT_CONFIG = AttentionConfig()
+# Not measured on an Ada GPU; chosen from offline sm_89 compiles of the tile shapes bench_attention sweeps: the only
+# spill-free ones need ~240 registers (one 8-warp program per SM); 128-query tiles halve the K/V reads of 64-query ones.
+ADA_CONFIG = AttentionConfig(block_m=128, block_n=64, num_warps=8, num_stages=3, maxnreg=None, tma=False)
+
+
+def config_for(capability: tuple[int, int]) -> AttentionConfig:
+    """The config :func:`attention_triton` uses on a GPU of this compute capability (TMA needs sm_90+)."""
+    return DEFAULT_CONFIG if tuple(capability) >= (9, 0) else ADA_CONFIG
+
+
+@triton.jit
+def _load_block(src, row, col, row_stride, ROWS: tl.constexpr, COLS: tl.constexpr, TMA: tl.constexpr):
+    """The ``[ROWS, COLS]`` tile at ``(row, col)`` of a 2-D row-major buffer: ``src`` is its TMA descriptor, or
+    (``TMA`` False) its base pointer; tiles never cross the padded buffer's end, so no mask."""
+    if TMA:
+        return src.load([row, col])
+    else:
+        rows = row.to(tl.int64) + tl.arange(0, ROWS)
+        return tl.load(src + rows[:, None] * row_stride + (col + tl.arange(0, COLS))[None, :])
 
 
 @triton.jit
 def _attend_tile(
     acc, l_i, m_i, q, row_factor, desc_k, desc_v, k_scale_ptr, k_row, v_row, start_n, kv_len,
     BLOCK_N: tl.constexpr, K_SCALE_BLOCK: tl.constexpr, P_SHIFT: tl.constexpr, MASKED: tl.constexpr,
+    HEAD_DIM: tl.constexpr, Lk_pad, TMA: tl.constexpr,
 ):  # fmt: skip
-    k = desc_k.load([k_row + start_n, 0])
+    k = _load_block(desc_k, k_row + start_n, 0, HEAD_DIM, BLOCK_N, HEAD_DIM, TMA)
     s = tl.dot(q, k.T, out_dtype=tl.int32).to(tl.float32)
     rf = row_factor * tl.load(k_scale_ptr + start_n // K_SCALE_BLOCK)
     if MASKED:
@@ -69,7 +97,7 @@ def _attend_tile(
     alpha = tl.math.exp2(m_i - m_new)
     p = tl.math.exp2(s * rf[:, None] - (m_new - P_SHIFT)[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    v = desc_v.load([v_row, start_n])
+    v = _load_block(desc_v, v_row, start_n, Lk_pad, HEAD_DIM, BLOCK_N, TMA)
     pv = tl.dot(p.to(tl.float8e4nv), v.T)
     acc = acc * alpha[:, None] + pv
     return acc, l_i, m_new
@@ -81,7 +109,7 @@ def _fp8_attention_kernel(
     H, L, Lq_pad, Lk_pad,
     sob, soh, sol, sod,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    K_SCALE_BLOCK: tl.constexpr, P_SHIFT: tl.constexpr,
+    K_SCALE_BLOCK: tl.constexpr, P_SHIFT: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -90,7 +118,7 @@ def _fp8_attention_kernel(
     kv_len = tl.load(kv_len_ptr + b)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
 
-    q = desc_q.load([bh * Lq_pad + pid_m * BLOCK_M, 0])
+    q = _load_block(desc_q, bh * Lq_pad + pid_m * BLOCK_M, 0, HEAD_DIM, BLOCK_M, HEAD_DIM, TMA)
     row_factor = tl.load(q_scale_ptr + bh * Lq_pad + offs_m)
     ks_ptr = k_scale_ptr + bh * (Lk_pad // K_SCALE_BLOCK)
     k_row = bh * Lk_pad
@@ -103,12 +131,12 @@ def _fp8_attention_kernel(
     for start_n in range(0, n_full, BLOCK_N):
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, q, row_factor, desc_k, desc_v, ks_ptr, k_row, v_row, start_n, kv_len,
-            BLOCK_N, K_SCALE_BLOCK, P_SHIFT, False,
+            BLOCK_N, K_SCALE_BLOCK, P_SHIFT, False, HEAD_DIM, Lk_pad, TMA,
         )  # fmt: skip
     if n_full < kv_len:
         acc, l_i, m_i = _attend_tile(
             acc, l_i, m_i, q, row_factor, desc_k, desc_v, ks_ptr, k_row, v_row, n_full, kv_len,
-            BLOCK_N, K_SCALE_BLOCK, P_SHIFT, True,
+            BLOCK_N, K_SCALE_BLOCK, P_SHIFT, True, HEAD_DIM, Lk_pad, TMA,
         )  # fmt: skip
 
     cols = tl.arange(0, HEAD_DIM)
@@ -120,14 +148,20 @@ def _fp8_attention_kernel(
     tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=(offs_m < L)[:, None])
 
 
-def attention_triton(qkv: QuantizedQKV, out: torch.Tensor, config: AttentionConfig = DEFAULT_CONFIG) -> torch.Tensor:
-    """Run the kernel on quantized operands into ``out`` ``[B, H, L, D]`` (any strides); returns ``out``."""
+def attention_triton(qkv: QuantizedQKV, out: torch.Tensor, config: AttentionConfig | None = None) -> torch.Tensor:
+    """Run the kernel on quantized operands into ``out`` ``[B, H, L, D]`` (any strides); returns ``out``.
+
+    ``config`` defaults to :func:`config_for` ``out``'s GPU.
+    """
     BH, lq_pad, D = qkv.q.shape
     lk_pad = qkv.k.shape[1]
-    cfg = config
-    desc_q = TensorDescriptor.from_tensor(qkv.q.view(BH * lq_pad, D), [cfg.block_m, D])
-    desc_k = TensorDescriptor.from_tensor(qkv.k.view(BH * lk_pad, D), [cfg.block_n, D])
-    desc_v = TensorDescriptor.from_tensor(qkv.v_t.view(BH * D, lk_pad), [D, cfg.block_n])
+    cfg = config or config_for(torch.cuda.get_device_capability(out.device))
+    if cfg.tma:
+        desc_q = TensorDescriptor.from_tensor(qkv.q.view(BH * lq_pad, D), [cfg.block_m, D])
+        desc_k = TensorDescriptor.from_tensor(qkv.k.view(BH * lk_pad, D), [cfg.block_n, D])
+        desc_v = TensorDescriptor.from_tensor(qkv.v_t.view(BH * D, lk_pad), [D, cfg.block_n])
+    else:
+        desc_q, desc_k, desc_v = _row_major_buffers(qkv)
     grid = (lq_pad // cfg.block_m, BH)
     launch = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
     if cfg.maxnreg:
@@ -135,7 +169,16 @@ def attention_triton(qkv: QuantizedQKV, out: torch.Tensor, config: AttentionConf
     _fp8_attention_kernel[grid](
         desc_q, desc_k, desc_v, qkv.q_scale, qkv.k_scale, qkv.v_scale, qkv.kv_len, out,
         qkv.heads, qkv.seq_len, lq_pad, lk_pad, *out.stride(),
-        HEAD_DIM=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, K_SCALE_BLOCK=K_BLOCK, P_SHIFT=P_LOG2_SCALE,
+        HEAD_DIM=D, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, K_SCALE_BLOCK=K_BLOCK, P_SHIFT=P_LOG2_SCALE, TMA=cfg.tma,
         **launch,
     )  # fmt: skip
     return out
+
+
+def _row_major_buffers(qkv: QuantizedQKV) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v_t for the pointer loads, which assume contiguous buffers (row strides D, D and Lk_pad)."""
+    for name in ("q", "k", "v_t"):
+        if not getattr(qkv, name).is_contiguous():
+            raise ValueError(f"QuantizedQKV.{name} must be contiguous for the pointer-load kernel (tma=False): "
+                             "build it with quantize_qkv_triton / quantize_qkv_torch, or pass .contiguous() buffers")
+    return qkv.q, qkv.k, qkv.v_t
