@@ -413,7 +413,13 @@ def test_public_entry_points_route_to_the_kernels(kernels, monkeypatch):
     for public, args, reference in cases:
         got = public(*(a.to(dev) if isinstance(a, torch.Tensor) else a for a in args))
         for g, r in zip(got, reference(*args)):
-            assert rel_l2(g.cpu().float(), r.float()) < 1e-3
+            fp8 = g.dtype == E4M3
+            g, r = g.cpu().float(), r.float()
+            if fp8:  # a different summation order can move a rare value across an e4m3 rounding boundary: one code
+                # in these 768 one step (6-12 %) apart is ~5e-3 of rel. L2. So: few codes differ, and only by that.
+                assert (g != r).float().mean().item() <= 0.01 and rel_l2(g, r) < 2e-2  # measured 0 to 1.1e-3
+            else:
+                assert rel_l2(g, r) < 1e-3
     assert len(launched) == len(cases)
 
 
