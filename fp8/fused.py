@@ -18,6 +18,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .custom_ops import register_custom_op
 from .hardware import MIN_CAPABILITY
 from .quantize import quantize_rowwise
 from .triton import (
@@ -180,20 +181,11 @@ def qk_norm_rope(
 
 # ---------------------------------------------------------------- torch.compile: the quantizing producers as custom ops
 # Under torch.compile each producer is one opaque graph node with shapes from the fake implementations below: no
-# graph break and no guards on the launchers' Python. Eager calls skip the op wrapper (compiling_or_eager).
+# graph break and no guards on the launchers' Python (see custom_ops.py).
 
 def _fake_quant(x: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
     shape = (*x.shape[:-1], channels)
     return x.new_empty(shape, dtype=torch.float8_e4m3fn), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
-
-
-def register_custom_op(name: str, fn, fake):
-    """Register ``hyvideo_fp8::<name>`` once per process (the pack may be imported under two names)."""
-    if hasattr(torch.ops.hyvideo_fp8, name):
-        return getattr(torch.ops.hyvideo_fp8, name)
-    op = torch.library.custom_op(f"hyvideo_fp8::{name}", mutates_args=())(fn)
-    op.register_fake(fake)
-    return op
 
 
 def _ln_mod_quant_op(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
@@ -210,17 +202,7 @@ def _concat_gelu_quant_op(attn_out: torch.Tensor, mlp_act: torch.Tensor) -> tupl
 
 
 layernorm_modulate_quant_op = register_custom_op("layernorm_modulate_quant", _ln_mod_quant_op,
-                                         lambda x, shift, scale, eps: _fake_quant(x, x.shape[-1]))
-gelu_tanh_quant_op = register_custom_op("gelu_tanh_quant", _gelu_quant_op,
-                                        lambda x: _fake_quant(x, x.shape[-1]))
+                                                 lambda x, shift, scale, eps: _fake_quant(x, x.shape[-1]))
+gelu_tanh_quant_op = register_custom_op("gelu_tanh_quant", _gelu_quant_op, lambda x: _fake_quant(x, x.shape[-1]))
 concat_gelu_quant_op = register_custom_op("concat_gelu_quant", _concat_gelu_quant_op,
-                                  lambda a, m: _fake_quant(a, a.shape[-1] + m.shape[-1]))
-
-
-def compiling_or_eager(op, eager):
-    """``op`` while torch.compile traces, ``eager`` otherwise (the custom-op wrapper costs a dispatch per call)."""
-
-    def call(*args):
-        return op(*args) if torch.compiler.is_compiling() else eager(*args)
-
-    return call
+                                          lambda a, m: _fake_quant(a, a.shape[-1] + m.shape[-1]))

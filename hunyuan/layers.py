@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..fp8 import fused
+from ..fp8.custom_ops import compiling_or_eager
 
 NORM_EPS = 1e-6
 
@@ -113,9 +114,9 @@ def gelu_tanh(x: Tensor) -> Tensor:
 # --- feeding a linear: fused FP8 producer where the layer computes W8A8, the high-precision steps otherwise ----------
 # The producers are Triton kernels on CUDA; under torch.compile they are custom ops (one opaque node each).
 
-_layernorm_modulate_quant = fused.compiling_or_eager(fused.layernorm_modulate_quant_op, fused.layernorm_modulate_quant)
-_gelu_tanh_quant = fused.compiling_or_eager(fused.gelu_tanh_quant_op, fused.gelu_tanh_quant)
-_concat_gelu_quant = fused.compiling_or_eager(fused.concat_gelu_quant_op, fused.concat_gelu_quant)
+_layernorm_modulate_quant = compiling_or_eager(fused.layernorm_modulate_quant_op, fused.layernorm_modulate_quant)
+_gelu_tanh_quant = compiling_or_eager(fused.gelu_tanh_quant_op, fused.gelu_tanh_quant)
+_concat_gelu_quant = compiling_or_eager(fused.concat_gelu_quant_op, fused.concat_gelu_quant)
 
 
 def takes_fp8_input(layer: nn.Module, fused_producers: bool) -> bool:

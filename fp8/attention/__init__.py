@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from ..fused import compiling_or_eager, register_custom_op
+from ..custom_ops import compiling_or_eager, register_custom_op
 from ..hardware import MIN_CAPABILITY
 from .quantize_qkv import QuantizedQKV, quantize_qkv_torch, quantize_qkv_triton, triton_quantize_fits
 from .reference import attention_reference
@@ -124,12 +124,12 @@ def _quantizer(dtype: torch.dtype, head_dim: int, capability: tuple[int, int]):
 
 def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
                       sm_scale: float) -> torch.Tensor:
-    from .triton_kernel import attention_triton
+    from .triton_kernel import attention_triton, config_for
 
-    quantize = _quantizer(q.dtype, q.shape[-1], torch.cuda.get_device_capability(q.device))
-    qkv = quantize(q, k, v, key_padding_mask, sm_scale)
+    capability = torch.cuda.get_device_capability(q.device)
+    qkv = _quantizer(q.dtype, q.shape[-1], capability)(q, k, v, key_padding_mask, sm_scale)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    return attention_triton(qkv, out)
+    return attention_triton(qkv, out, config_for(capability))
 
 
 # Under torch.compile the Triton path is one opaque graph node (hyvideo_fp8::fp8_attention): Dynamo does not trace the
