@@ -1,18 +1,19 @@
 """GPU benchmark of the FP8 attention: correctness first (fresh inputs, poisoned outputs), then speed vs cuDNN/flash.
 
     PYTHONUNBUFFERED=1 python bench/bench_attention.py --out $OUT
-    PYTHONUNBUFFERED=1 python bench/bench_attention.py --kernels triton-default --out $OUT   # only the shipped variant
+    PYTHONUNBUFFERED=1 python bench/bench_attention.py --kernels shipped --out $OUT   # only the shipped kernels
 
-Checks, in order: Triton quantization == torch quantization; every Triton kernel variant == the torch reference on
+Checks, in order: Triton quantization == torch quantization (both K orders); every kernel == the torch reference on
 the same quantized buffers; fp8_attention vs fp32 SDPA (normal inputs, and sharp inputs with a shared K offset and
 outlier K channels) at 8k and, on 2 heads, at every benchmark length; per-tensor FP8 Q.K on the sharp case for
-contrast; exact key padding. Then times each kernel variant (kernel alone, and quantization + kernel for the default
-variant) next to cuDNN and flash bf16 SDPA at B=1, H=24, D=128. Results: ``attention.json``, ``attention.md`` and
+contrast; exact key padding. Then times each kernel (kernel alone, and quantization + kernel through fp8_attention)
+next to cuDNN and flash bf16 SDPA at B=1, H=24, D=128. Results: ``attention.json``, ``attention.md`` and
 ``attention.log`` in --out.
 
-A Gluon (triton.experimental.gluon) FA3-style kernel with a TMA producer warpgroup, two ping-pong consumer warpgroups
-and async wgmma was tried on 2026-11-29 and removed: 711-723 TFLOP/s at best vs 779 for the Triton kernel
-(bench/NOTES-attention.md).
+Kernels: the Gluon Hopper kernel (what fp8_attention runs on sm_90), the Triton kernel's shipped config (what it runs
+elsewhere, and on Hopper when Gluon is missing) and, with ``--kernels all``, the Triton runners-up of the 2026-11-29
+sweep. An FA3-style Gluon kernel (producer warpgroup, two ping-pong consumers) was tried on 2026-11-29 and removed:
+711-723 TFLOP/s at best (bench/NOTES-attention.md).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import os
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +34,7 @@ from common import environment, load_pack, median, time_cuda
 
 load_pack()
 from hyvideo_fp8.fp8.attention import fp8_attention  # noqa: E402
+from hyvideo_fp8.fp8.attention.gluon_kernel import attention_gluon, gluon_supported  # noqa: E402
 from hyvideo_fp8.fp8.attention.quantize_qkv import quantize_qkv_torch, quantize_qkv_triton  # noqa: E402
 from hyvideo_fp8.fp8.attention.reference import attention_reference  # noqa: E402
 from hyvideo_fp8.fp8.attention.triton_kernel import DEFAULT_CONFIG, AttentionConfig, attention_triton  # noqa: E402
@@ -38,14 +42,38 @@ from hyvideo_fp8.fp8.quantize import quantize_tensorwise  # noqa: E402
 
 LENGTHS = (25_696, 67_576, 119_056)
 HEADS, HEAD_DIM = 24, 128
-VARIANTS = [  # the default first; the others are the runners-up of the 2026-11-29 sweep (NOTES-attention.md)
-    AttentionConfig(64, 128, 4, 2, maxnreg=168),
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One attention kernel under test: how to run it, and which K order its quantized buffers need."""
+
+    name: str
+    run: Callable  # (QuantizedQKV, out) -> out
+    interleave_k: bool = False
+    block_n: int = 128
+
+
+def triton_variant(cfg: AttentionConfig) -> Kernel:
+    return Kernel(f"triton {cfg.name}", lambda qkv, out: attention_triton(qkv, out, cfg), block_n=cfg.block_n)
+
+
+GLUON = Kernel("gluon", attention_gluon, interleave_k=True)
+RUNNERS_UP = [  # the Triton runners-up of the 2026-11-29 sweep (NOTES-attention.md)
     AttentionConfig(64, 128, 4, 2, maxnreg=None),
     AttentionConfig(64, 128, 4, 3, maxnreg=None),
     AttentionConfig(64, 64, 4, 3, maxnreg=None),
     AttentionConfig(128, 128, 8, 3, maxnreg=None),
 ]
-KERNELS = {"triton": VARIANTS, "triton-default": VARIANTS[:1]}  # triton-default: only the shipped variant
+
+
+def kernels(choice: str) -> list[Kernel]:
+    """``shipped``: the kernels fp8_attention runs (Gluon on Hopper, the Triton default elsewhere); ``all``: plus the
+    Triton runners-up."""
+    shipped = [triton_variant(DEFAULT_CONFIG)]
+    if gluon_supported(torch.cuda.get_device_capability(), HEAD_DIM)[0]:
+        shipped.insert(0, GLUON)
+    return shipped + ([triton_variant(c) for c in RUNNERS_UP] if choice == "all" else [])
 
 
 def metrics(out: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -93,28 +121,32 @@ def check_correctness(lengths, variants, log) -> dict:
     mask[0, 100:160] = False
     sm = HEAD_DIM**-0.5
     a, t = quantize_qkv_torch(q, k, v, mask, sm), quantize_qkv_triton(q, k, v, mask, sm)
-    quant = {}
-    for name in ("q", "q_scale", "k", "k_scale", "v_t", "v_scale", "kv_len"):
-        x, y = getattr(a, name).float(), getattr(t, name).float()
-        quant[name] = {"max_abs_diff": (x - y).abs().max().item(), "n_diff": int((x != y).sum()), "n": x.numel()}
-    res["quantize_triton_vs_torch"] = quant
-    log(f"quantize triton vs torch: {quant}")
+    quantized = {False: t, True: quantize_qkv_triton(q, k, v, mask, sm, interleave_k=True)}
+    for interleave in (False, True):
+        a = quantize_qkv_torch(q, k, v, mask, sm, interleave_k=interleave)
+        quant = {}
+        for name in ("q", "q_scale", "k", "k_scale", "v_t", "v_scale", "kv_len"):
+            x, y = getattr(a, name).float(), getattr(quantized[interleave], name).float()
+            quant[name] = {"max_abs_diff": (x - y).abs().max().item(), "n_diff": int((x != y).sum()), "n": x.numel()}
+        res[f"quantize_triton_vs_torch{'_interleaved' if interleave else ''}"] = quant
+        log(f"quantize triton vs torch (interleave_k={interleave}): {quant}")
 
-    # 2. every kernel variant vs the torch reference on the same buffers (poisoned output)
+    # 2. every kernel vs the torch reference on the same buffers (poisoned output)
     res["kernel_vs_reference"] = {}
-    for cfg in variants:
+    for kern in variants:
         out = torch.full((1, 4, 4000, HEAD_DIM), float("nan"), dtype=torch.float32, device="cuda")
+        qkv = quantized[kern.interleave_k]
         try:
-            attention_triton(t, out, cfg)
+            kern.run(qkv, out)
         except Exception as e:  # one variant that fails to compile must not hide the others' numbers
-            res["kernel_vs_reference"][cfg.name] = {"error": repr(e)[:300]}
-            log(f"kernel {cfg.name} FAILED: {e!r}"[:400])
+            res["kernel_vs_reference"][kern.name] = {"error": repr(e)[:300]}
+            log(f"kernel {kern.name} FAILED: {e!r}"[:400])
             continue
-        ref = attention_reference(t, torch.float32, cfg.block_n)
+        ref = attention_reference(qkv, torch.float32, kern.block_n)
         m = metrics(out, ref)
         m["max_abs_diff"] = (out - ref).abs().max().item()
-        res["kernel_vs_reference"][cfg.name] = m
-        log(f"kernel {cfg.name} vs reference: {m}")
+        res["kernel_vs_reference"][kern.name] = m
+        log(f"kernel {kern.name} vs reference: {m}")
 
     # 3. end to end vs fp32 SDPA
     cases = [(8192, HEADS)] + [(L, 2) for L in lengths]
@@ -128,16 +160,17 @@ def check_correctness(lengths, variants, log) -> dict:
             if L == 8192:
                 row["per_tensor_fp8_qk"] = metrics(per_tensor_fp8_qk(q, k, v), ref)
                 row["bf16_cudnn"] = metrics(F.scaled_dot_product_attention(q, k, v), ref)
-            qkv = quantize_qkv_triton(q, k, v, None, HEAD_DIM**-0.5)
+            quantized = {i: quantize_qkv_triton(q, k, v, None, HEAD_DIM**-0.5, interleave_k=i) for i in (False, True)}
             row["variants"] = {}
-            for cfg in variants:  # every variant on the same quantized buffers, poisoned bf16 output
+            for kern in variants:  # every kernel on the same quantized values, poisoned bf16 output
                 out = torch.full_like(q, float("nan"))
                 try:
-                    attention_triton(qkv, out, cfg)
-                    row["variants"][cfg.name] = metrics(out, ref)
+                    kern.run(quantized[kern.interleave_k], out)
+                    row["variants"][kern.name] = metrics(out, ref)
                 except Exception as e:  # noqa: BLE001
-                    row["variants"][cfg.name] = {"error": repr(e)[:300]}
+                    row["variants"][kern.name] = {"error": repr(e)[:300]}
                 del out
+            del quantized
             res["vs_fp32_sdpa"].append(row)
             log(f"vs fp32 SDPA: {row}")
             del ref
@@ -185,15 +218,16 @@ def time_length(L: int, variants, log) -> list[dict]:
         with sdpa_kernel([backend]):
             add(name, time_ms(sdpa, reps))
     add("quantize_qkv_triton", time_ms(lambda: quantize_qkv_triton(q, k, v, None, sm), reps))
-    qkv = quantize_qkv_triton(q, k, v, None, sm)
+    quantized = {i: quantize_qkv_triton(q, k, v, None, sm, interleave_k=i) for i in (False, True)}
     out = torch.empty_like(q)
-    for cfg in variants:
+    for kern in variants:
         try:
-            add(f"kernel {cfg.name}", time_ms(lambda cfg=cfg: attention_triton(qkv, out, cfg), reps))
+            add(f"kernel {kern.name}", time_ms(lambda kern=kern: kern.run(quantized[kern.interleave_k], out), reps))
         except Exception as e:  # noqa: BLE001 (reported, and the other variants still run)
-            log(f"L={L} kernel {cfg.name} FAILED: {e!r}"[:400])
-            rows.append({"L": L, "variant": f"kernel {cfg.name}", "error": repr(e)[:300]})
-    add(f"fp8_attention (quant + kernel {DEFAULT_CONFIG.name})", time_ms(lambda: fp8_attention(q, k, v), reps))
+            log(f"L={L} kernel {kern.name} FAILED: {e!r}"[:400])
+            rows.append({"L": L, "variant": f"kernel {kern.name}", "error": repr(e)[:300]})
+    quantized.clear()
+    add(f"fp8_attention (quant + kernel {variants[0].name})", time_ms(lambda: fp8_attention(q, k, v), reps))
     with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
         add("cudnn_bf16 (again)", time_ms(sdpa, reps))
     return rows
@@ -253,13 +287,13 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", "bench/results/tmp"))
     ap.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     ap.add_argument("--skip-checks", action="store_true")
-    ap.add_argument("--kernels", choices=list(KERNELS), default="triton",
-                    help=f"Triton kernel variants to check and time: triton = all {len(VARIANTS)}, "
-                         f"triton-default = only the shipped {DEFAULT_CONFIG.name} (default: triton)")  # fmt: skip
+    ap.add_argument("--kernels", choices=("all", "shipped"), default="all",
+                    help="shipped = the kernels fp8_attention runs (Gluon on Hopper, the Triton default); "
+                         f"all = plus {len(RUNNERS_UP)} Triton runners-up (default: all)")  # fmt: skip
     ap.add_argument("--deadline", type=float, default=0.0,
                     help="if > 0: after this many seconds write what is there and exit (a hung kernel)")
     args = ap.parse_args()
-    variants = KERNELS[args.kernels]
+    variants = kernels(args.kernels)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     log_file = open(out_dir / "attention.log", "w")
@@ -299,7 +333,7 @@ def main() -> None:
                 table.append(f"| {L} | {r['variant']} | failed | - | {r.get('error', '')[:80]} |")
                 continue
             table.append(f"| {L} | {r['variant']} | {r['ms']:.2f} | {r['tflops']:.0f} | {cudnn / r['ms']:.2f}x |")
-    summary = correctness_summary(result, [c.name for c in variants]) if "correctness" in result else []
+    summary = correctness_summary(result, [k.name for k in variants]) if "correctness" in result else []
     (out_dir / "attention.md").write_text("\n".join(table + [""] + summary) + "\n")
     if summary:
         print("\n".join(summary))

@@ -10,7 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from hyvideo_fp8.fp8.attention import fp8_attention
-from hyvideo_fp8.fp8.attention.quantize_qkv import K_BLOCK, hadamard, quantize_qkv_torch
+from hyvideo_fp8.fp8.attention.quantize_qkv import (
+    K_BLOCK,
+    deinterleave_keys,
+    hadamard,
+    interleave_keys,
+    quantize_qkv_torch,
+)
 from hyvideo_fp8.fp8.attention.reference import attention_reference
 from hyvideo_fp8.fp8.quantize import quantize_tensorwise
 
@@ -131,6 +137,45 @@ def test_reference_block_size_does_not_change_the_result_much():
     qkv = quantize_qkv_torch(q, k, v, None, D**-0.5)
     a, b = attention_reference(qkv, torch.float32, 64), attention_reference(qkv, torch.float32, 128)
     assert rel_l2(a, b) < 0.02  # measured 0.006: only where the running max (P's FP8 grid) differs
+
+
+def test_interleaved_keys_for_the_gluon_kernel():
+    """The Hopper kernel's K layout: row 16a + 8b + 2t + e of every 32-key chunk holds key 16a + 4t + 2b + e; the
+    permutation stays inside each 128-key scale block, so scales, V and the result are unchanged."""
+    k = torch.randn(2, 256, D)
+    k_il = interleave_keys(k)
+    for chunk in (0, 7):
+        for a, t, b, e in ((0, 0, 0, 0), (1, 2, 1, 1), (0, 3, 1, 0), (1, 1, 0, 1)):
+            row, key = 32 * chunk + 16 * a + 8 * b + 2 * t + e, 32 * chunk + 16 * a + 4 * t + 2 * b + e
+            assert torch.equal(k_il[1, row], k[1, key])
+    assert torch.equal(deinterleave_keys(k_il), k)
+
+    q, k, v = inputs(300, heads=2)
+    mask = torch.ones(1, 300, dtype=torch.bool)
+    mask[0, 290:] = False
+    plain = quantize_qkv_torch(q, k, v, mask, D**-0.5)
+    mixed = quantize_qkv_torch(q, k, v, mask, D**-0.5, interleave_k=True)
+    assert mixed.k_interleaved and not plain.k_interleaved
+    assert torch.equal(mixed.k, interleave_keys(plain.k)) and torch.equal(mixed.k_scale, plain.k_scale)
+    assert torch.equal(attention_reference(mixed, torch.float32), attention_reference(plain, torch.float32))
+
+
+def test_kernels_refuse_the_other_key_order():
+    """Each GPU kernel checks the K layout it was given before launching anything."""
+    pytest.importorskip("triton")
+    from hyvideo_fp8.fp8.attention.gluon_kernel import attention_gluon, gluon_supported
+    from hyvideo_fp8.fp8.attention.triton_kernel import attention_triton
+
+    q, k, v = inputs(200)
+    out = torch.empty_like(q)
+    with pytest.raises(ValueError, match="interleave_k=False"):
+        attention_triton(quantize_qkv_torch(q, k, v, None, 0.1, interleave_k=True), out)
+    if gluon_supported((9, 0), D)[0]:
+        with pytest.raises(ValueError, match="interleave_k=True"):
+            attention_gluon(quantize_qkv_torch(q, k, v, None, 0.1), out)
+    ok, reason = gluon_supported((8, 9), D)
+    assert not ok and ("sm_89" in reason or "not importable" in reason)
+    assert not gluon_supported((9, 0), 64)[0]
 
 
 def _good():

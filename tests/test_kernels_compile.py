@@ -59,7 +59,10 @@ def _compile(kernel, args, kwargs, capability):
         *args, **kwargs
     )
     options, signature, constexprs, attrs = kernel._pack_args(backend, options, bound, specialization, options)
-    return triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
+    source = ASTSource
+    if type(kernel).__name__ == "GluonJITFunction":
+        from triton.experimental.gluon._runtime import GluonASTSource as source
+    return triton.compile(source(kernel, signature, constexprs, attrs), target=target, options=options.__dict__)
 
 
 def _resources(compiled) -> dict:
@@ -88,6 +91,19 @@ def _attention_launches(capability, dtype):
     return _launches(run, [tk._fp8_attention_kernel])
 
 
+def _gluon_launches(capability, dtype):
+    import torch
+
+    from hyvideo_fp8.fp8.attention import gluon_kernel as gk
+    from hyvideo_fp8.fp8.attention.quantize_qkv import quantize_qkv_torch
+
+    if not gk.gluon_supported(capability, HEAD_DIM)[0] or dtype != torch.bfloat16:
+        return []  # Hopper only; the kernel reads quantized buffers, so the input dtype changes nothing
+    q = torch.randn(1, 2, 200, HEAD_DIM, dtype=dtype)
+    qkv = quantize_qkv_torch(q, q, q, None, 0.1, interleave_k=True)
+    return _launches(lambda: gk.attention_gluon(qkv, torch.empty_like(q)), [gk._fp8_attention_gluon_kernel])
+
+
 def _quantize_launches(capability, dtype):
     import torch
 
@@ -99,7 +115,8 @@ def _quantize_launches(capability, dtype):
     mask = torch.ones(1, 200, dtype=torch.bool)
     mask[:, -7:] = False
     kernels = [qq._kv_stats_kernel, qq._quantize_q_kernel, qq._quantize_kv_kernel]
-    return _launches(lambda: qq.quantize_qkv_triton(x, x, x, mask, 0.1), kernels)
+    run = lambda: [qq.quantize_qkv_triton(x, x, x, mask, 0.1, interleave_k=i) for i in (False, True)]
+    return _launches(run, kernels)
 
 
 def _fused_launches(capability, dtype):
@@ -142,9 +159,11 @@ def _worker() -> dict:
     results = {}
     for capability in CAPABILITIES:
         for dtype in (torch.bfloat16, torch.float32):
-            for launches in (_attention_launches, _quantize_launches, _fused_launches):
+            for launches in (_attention_launches, _gluon_launches, _quantize_launches, _fused_launches):
                 for kernel, args, kwargs in launches(capability, dtype):
                     key = f"{kernel.fn.__name__}/sm_{capability[0]}{capability[1]}/{str(dtype)[6:]}"
+                    while key in results:  # the same kernel with other constexprs
+                        key += "#"
                     try:
                         results[key] = _resources(_compile(kernel, args, kwargs, capability))
                     except Exception as e:  # noqa: BLE001 - reported per kernel by the tests
@@ -181,10 +200,13 @@ def _limit(key: str) -> int:
 
 
 def test_every_kernel_was_compiled(results):
+    from hyvideo_fp8.fp8.attention.gluon_kernel import gluon_supported
+
     names = {key.split("/")[0] for key in results}
+    gluon = {"_fp8_attention_gluon_kernel"} if gluon_supported((9, 0), HEAD_DIM)[0] else set()
     assert names == {"_fp8_attention_kernel", "_kv_stats_kernel", "_quantize_q_kernel", "_quantize_kv_kernel",
                      "_layernorm_modulate_quant_kernel", "_gelu_tanh_quant_kernel", "_concat_gelu_quant_kernel",
-                     "_qk_norm_rope_kernel"}  # fmt: skip
+                     "_qk_norm_rope_kernel"} | gluon  # fmt: skip
     assert {key.split("/")[1] for key in results} == {"sm_89", "sm_90"}
 
 
@@ -193,6 +215,15 @@ def test_kernels_compile_and_fit_shared_memory(results):
     assert not failed, f"kernels that do not compile: {failed}"
     over = {key: (r["shared"], _limit(key)) for key, r in results.items() if r["shared"] > _limit(key)}
     assert not over, f"(shared bytes, per-block limit) over the architecture's limit: {over}"
+
+
+def test_gluon_kernel_fits_three_ctas_per_sm(results):
+    """Its speed rests on 3 CTAs per SM: <= 168 registers, no spills, shared memory for three."""
+    gluon = results.get("_fp8_attention_gluon_kernel/sm_90/bfloat16")
+    if gluon is None:
+        pytest.skip("Triton's Gluon Hopper dialect is not importable")
+    assert gluon["regs"] <= 168 and gluon["stack"] == 0, gluon
+    assert 3 * (gluon["shared"] + 1024) <= 228 * 1024, gluon  # 1 KB per CTA is reserved by the driver
 
 
 def test_attention_kernel_does_not_spill(results):
@@ -209,7 +240,7 @@ def test_quantizer_shared_memory_estimate(results):
     from hyvideo_fp8.fp8.attention.quantize_qkv import rotation_shared_bytes
 
     for key, r in results.items():
-        name, _, dtype = key.split("/")
+        name, _, dtype = key.rstrip("#").split("/")
         if name in ("_quantize_q_kernel", "_quantize_kv_kernel"):
             assert r["shared"] <= rotation_shared_bytes(getattr(torch, dtype), HEAD_DIM), key
 

@@ -2,7 +2,8 @@
 
 Q and K are INT8 (Q per token, K per 128 keys after subtracting K's mean over tokens), V is FP8 e4m3 per channel,
 P is FP8 e4m3 scaled by 2**8, and the softmax running max/sum and both accumulations are fp32.
-``quantize_qkv.py`` describes the quantized layout, ``reference.py`` the arithmetic, ``triton_kernel.py`` the kernel.
+``quantize_qkv.py`` describes the quantized layout, ``reference.py`` the arithmetic, ``triton_kernel.py`` the portable
+kernel (Ada and Hopper) and ``gluon_kernel.py`` the faster Hopper kernel, which the Triton backend uses where it can.
 """
 
 from __future__ import annotations
@@ -122,13 +123,38 @@ def _quantizer(dtype: torch.dtype, head_dim: int, capability: tuple[int, int]):
     return quantize_qkv_torch
 
 
+_GLUON_FAILED: set[tuple[int, int]] = set()  # capabilities where the Gluon kernel failed to compile or launch
+_GLUON_WORKS: set[tuple[int, int]] = set()
+
+
+def _use_gluon(capability: tuple[int, int], head_dim: int) -> bool:
+    from .gluon_kernel import gluon_supported
+
+    return capability not in _GLUON_FAILED and gluon_supported(capability, head_dim)[0]
+
+
 def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
                       sm_scale: float) -> torch.Tensor:
     from .triton_kernel import attention_triton, config_for
 
     capability = torch.cuda.get_device_capability(q.device)
-    qkv = _quantizer(q.dtype, q.shape[-1], capability)(q, k, v, key_padding_mask, sm_scale)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    quantize = _quantizer(q.dtype, q.shape[-1], capability)
+    if _use_gluon(capability, q.shape[-1]):
+        from .gluon_kernel import attention_gluon
+
+        qkv = quantize(q, k, v, key_padding_mask, sm_scale, interleave_k=True)
+        if capability in _GLUON_WORKS:
+            return attention_gluon(qkv, out)
+        try:  # first launch compiles: Gluon is experimental, and another Triton may reject the kernel
+            attention_gluon(qkv, out)
+            _GLUON_WORKS.add(capability)
+            return out
+        except Exception as e:  # noqa: BLE001 (any compile/launch failure: the Triton kernel computes the same)
+            _GLUON_FAILED.add(capability)
+            logger.warning("[hyvideo_fp8] FP8 attention: the Gluon Hopper kernel failed (%s); using the Triton "
+                           "kernel from now on (about 7 %% slower)", repr(e)[:300])
+    qkv = quantize(q, k, v, key_padding_mask, sm_scale)
     return attention_triton(qkv, out, config_for(capability))
 
 

@@ -16,6 +16,10 @@ Both versions produce the same :class:`QuantizedQKV` buffers, which are the whol
   ``[B*H, Lk_pad // K_BLOCK]``.
 - ``v_t``: float8_e4m3fn, TRANSPOSED ``[B*H, D, Lk_pad]`` with one scale per channel in ``v_scale`` ``[B*H, D]``.
   Hopper's FP8 wgmma reads its B operand K-major only, so V is stored with the key axis contiguous.
+- ``k_interleaved`` (for the Hopper Gluon kernel, :mod:`.gluon_kernel`): K's rows are permuted inside every 32-key
+  chunk, row ``16a + 8b + 2t + e`` holding key ``16a + 4t + 2b + e`` (:func:`interleave_keys`), so that the keys each
+  thread holds in the Q.K wgmma accumulator are exactly those it must supply in P.V's FP8 register operand: P then
+  needs no shuffles. Scales, V and padding are unchanged (the permutation stays inside 128-key blocks).
 - Key padding: the valid keys of each batch element are packed first (stable order), ``kv_len[b]`` says how many;
   rows from ``kv_len[b]`` to ``Lk_pad`` are zeros and the kernel masks them, so padded keys are excluded exactly.
 
@@ -45,7 +49,7 @@ except ImportError:  # CPU-only installs: the torch version below is all that is
 
 __all__ = [
     "QuantizedQKV", "quantize_qkv_torch", "quantize_qkv_triton", "pack_keys", "hadamard", "Q_BLOCK", "K_BLOCK",
-    "HEAD_DIMS", "rotation_shared_bytes", "triton_quantize_fits",
+    "HEAD_DIMS", "rotation_shared_bytes", "triton_quantize_fits", "interleave_keys", "deinterleave_keys",
 ]  # fmt: skip
 
 LOG2E = 1.4426950408889634
@@ -71,10 +75,24 @@ class QuantizedQKV:
     batch: int
     heads: int
     seq_len: int
+    k_interleaved: bool = False
 
     @property
     def head_dim(self) -> int:
         return self.q.shape[-1]
+
+
+def interleave_keys(k: torch.Tensor) -> torch.Tensor:
+    """``[BH, Lk_pad, D]`` K rows permuted inside each 32-key chunk: row ``16a + 8b + 2t + e`` gets key
+    ``16a + 4t + 2b + e`` (``Lk_pad`` a multiple of 32)."""
+    BH, n, D = k.shape
+    return k.view(BH, n // 32, 2, 4, 2, 2, D).permute(0, 1, 2, 4, 3, 5, 6).reshape(BH, n, D)
+
+
+def deinterleave_keys(k: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`interleave_keys`: K rows back in key order."""
+    BH, n, D = k.shape
+    return k.view(BH, n // 32, 2, 2, 4, 2, D).permute(0, 1, 2, 4, 3, 5, 6).reshape(BH, n, D)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -118,9 +136,13 @@ def _quantize_int8(x: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tensor, t
 
 
 def quantize_qkv_torch(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, sm_scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, sm_scale: float,
+    interleave_k: bool = False,
 ) -> QuantizedQKV:
-    """Pure-torch quantization, ``q, k, v`` ``[B, H, L, D]``; the reference for :func:`quantize_qkv_triton`."""
+    """Pure-torch quantization, ``q, k, v`` ``[B, H, L, D]``; the reference for :func:`quantize_qkv_triton`.
+
+    ``interleave_k`` writes K in the Gluon kernel's row order (:func:`interleave_keys`).
+    """
     B, H, L, D = q.shape
     lq_pad, lk_pad = _round_up(L, Q_BLOCK), _round_up(L, K_BLOCK)
     device = q.device
@@ -149,10 +171,11 @@ def quantize_qkv_torch(
     vf = torch.where(valid, vf, 0.0)
     v_scale = vf.abs().amax(dim=2).clamp_min(SCALE_FLOOR) / FP8_E4M3_MAX  # [B, H, D]
     v8 = (vf / v_scale[:, :, None, :]).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
+    k_out = k_i8.reshape(B * H, lk_pad, D)
     return QuantizedQKV(
         q=q_out,
         q_scale=q_scale_out,
-        k=k_i8.reshape(B * H, lk_pad, D),
+        k=interleave_keys(k_out) if interleave_k else k_out,
         k_scale=k_scale,
         v_t=v8.reshape(B * H, lk_pad, D).transpose(1, 2).contiguous(),
         v_scale=v_scale.reshape(B * H, D),
@@ -160,6 +183,7 @@ def quantize_qkv_torch(
         batch=B,
         heads=H,
         seq_len=L,
+        k_interleaved=interleave_k,
     )
 
 
@@ -234,6 +258,7 @@ if triton is not None:
         L, Lk_pad, H, rot_norm,
         skb, skh, skl, skd, svb, svh, svl, svd,
         HAS_MASK: tl.constexpr, D: tl.constexpr, BLOCK: tl.constexpr, FLOOR: tl.constexpr, PRECISION: tl.constexpr,
+        INTERLEAVE_K: tl.constexpr,
     ):  # fmt: skip
         """One pass over a block of keys: gather valid keys, rotate + smooth + int8 K with one block scale, FP8 V^T."""
         blk = tl.program_id(0)
@@ -255,7 +280,10 @@ if triton is not None:
         kt = tl.dot(kt, rot, input_precision=PRECISION) * rot_norm.to(tl.float32)
         kt = tl.where(ok[:, None], kt - tl.load(kmean_ptr + bh * D + cols)[None, :], 0.0)
         k_scale = tl.maximum(tl.max(tl.max(tl.abs(kt), axis=1), axis=0), FLOOR) / 127.0
-        dst = bh.to(tl.int64) * Lk_pad + rows
+        n = tl.arange(0, BLOCK)
+        if INTERLEAVE_K:  # key 16a + 4t + 2b + e of each 32-key chunk goes to row 16a + 8b + 2t + e
+            n = (n & ~15) | (((n >> 1) & 1) << 3) | (((n >> 2) & 3) << 1) | (n & 1)
+        dst = bh.to(tl.int64) * Lk_pad + blk * BLOCK + n
         tl.store(ko_ptr + dst[:, None] * D + cols[None, :], _round_to_int8(kt / k_scale))
         tl.store(ks_ptr + bh * (Lk_pad // BLOCK) + blk, k_scale)
 
@@ -280,7 +308,8 @@ def triton_quantize_fits(dtype: torch.dtype, head_dim: int, capability: tuple[in
 
 
 def quantize_qkv_triton(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, sm_scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, sm_scale: float,
+    interleave_k: bool = False,
 ) -> QuantizedQKV:
     """Same result as :func:`quantize_qkv_torch` in three Triton passes (K/V stats, Q, K+V); any input strides."""
     if triton is None:
@@ -325,6 +354,7 @@ def quantize_qkv_triton(
     _quantize_kv_kernel[(lk_pad // K_BLOCK, B * H)](
         k, v, rot, key_index, kv_len, k_mean, v_scale, k_out, k_scale, v_t, L, lk_pad, H, D**-0.5,
         *k.stride(), *v.stride(),
-        HAS_MASK=has_mask, D=D, BLOCK=K_BLOCK, FLOOR=SCALE_FLOOR, PRECISION=precision, num_warps=8,
+        HAS_MASK=has_mask, D=D, BLOCK=K_BLOCK, FLOOR=SCALE_FLOOR, PRECISION=precision, INTERLEAVE_K=interleave_k,
+        num_warps=8,
     )  # fmt: skip
-    return QuantizedQKV(q_out, q_scale, k_out, k_scale, v_t, v_scale, kv_len, B, H, L)
+    return QuantizedQKV(q_out, q_scale, k_out, k_scale, v_t, v_scale, kv_len, B, H, L, k_interleaved=interleave_k)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .quantize_qkv import K_BLOCK, QuantizedQKV
+from .quantize_qkv import K_BLOCK, QuantizedQKV, deinterleave_keys
 
 __all__ = ["attention_reference", "P_LOG2_SCALE"]
 
@@ -26,6 +26,7 @@ def attention_reference(qkv: QuantizedQKV, out_dtype: torch.dtype, block_n: int 
     D = qkv.head_dim
     out = torch.empty(B, H, L, D, dtype=out_dtype, device=qkv.q.device)
     kv_lens = qkv.kv_len.tolist()
+    keys = deinterleave_keys(qkv.k) if qkv.k_interleaved else qkv.k
     for b in range(B):
         heads = slice(b * H, (b + 1) * H)
         q = qkv.q[heads, :L].float()  # [H, L, D]
@@ -35,7 +36,7 @@ def attention_reference(qkv: QuantizedQKV, out_dtype: torch.dtype, block_n: int 
         acc = torch.zeros(H, L, D, device=q.device)
         n_valid = kv_lens[b]
         for start in range(0, n_valid, block_n):
-            k = qkv.k[heads, start : start + block_n].float()  # [H, bn, D]
+            k = keys[heads, start : start + block_n].float()  # [H, bn, D]
             k_scale = qkv.k_scale[heads, start // K_BLOCK, None, None]  # [H, 1, 1]
             logits = (q @ k.transpose(1, 2)) * (q_scale * k_scale)
             if start + block_n > n_valid:

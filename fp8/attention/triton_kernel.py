@@ -82,14 +82,26 @@ def _load_block(src, row, col, row_stride, ROWS: tl.constexpr, COLS: tl.constexp
 
 
 @triton.jit
+def _load_scale(ptrs):
+    """``*ptrs`` by a plain ``ld.global.nc``, invisible to Triton's loop pipeliner.
+
+    A ``tl.load`` of the per-tile K scale inside the key loop is pipelined through shared memory (cp.async + wait +
+    shared load, ~24 instructions per key tile). Issued one tile ahead, this plain load's latency hides behind a whole
+    tile of work: 0.5-1.5 % faster on an H200 (L = 67,576 and 119,056, same run).
+    """
+    return tl.inline_asm_elementwise(
+        "ld.global.nc.f32 $0, [$1];", "=f,l", [ptrs], dtype=tl.float32, is_pure=True, pack=1
+    )
+
+
+@triton.jit
 def _attend_tile(
-    acc, l_i, m_i, q, row_factor, desc_k, desc_v, k_scale_ptr, k_row, v_row, start_n, kv_len,
-    BLOCK_N: tl.constexpr, K_SCALE_BLOCK: tl.constexpr, P_SHIFT: tl.constexpr, MASKED: tl.constexpr,
-    HEAD_DIM: tl.constexpr, Lk_pad, TMA: tl.constexpr,
+    acc, l_i, m_i, q, rf, desc_k, desc_v, k_row, v_row, start_n, kv_len,
+    BLOCK_N: tl.constexpr, P_SHIFT: tl.constexpr, MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, Lk_pad,
+    TMA: tl.constexpr,
 ):  # fmt: skip
     k = _load_block(desc_k, k_row + start_n, 0, HEAD_DIM, BLOCK_N, HEAD_DIM, TMA)
     s = tl.dot(q, k.T, out_dtype=tl.int32).to(tl.float32)
-    rf = row_factor * tl.load(k_scale_ptr + start_n // K_SCALE_BLOCK)
     if MASKED:
         cols = start_n + tl.arange(0, BLOCK_N)
         s = tl.where((cols < kv_len)[None, :], s, float("-inf"))
@@ -128,15 +140,21 @@ def _fp8_attention_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     n_full = (kv_len // BLOCK_N) * BLOCK_N
+    # the K scale of tile j+1 is fetched during tile j (see _load_scale)
+    ks_rows = ks_ptr + 0 * offs_m
+    last_scale = (Lk_pad - 1) // K_SCALE_BLOCK
+    ks = _load_scale(ks_rows)
     for start_n in range(0, n_full, BLOCK_N):
+        ks_next = _load_scale(ks_rows + tl.minimum((start_n + BLOCK_N) // K_SCALE_BLOCK, last_scale))
         acc, l_i, m_i = _attend_tile(
-            acc, l_i, m_i, q, row_factor, desc_k, desc_v, ks_ptr, k_row, v_row, start_n, kv_len,
-            BLOCK_N, K_SCALE_BLOCK, P_SHIFT, False, HEAD_DIM, Lk_pad, TMA,
+            acc, l_i, m_i, q, row_factor * ks, desc_k, desc_v, k_row, v_row, start_n, kv_len,
+            BLOCK_N, P_SHIFT, False, HEAD_DIM, Lk_pad, TMA,
         )  # fmt: skip
+        ks = ks_next
     if n_full < kv_len:
         acc, l_i, m_i = _attend_tile(
-            acc, l_i, m_i, q, row_factor, desc_k, desc_v, ks_ptr, k_row, v_row, n_full, kv_len,
-            BLOCK_N, K_SCALE_BLOCK, P_SHIFT, True, HEAD_DIM, Lk_pad, TMA,
+            acc, l_i, m_i, q, row_factor * ks, desc_k, desc_v, k_row, v_row, n_full, kv_len,
+            BLOCK_N, P_SHIFT, True, HEAD_DIM, Lk_pad, TMA,
         )  # fmt: skip
 
     cols = tl.arange(0, HEAD_DIM)
@@ -153,6 +171,8 @@ def attention_triton(qkv: QuantizedQKV, out: torch.Tensor, config: AttentionConf
 
     ``config`` defaults to :func:`config_for` ``out``'s GPU.
     """
+    if qkv.k_interleaved:
+        raise ValueError("attention_triton reads K in key order: quantize with interleave_k=False")
     BH, lq_pad, D = qkv.q.shape
     lk_pad = qkv.k.shape[1]
     cfg = config or config_for(torch.cuda.get_device_capability(out.device))
