@@ -1,24 +1,29 @@
 """Hopper (sm_90) FP8 attention in Triton's Gluon dialect: the Triton kernel's arithmetic, scheduled by hand.
 
 Same numerics and buffers as :mod:`.triton_kernel` (INT8 Q.K, fp32 online softmax, FP8 P.V from a zeroed wgmma
-accumulator added into the fp32 accumulator), with three things plain Triton 3.6 cannot express on sm_90:
+accumulator added into the fp32 accumulator), with four things plain Triton 3.6 cannot express on sm_90:
 
 - **P without shuffles.** K is quantized with its rows interleaved inside every 32-key chunk
   (:func:`.quantize_qkv.interleave_keys`), so the keys each thread holds in the Q.K accumulator are exactly the keys
   it must supply in P.V's FP8 register operand; moving P into that operand is a register renaming
   (reshape/permute), where Triton emits SHFL + PRMT sequences. The masked last tile maps columns back to keys.
-- **Its own TMA ring.** K and V tiles come through a 2-slot ring with one mbarrier per slot and operand. The slot of
-  tile j-1 is refilled right after the Q.K wgmma of tile j completes: that wgmma is warpgroup-collective, and every
-  warp waited for P.V of tile j-1 before issuing it, so nothing reads the slot any more.
+- **Three warpgroups share every K/V tile.** A CTA is three consumer warpgroups (``gl.warp_specialize``, 64 query
+  rows each, 192 per CTA, 168 registers, one CTA per SM), so each K/V tile crosses from L2 once per SM instead of
+  three times. The H200 runs this kernel at its power cap, and the saved data movement is clock headroom.
+- **Its own TMA ring**, 3 slots, with per slot ``k_ready`` / ``v_ready`` (TMA completion) and ``empty`` (one arrival
+  per warpgroup after its P.V of that tile). Warpgroup 0 also issues the loads: after its Q.K of tile j it waits on
+  ``empty`` for tile j-1 and loads tile j+2 into that slot. Parity waits are exact: ``empty`` of a slot cannot run a
+  phase ahead, since its next completion needs a tile that warpgroup 0 has not loaded yet; and a warpgroup waiting
+  for tile j has itself released tile j-3 of the same slot, whose next load needs its own arrival for tile j.
 - **The K scale of the next tile** is a plain global load one tile ahead, not a shared-memory pipeline stage.
 
-One warpgroup (4 warps, 64 query rows) per CTA and a 168-register cap, so three CTAs share an SM and the warp
-schedulers overlap one CTA's softmax with another's MMAs (the kernel itself waits on each wgmma; a second warpgroup
-doing the overlap explicitly needs the registers of a third CTA, see bench/NOTES-attention.md).
+Inside a warpgroup the kernel is serial (Q.K, wait, softmax, P.V, wait); the warp schedulers overlap one warpgroup's
+softmax with another's MMAs. Overlapping them inside a warpgroup, FA3-style, needs ~210 registers per thread, i.e.
+two warpgroups per SM instead of three, and lost (bench/NOTES-attention.md).
 
-H200, L = 67,584 / 119,056, 24 heads: 846-860 / 837-844 TFLOP/s against 780-793 for the Triton kernel in the same
-runs (bench/NOTES-attention.md). Needs Triton's Gluon (3.5+) and a Hopper GPU (wgmma); elsewhere
-:func:`gluon_supported` says why not and the Triton kernel runs.
+H200, same run, L = 67,576 / 119,056, 24 heads: 889 / 898 TFLOP/s, against 873 / 868 for a one-warpgroup-per-CTA
+version and 802 / 781 for the Triton kernel (bench/NOTES-attention.md). Needs Triton's Gluon (3.6) and a Hopper GPU
+(wgmma); elsewhere :func:`gluon_supported` says why not and the Triton kernel runs.
 """
 
 from __future__ import annotations
@@ -28,15 +33,18 @@ import torch
 from .quantize_qkv import K_BLOCK, QuantizedQKV
 from .reference import P_LOG2_SCALE
 
-__all__ = ["attention_gluon", "gluon_supported", "BLOCK_M", "BLOCK_N", "STAGES", "HEAD_DIM"]
+__all__ = ["attention_gluon", "gluon_supported", "BLOCK_M", "BLOCK_N", "HEAD_DIM"]
 
-BLOCK_M = 64  # query rows per CTA: one warpgroup
+WARPGROUPS = 3  # consumer warpgroups per CTA, sharing the K/V ring
+SUB_M = 64  # query rows per warpgroup
+BLOCK_M = WARPGROUPS * SUB_M  # query rows per CTA
 BLOCK_N = 128  # keys per tile
-STAGES = 2  # K/V ring slots: 3 CTAs x (8 KB Q + 2 x 32 KB) fit the SM's shared memory, 3 slots would not
+STAGES = 3  # K/V ring slots (3 x 32 KB); 4 measured slower, 2 no faster
 HEAD_DIM = 128
-MAX_REGISTERS = 168  # 3 CTAs x 128 threads x 168 registers fill the 64K register file without spills
+MAX_REGISTERS = 168  # 3 warpgroups x 128 threads x 168 registers fill the 64K register file without spills
 
 try:  # Gluon's Hopper dialect: absent on older Tritons, harmless to import without a GPU
+    import triton
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import (
@@ -81,19 +89,21 @@ if not _IMPORT_ERROR:
                                         pred=pred)  # fmt: skip
 
     @gluon.jit
-    def _attend_tile(j, acc, m_i, l_i, rf, q_smem, k_smem, v_smem, k_ready, v_ready, desc_k, desc_v, k_row, v_row,
-                     n_tiles, kv_len, s_zero, o_zero, s_layout: gl.constexpr, o_layout: gl.constexpr,
+    def _attend_tile(j, acc, m_i, l_i, rf, q_smem, k_smem, v_smem, k_ready, v_ready, empty, desc_k, desc_v, k_row,
+                     v_row, n_tiles, kv_len, s_zero, o_zero, s_layout: gl.constexpr, o_layout: gl.constexpr,
                      p_layout: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, P_SHIFT: gl.constexpr,
-                     MASKED: gl.constexpr):  # fmt: skip
+                     MASKED: gl.constexpr, ISSUER: gl.constexpr):  # fmt: skip
         slot = j % STAGES
         phase = (j // STAGES) & 1
         mbarrier.wait(k_ready.index(slot), phase)
         s_tok = warpgroup_mma(q_smem, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
         s_int = warpgroup_mma_wait(num_outstanding=0, deps=(s_tok,))
-        if not MASKED:  # the masked tile is the last one: nothing left to load
-            t = j - 1 + STAGES
-            _issue_kv(desc_k, desc_v, k_smem, v_smem, k_ready, v_ready, k_row, v_row, t, (j > 0) & (t < n_tiles),
-                      BLOCK_N, STAGES)  # fmt: skip
+        if ISSUER:
+            if not MASKED:  # refill the slot of tile j-1 with tile j-1+STAGES (the masked tile is the last one)
+                t = j - 1 + STAGES
+                pred = (j > 0) & (t < n_tiles)
+                mbarrier.wait(empty.index(t % STAGES), ((t // STAGES) & 1) ^ 1, pred=pred)
+                _issue_kv(desc_k, desc_v, k_smem, v_smem, k_ready, v_ready, k_row, v_row, t, pred, BLOCK_N, STAGES)
         s = s_int.to(gl.float32)
         if MASKED:
             cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
@@ -113,15 +123,22 @@ if not _IMPORT_ERROR:
         mbarrier.wait(v_ready.index(slot), phase)
         pv_tok = warpgroup_mma(p8, v_smem.index(slot).permute((1, 0)), o_zero, use_acc=False, is_async=True)
         pv = warpgroup_mma_wait(num_outstanding=0, deps=(pv_tok,))
+        mbarrier.arrive(empty.index(slot))  # this warpgroup is done with K and V of tile j
         acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1) + pv
         return acc, m_new, l_i
 
     @gluon.jit
-    def _fp8_attention_gluon_kernel(
-        desc_q, desc_k, desc_v, q_scale_ptr, k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr,
-        H, L, Lq_pad, Lk_pad, sob, soh, sol, sod,
-        HEAD_DIM: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
-    ):  # fmt: skip
+    def _consumer(C: gl.constexpr, desc_q, desc_k, desc_v, q_all, q_bars, k_smem, v_smem, k_ready, v_ready, empty,
+                  q_scale_ptr, k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad,
+                  sob, soh, sol, sod):  # fmt: skip
+        """Warpgroup ``C``: query rows ``[C * SUB_M, (C + 1) * SUB_M)`` of the CTA; warpgroup 0 also loads K/V."""
+        # warp_specialize passes its partitions plain values: shapes carry the constexprs
+        WARPGROUPS: gl.constexpr = q_all.shape[0]
+        SUB_M: gl.constexpr = q_all.shape[1]
+        HEAD_DIM: gl.constexpr = q_all.shape[2]
+        STAGES: gl.constexpr = k_smem.shape[0]
+        BLOCK_N: gl.constexpr = k_smem.shape[1]
+        ISSUER: gl.constexpr = C == 0
         K_SCALE_BLOCK: gl.constexpr = _K_SCALE_BLOCK
         P_SHIFT: gl.constexpr = _P_SHIFT
         s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -130,18 +147,8 @@ if not _IMPORT_ERROR:
                                                            instr_shape=[16, HEAD_DIM, 32])  # fmt: skip
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=4)
         row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-
-        q_smem = gl.allocate_shared_memory(desc_q.dtype, desc_q.block_type.shape, desc_q.layout)
-        k_smem = gl.allocate_shared_memory(desc_k.dtype, [STAGES] + desc_k.block_type.shape, desc_k.layout)
-        v_smem = gl.allocate_shared_memory(desc_v.dtype, [STAGES] + desc_v.block_type.shape, desc_v.layout)
-        q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-        k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-        mbarrier.init(q_bar, count=1)
-        for i in gl.static_range(STAGES):
-            mbarrier.init(k_ready.index(i), count=1)
-            mbarrier.init(v_ready.index(i), count=1)
-        fence_async_shared()
+        q_smem = q_all.index(C)
+        q_bar = q_bars.index(C)
 
         pid_m = gl.program_id(0)
         bh = gl.program_id(1)
@@ -152,50 +159,97 @@ if not _IMPORT_ERROR:
         n_full = kv_len // BLOCK_N
         k_row = bh * Lk_pad
         v_row = bh * HEAD_DIM
-        row0 = pid_m * BLOCK_M
+        row0 = pid_m * (WARPGROUPS * SUB_M) + C * SUB_M
 
+        # rows past this head's Lq_pad read the next head's (or TMA's zero-filled) rows and are never stored
         mbarrier.expect(q_bar, desc_q.block_type.nbytes)
         tma.async_copy_global_to_shared(desc_q, [bh * Lq_pad + row0, 0], q_bar, q_smem)
-        for i in gl.static_range(STAGES):
-            _issue_kv(desc_k, desc_v, k_smem, v_smem, k_ready, v_ready, k_row, v_row, i, i < n_tiles, BLOCK_N,
-                      STAGES)  # fmt: skip
+        if ISSUER:
+            for i in gl.static_range(STAGES):
+                _issue_kv(desc_k, desc_v, k_smem, v_smem, k_ready, v_ready, k_row, v_row, i, i < n_tiles, BLOCK_N,
+                          STAGES)  # fmt: skip
 
-        offs_s = row0 + gl.arange(0, BLOCK_M, layout=row_s)
-        row_factor = gl.load(q_scale_ptr + bh * Lq_pad + offs_s)
+        offs_s = row0 + gl.arange(0, SUB_M, layout=row_s)
+        row_factor = gl.load(q_scale_ptr + bh * Lq_pad + offs_s, mask=offs_s < L, other=1.0)
         ks_rows = k_scale_ptr + bh * (Lk_pad // K_SCALE_BLOCK) + 0 * offs_s
         last_scale = (Lk_pad - 1) // K_SCALE_BLOCK
         ks = gl.load(ks_rows)
-        s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.int32, s_layout)
-        o_zero = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
-        m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, row_s)
-        l_i = gl.zeros([BLOCK_M], gl.float32, row_s)
-        acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
+        s_zero = gl.zeros([SUB_M, BLOCK_N], gl.int32, s_layout)
+        o_zero = gl.zeros([SUB_M, HEAD_DIM], gl.float32, o_layout)
+        m_i = gl.full([SUB_M], float("-inf"), gl.float32, row_s)
+        l_i = gl.zeros([SUB_M], gl.float32, row_s)
+        acc = gl.zeros([SUB_M, HEAD_DIM], gl.float32, o_layout)
         mbarrier.wait(q_bar, 0)
 
         for j in range(n_full):
             ks_next = gl.load(ks_rows + gl.minimum(((j + 1) * BLOCK_N) // K_SCALE_BLOCK, last_scale))
             acc, m_i, l_i = _attend_tile(
-                j, acc, m_i, l_i, row_factor * ks, q_smem, k_smem, v_smem, k_ready, v_ready, desc_k, desc_v,
+                j, acc, m_i, l_i, row_factor * ks, q_smem, k_smem, v_smem, k_ready, v_ready, empty, desc_k, desc_v,
                 k_row, v_row, n_tiles, kv_len, s_zero, o_zero, s_layout, o_layout, p_layout,
-                BLOCK_N, STAGES, P_SHIFT, False,
+                BLOCK_N, STAGES, P_SHIFT, False, ISSUER,
             )  # fmt: skip
             ks = ks_next
         if n_full < n_tiles:
             acc, m_i, l_i = _attend_tile(
-                n_full, acc, m_i, l_i, row_factor * ks, q_smem, k_smem, v_smem, k_ready, v_ready, desc_k, desc_v,
-                k_row, v_row, n_tiles, kv_len, s_zero, o_zero, s_layout, o_layout, p_layout,
-                BLOCK_N, STAGES, P_SHIFT, True,
+                n_full, acc, m_i, l_i, row_factor * ks, q_smem, k_smem, v_smem, k_ready, v_ready, empty, desc_k,
+                desc_v, k_row, v_row, n_tiles, kv_len, s_zero, o_zero, s_layout, o_layout, p_layout,
+                BLOCK_N, STAGES, P_SHIFT, True, ISSUER,
             )  # fmt: skip
 
         row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
         cols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-        offs_m = row0 + gl.arange(0, BLOCK_M, layout=row_o)
+        offs_m = row0 + gl.arange(0, SUB_M, layout=row_o)
         v_scale = gl.load(v_scale_ptr + bh * HEAD_DIM + cols)
         o = acc * gl.expand_dims(1.0 / gl.convert_layout(l_i, row_o), 1) * gl.expand_dims(v_scale, 0)
         o_ptrs = (out_ptr + b.to(gl.int64) * sob + h.to(gl.int64) * soh
                   + gl.expand_dims(offs_m.to(gl.int64) * sol, 1) + gl.expand_dims(cols * sod, 0))  # fmt: skip
         mask = gl.expand_dims(offs_m < L, 1) & gl.expand_dims(cols < HEAD_DIM, 0)
         gl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=mask)
+
+    # one entry point per warpgroup: warp_specialize takes functions, and C must be a compile-time constant
+    @gluon.jit
+    def _warpgroup0(desc_q, desc_k, desc_v, q_all, q_bars, k_smem, v_smem, k_ready, v_ready, empty, q_scale_ptr,
+                    k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad, sob, soh, sol, sod):
+        _consumer(0, desc_q, desc_k, desc_v, q_all, q_bars, k_smem, v_smem, k_ready, v_ready, empty, q_scale_ptr,
+                  k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad, sob, soh, sol, sod)  # fmt: skip
+
+    @gluon.jit
+    def _warpgroup1(desc_q, desc_k, desc_v, q_all, q_bars, k_smem, v_smem, k_ready, v_ready, empty, q_scale_ptr,
+                    k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad, sob, soh, sol, sod):
+        _consumer(1, desc_q, desc_k, desc_v, q_all, q_bars, k_smem, v_smem, k_ready, v_ready, empty, q_scale_ptr,
+                  k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad, sob, soh, sol, sod)  # fmt: skip
+
+    @gluon.jit
+    def _warpgroup2(desc_q, desc_k, desc_v, q_all, q_bars, k_smem, v_smem, k_ready, v_ready, empty, q_scale_ptr,
+                    k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad, sob, soh, sol, sod):
+        _consumer(2, desc_q, desc_k, desc_v, q_all, q_bars, k_smem, v_smem, k_ready, v_ready, empty, q_scale_ptr,
+                  k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad, sob, soh, sol, sod)  # fmt: skip
+
+    @gluon.jit
+    def _fp8_attention_gluon_kernel(
+        desc_q, desc_k, desc_v, q_scale_ptr, k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr,
+        H, L, Lq_pad, Lk_pad, sob, soh, sol, sod,
+        STAGES: gl.constexpr, WARPGROUPS: gl.constexpr, WORKER_REGISTERS: gl.constexpr,
+    ):  # fmt: skip
+        q_all = gl.allocate_shared_memory(desc_q.dtype, [WARPGROUPS] + desc_q.block_type.shape, desc_q.layout)
+        k_smem = gl.allocate_shared_memory(desc_k.dtype, [STAGES] + desc_k.block_type.shape, desc_k.layout)
+        v_smem = gl.allocate_shared_memory(desc_v.dtype, [STAGES] + desc_v.block_type.shape, desc_v.layout)
+        q_bars = gl.allocate_shared_memory(gl.int64, [WARPGROUPS, 1], mbarrier.MBarrierLayout())
+        k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+        for i in gl.static_range(WARPGROUPS):
+            mbarrier.init(q_bars.index(i), count=1)
+        for i in gl.static_range(STAGES):
+            mbarrier.init(k_ready.index(i), count=1)
+            mbarrier.init(v_ready.index(i), count=1)
+            mbarrier.init(empty.index(i), count=WARPGROUPS)
+        fence_async_shared()
+
+        args = (desc_q, desc_k, desc_v, q_all, q_bars, k_smem, v_smem, k_ready, v_ready, empty, q_scale_ptr,
+                k_scale_ptr, v_scale_ptr, kv_len_ptr, out_ptr, H, L, Lq_pad, Lk_pad, sob, soh, sol, sod)  # fmt: skip
+        gl.warp_specialize([(_warpgroup0, args), (_warpgroup1, args), (_warpgroup2, args)], [4, 4],
+                           [WORKER_REGISTERS, WORKER_REGISTERS])  # fmt: skip
 
 
 def attention_gluon(qkv: QuantizedQKV, out: torch.Tensor) -> torch.Tensor:
@@ -208,13 +262,13 @@ def attention_gluon(qkv: QuantizedQKV, out: torch.Tensor) -> torch.Tensor:
     lk_pad = qkv.k.shape[1]
     if D != HEAD_DIM:
         raise ValueError(f"attention_gluon is built for head dim {HEAD_DIM}, got {D}: use the Triton kernel")
-    desc_q = _descriptor(qkv.q.view(BH * lq_pad, D), [BLOCK_M, D], gl.int8)
+    desc_q = _descriptor(qkv.q.view(BH * lq_pad, D), [SUB_M, D], gl.int8)
     desc_k = _descriptor(qkv.k.view(BH * lk_pad, D), [BLOCK_N, D], gl.int8)
     desc_v = _descriptor(qkv.v_t.view(BH * D, lk_pad), [D, BLOCK_N], gl.float8e4nv)
-    _fp8_attention_gluon_kernel[(lq_pad // BLOCK_M, BH)](
+    _fp8_attention_gluon_kernel[(triton.cdiv(lq_pad, BLOCK_M), BH)](
         desc_q, desc_k, desc_v, qkv.q_scale, qkv.k_scale, qkv.v_scale, qkv.kv_len, out,
         qkv.heads, qkv.seq_len, lq_pad, lk_pad, *out.stride(),
-        HEAD_DIM=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=STAGES, num_warps=4, maxnreg=MAX_REGISTERS,
+        STAGES=STAGES, WARPGROUPS=WARPGROUPS, WORKER_REGISTERS=MAX_REGISTERS, num_warps=4, maxnreg=MAX_REGISTERS,
     )  # fmt: skip
     return out
 
