@@ -153,7 +153,7 @@ def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_pad
         except Exception as e:  # noqa: BLE001 (any compile/launch failure: the Triton kernel computes the same)
             _GLUON_FAILED.add(capability)
             logger.warning("[hyvideo_fp8] FP8 attention: the Gluon Hopper kernel failed (%s); using the Triton "
-                           "kernel from now on (about 7 %% slower)", repr(e)[:300])
+                           "kernel from now on (about 10 %% slower)", repr(e)[:300])
     qkv = quantize(q, k, v, key_padding_mask, sm_scale)
     return attention_triton(qkv, out, config_for(capability))
 
