@@ -85,8 +85,8 @@ def fp8_attention(
         key_padding_mask: optional bool ``[B, L]``, True = valid key. Padded keys get exactly zero weight, so the
             outputs of valid tokens equal those of the same call without the padding.
         sm_scale: softmax scale, default ``1 / sqrt(D)``.
-        backend: "triton" (CUDA sm_89+), "reference" (pure torch, any device, slow) or "auto" (Triton where
-            supported, else the reference).
+        backend: "triton" (CUDA sm_89+: the Gluon kernel on Hopper at head dim 128, the Triton kernel elsewhere),
+            "reference" (pure torch, any device, slow) or "auto" (Triton where supported, else the reference).
 
     Returns:
         ``[B, H, L, D]`` in q's dtype.
