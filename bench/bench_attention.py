@@ -160,7 +160,8 @@ def check_correctness(lengths, variants, log) -> dict:
             if L == 8192:
                 row["per_tensor_fp8_qk"] = metrics(per_tensor_fp8_qk(q, k, v), ref)
                 row["bf16_cudnn"] = metrics(F.scaled_dot_product_attention(q, k, v), ref)
-            quantized = {i: quantize_qkv_triton(q, k, v, None, HEAD_DIM**-0.5, interleave_k=i) for i in (False, True)}
+            quantized = {i: quantize_qkv_triton(q, k, v, None, HEAD_DIM**-0.5, interleave_k=i)
+                         for i in {kern.interleave_k for kern in variants}}  # the K orders these kernels read
             row["variants"] = {}
             for kern in variants:  # every kernel on the same quantized values, poisoned bf16 output
                 out = torch.full_like(q, float("nan"))
@@ -218,7 +219,8 @@ def time_length(L: int, variants, log) -> list[dict]:
         with sdpa_kernel([backend]):
             add(name, time_ms(sdpa, reps))
     add("quantize_qkv_triton", time_ms(lambda: quantize_qkv_triton(q, k, v, None, sm), reps))
-    quantized = {i: quantize_qkv_triton(q, k, v, None, sm, interleave_k=i) for i in (False, True)}
+    orders = {kern.interleave_k for kern in variants}  # the K orders these kernels read
+    quantized = {i: quantize_qkv_triton(q, k, v, None, sm, interleave_k=i) for i in orders}
     out = torch.empty_like(q)
     for kern in variants:
         try:

@@ -123,14 +123,13 @@ def _quantizer(dtype: torch.dtype, head_dim: int, capability: tuple[int, int]):
     return quantize_qkv_torch
 
 
-_GLUON_FAILED: set[tuple[int, int]] = set()  # capabilities where the Gluon kernel failed to compile or launch
-_GLUON_WORKS: set[tuple[int, int]] = set()
+_GLUON_WORKS: dict[tuple[int, int], bool] = {}  # per capability, once its first launch compiled (True) or failed
 
 
 def _use_gluon(capability: tuple[int, int], head_dim: int) -> bool:
     from .gluon_kernel import gluon_supported
 
-    return capability not in _GLUON_FAILED and gluon_supported(capability, head_dim)[0]
+    return _GLUON_WORKS.get(capability, True) and gluon_supported(capability, head_dim)[0]
 
 
 def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
@@ -144,14 +143,14 @@ def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_pad
         from .gluon_kernel import attention_gluon
 
         qkv = quantize(q, k, v, key_padding_mask, sm_scale, interleave_k=True)
-        if capability in _GLUON_WORKS:
+        if _GLUON_WORKS.get(capability):
             return attention_gluon(qkv, out)
         try:  # first launch compiles: Gluon is experimental, and another Triton may reject the kernel
             attention_gluon(qkv, out)
-            _GLUON_WORKS.add(capability)
+            _GLUON_WORKS[capability] = True
             return out
         except Exception as e:  # noqa: BLE001 (any compile/launch failure: the Triton kernel computes the same)
-            _GLUON_FAILED.add(capability)
+            _GLUON_WORKS[capability] = False
             logger.warning("[hyvideo_fp8] FP8 attention: the Gluon Hopper kernel failed (%s); using the Triton "
                            "kernel from now on (about 10 %% slower)", repr(e)[:300])
     qkv = quantize(q, k, v, key_padding_mask, sm_scale)
