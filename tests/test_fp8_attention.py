@@ -17,7 +17,14 @@ from hyvideo_fp8.fp8.attention.quantize_qkv import (
     interleave_keys,
     quantize_qkv_torch,
 )
-from hyvideo_fp8.fp8.attention.reference import attention_reference
+from hyvideo_fp8.fp8.attention.reference import (
+    INT_TO_FLOAT_BIAS,
+    INT_TO_FLOAT_BIAS_BITS,
+    P_LOG2_SCALE,
+    attention_reference,
+    biased_logits,
+)
+from hyvideo_fp8.fp8.attention.triton_kernel import SUPPORTED_HEAD_DIMS
 from hyvideo_fp8.fp8.quantize import quantize_tensorwise
 
 D = 128
@@ -137,6 +144,28 @@ def test_reference_block_size_does_not_change_the_result_much():
     qkv = quantize_qkv_torch(q, k, v, None, D**-0.5)
     a, b = attention_reference(qkv, torch.float32, 64), attention_reference(qkv, torch.float32, 128)
     assert rel_l2(a, b) < 0.02  # measured 0.006: only where the running max (P's FP8 grid) differs
+
+
+def test_biased_int_to_float_is_exact_and_logits_stay_close():
+    """The kernels read ``Q.K + 0x4B400000`` as fp32 instead of converting: exact for every int8 Q.K they can form,
+    and taking the bias out (with the row max, in FMAs) adds at most ~2 integer steps of Q.K (times rf) of error."""
+    bound = 127 * 127 * max(SUPPORTED_HEAD_DIMS)
+    assert INT_TO_FLOAT_BIAS == 1.5 * 2**23 and bound < 2**22
+    ints = torch.cat([torch.randint(-bound, bound + 1, (100_000,), dtype=torch.int32),
+                      torch.tensor([-bound, bound, 0, 1, -1], dtype=torch.int32)])  # fmt: skip
+    as_float = (ints + INT_TO_FLOAT_BIAS_BITS).view(torch.float32)
+    assert torch.equal(as_float.double() - INT_TO_FLOAT_BIAS, ints.double())
+
+    rf = torch.exp(torch.empty(64, 1).uniform_(math.log(1e-7), math.log(1e-2)))  # q_scale * k_scale, log2 units
+    ints = torch.randint(-bound, bound + 1, (64, 256)).float()
+    m_new = ints.amax(dim=1, keepdim=True) * rf + torch.randn(64, 1).abs()
+    got = biased_logits(ints, rf, m_new)
+    exact = ints.double() * rf.double() - (m_new.double() - P_LOG2_SCALE)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    fp32_rounding = 2.0**-22 * (exact.abs() + (m_new.double() - P_LOG2_SCALE).abs())  # what plain fp32 FMAs lose
+    assert ((got.double() - exact).abs() <= 2 * rf.double() + fp32_rounding).all()
+    masked = biased_logits(torch.full((1, 2), float("-inf")), rf[:1], m_new[:1])
+    assert torch.equal(masked, torch.full((1, 2), -math.inf))
 
 
 def test_interleaved_keys_for_the_gluon_kernel():

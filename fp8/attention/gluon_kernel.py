@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from .quantize_qkv import K_BLOCK, QuantizedQKV
-from .reference import P_LOG2_SCALE
+from .reference import INT_TO_FLOAT_BIAS, INT_TO_FLOAT_BIAS_BITS, P_LOG2_SCALE
 
 __all__ = ["attention_gluon", "gluon_supported", "BLOCK_M", "BLOCK_N", "HEAD_DIM"]
 
@@ -75,6 +75,8 @@ def gluon_supported(capability: tuple[int, int], head_dim: int) -> tuple[bool, s
 if not _IMPORT_ERROR:
     _K_SCALE_BLOCK = gl.constexpr(K_BLOCK)
     _P_SHIFT = gl.constexpr(P_LOG2_SCALE)
+    _BIAS = gl.constexpr(INT_TO_FLOAT_BIAS)
+    _BIAS_BITS = gl.constexpr(INT_TO_FLOAT_BIAS_BITS)
 
     @gluon.jit
     def _issue_kv(desc_k, desc_v, k_smem, v_smem, k_ready, v_ready, k_row, v_row, t, pred,
@@ -104,15 +106,16 @@ if not _IMPORT_ERROR:
                 pred = (j > 0) & (t < n_tiles)
                 mbarrier.wait(empty.index(t % STAGES), ((t // STAGES) & 1) ^ 1, pred=pred)
                 _issue_kv(desc_k, desc_v, k_smem, v_smem, k_ready, v_ready, k_row, v_row, t, pred, BLOCK_N, STAGES)
-        s = s_int.to(gl.float32)
+        s = (s_int + _BIAS_BITS).to(gl.float32, bitcast=True)  # 1.5 * 2**23 + Q.K exactly, no I2F (reference.py)
         if MASKED:
             cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
             # column c = 16a + 8b + 2t + e holds key 16a + 4t + 2b + e of its 32-key chunk
             cols = (cols & ~15) + ((cols >> 1) & 3) * 4 + ((cols >> 3) & 1) * 2 + (cols & 1)
             s = gl.where(gl.expand_dims(j * BLOCK_N + cols < kv_len, 0), s, float("-inf"))
-        m_new = gl.maximum(m_i, gl.max(s, axis=1) * rf)
+        m_new = gl.maximum(m_i, (gl.max(s, axis=1) - _BIAS) * rf)
         alpha = gl.exp2(m_i - m_new)
-        p = gl.exp2(s * gl.expand_dims(rf, 1) - gl.expand_dims(m_new - P_SHIFT, 1))
+        offset = gl.fma(gl.full_like(rf, _BIAS), rf, m_new - P_SHIFT)
+        p = gl.exp2(gl.fma(s, gl.expand_dims(rf, 1), -gl.expand_dims(offset, 1)))
         l_i = l_i * alpha + gl.sum(p, axis=1)
         p8 = p.to(gl.float8e4nv)
         # back to key order: a renaming of registers, each thread already holds its A-operand keys

@@ -30,11 +30,13 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .quantize_qkv import K_BLOCK, Q_BLOCK, QuantizedQKV
-from .reference import P_LOG2_SCALE
+from .reference import INT_TO_FLOAT_BIAS, INT_TO_FLOAT_BIAS_BITS, P_LOG2_SCALE
 
 __all__ = ["AttentionConfig", "DEFAULT_CONFIG", "ADA_CONFIG", "config_for", "attention_triton", "SUPPORTED_HEAD_DIMS"]
 
 SUPPORTED_HEAD_DIMS = (64, 128)
+BIAS = tl.constexpr(INT_TO_FLOAT_BIAS)
+BIAS_BITS = tl.constexpr(INT_TO_FLOAT_BIAS_BITS)
 
 
 @dataclass(frozen=True)
@@ -101,13 +103,15 @@ def _attend_tile(
     TMA: tl.constexpr,
 ):  # fmt: skip
     k = _load_block(desc_k, k_row + start_n, 0, HEAD_DIM, BLOCK_N, HEAD_DIM, TMA)
-    s = tl.dot(q, k.T, out_dtype=tl.int32).to(tl.float32)
+    # 1.5 * 2**23 + Q.K exactly, without an int-to-float conversion per logit (reference.py)
+    s = (tl.dot(q, k.T, out_dtype=tl.int32) + BIAS_BITS).to(tl.float32, bitcast=True)
     if MASKED:
         cols = start_n + tl.arange(0, BLOCK_N)
         s = tl.where((cols < kv_len)[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1) * rf)
+    m_new = tl.maximum(m_i, (tl.max(s, axis=1) - BIAS) * rf)
     alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(s * rf[:, None] - (m_new - P_SHIFT)[:, None])
+    offset = tl.fma(tl.full(rf.shape, BIAS, tl.float32), rf, m_new - P_SHIFT)
+    p = tl.math.exp2(tl.fma(s, rf[:, None], -offset[:, None]))
     l_i = l_i * alpha + tl.sum(p, axis=1)
     v = _load_block(desc_v, v_row, start_n, Lk_pad, HEAD_DIM, BLOCK_N, TMA)
     pv = tl.dot(p.to(tl.float8e4nv), v.T)
