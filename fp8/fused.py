@@ -18,6 +18,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from .attention.quantize_qkv import QuantizedQ, quantize_q_torch
 from .custom_ops import register_custom_op
 from .hardware import MIN_CAPABILITY
 from .quantize import quantize_rowwise
@@ -25,6 +26,7 @@ from .triton import (
     MAX_ROW_BLOCK,
     check_modulation,
     check_qkv,
+    check_quant_q_outputs,
     check_same_device,
     check_tokens,
     next_power_of_2,
@@ -33,9 +35,9 @@ from .triton import (
 
 __all__ = [
     "FUSED_ENV", "USE_TRITON", "triton_available", "uses_triton",
-    "layernorm_modulate_quant", "gelu_tanh_quant", "concat_gelu_quant", "qk_norm_rope",
+    "layernorm_modulate_quant", "gelu_tanh_quant", "concat_gelu_quant", "qk_norm_rope", "qk_norm_rope_quant_q",
     "layernorm_modulate_quant_reference", "gelu_tanh_quant_reference", "concat_gelu_quant_reference",
-    "qk_norm_rope_reference",
+    "qk_norm_rope_reference", "qk_norm_rope_quant_q_reference",
 ]
 
 FUSED_ENV = "HYVIDEO_FP8_FUSED"
@@ -125,6 +127,23 @@ def qk_norm_rope_reference(
         v.contiguous()
 
 
+def qk_norm_rope_quant_q_reference(
+    qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    n_rope_tokens: int, eps: float, q_out: QuantizedQ, kv_out: torch.Tensor, row0: int,
+) -> None:
+    """:func:`qk_norm_rope_reference`, then q quantized as FP8 attention does (``quantize_q_torch``) into rows
+    ``row0 .. row0 + L`` of ``q_out``, and k, v into the same rows of ``kv_out`` ``[2, B, H, L_total, D]``."""
+    B, L, H, D = check_qkv(qkv, q_weight, k_weight, cos, sin, n_rope_tokens)
+    check_quant_q_outputs(qkv, q_out, kv_out, B, L, H, D, row0)
+    q, k, v = qk_norm_rope_reference(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps)
+    quantized = quantize_q_torch(q, q_out.sm_scale)
+    rows = slice(row0, row0 + L)
+    q_out.q.view(B, H, -1, D)[:, :, rows] = quantized.q.view(B, H, -1, D)[:, :, :L]
+    q_out.q_scale.view(B, H, -1)[:, :, rows] = quantized.q_scale.view(B, H, -1)[:, :, :L]
+    kv_out[0, :, :, rows] = k
+    kv_out[1, :, :, rows] = v
+
+
 # ---------------------------------------------------------------- dispatch
 
 def layernorm_modulate_quant(
@@ -177,6 +196,24 @@ def qk_norm_rope(
 
             return qk_norm_rope_triton(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps)
     return qk_norm_rope_reference(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps)
+
+
+def qk_norm_rope_quant_q(
+    qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    n_rope_tokens: int, eps: float, q_out: QuantizedQ, kv_out: torch.Tensor, row0: int,
+) -> None:
+    """:func:`qk_norm_rope` in front of FP8 attention: q goes straight into the attention's int8 query buffers
+    ``q_out`` (``fp8.attention.quantize_qkv.empty_quantized_q``), k and v into ``kv_out`` ``[2, B, H, L_total, D]``,
+    both at rows ``row0 .. row0 + L``. One Triton pass on CUDA (bf16/fp16); the torch reference elsewhere."""
+    if (uses_triton(qkv, fp8_output=False) and qkv.dim() == 3 and qkv.dtype in (torch.bfloat16, torch.float16)
+            and isinstance(q_weight, torch.Tensor) and q_weight.dim() == 1):
+        D = q_weight.shape[0]
+        if D and prologue_fits(qkv.shape[-1] // (3 * D), D):
+            from .triton.qk_norm_rope import qk_norm_rope_quant_q_triton
+
+            return qk_norm_rope_quant_q_triton(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps, q_out, kv_out,
+                                               row0)  # fmt: skip
+    return qk_norm_rope_quant_q_reference(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps, q_out, kv_out, row0)
 
 
 # ---------------------------------------------------------------- torch.compile: the quantizing producers as custom ops

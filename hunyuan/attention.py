@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..fp8.attention import fp8_attention, fp8_attention_quantized_q
+from ..fp8.attention.quantize_qkv import QuantizedQ
+
 ATTENTION_MODES = ("sdpa", "fp8")
 
 try:
@@ -59,16 +62,6 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
-def _fp8(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
-    try:
-        from ..fp8.attention import fp8_attention
-    except ImportError as e:
-        raise RuntimeError(
-            f"attention mode 'fp8' needs the pack's fp8.attention module, which failed to import ({e}); "
-            "use a policy with attention='sdpa'"
-        ) from e
-    return fp8_attention(q, k, v, key_padding_mask=key_padding_mask)
-
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, key_padding_mask: Tensor | None = None,
               mode: str = "sdpa") -> Tensor:
@@ -83,9 +76,19 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, key_padding_mask: Tensor | Non
         bias = key_bias(key_padding_mask, q.dtype) if key_padding_mask is not None else None
         out = _sdpa(q, k, v, bias)
     elif mode == "fp8":
-        out = _fp8(q, k, v, key_padding_mask)
+        out = fp8_attention(q, k, v, key_padding_mask=key_padding_mask)
     else:
         raise ValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
+    return _merge_heads(out)
+
+
+def attention_quantized_q(q: QuantizedQ, k: Tensor, v: Tensor, *, key_padding_mask: Tensor | None = None) -> Tensor:
+    """FP8 attention on queries the quantizing prologue wrote (``fp8.fused.qk_norm_rope_quant_q``): ``k, v``
+    ``[B, H, L, D]`` -> ``[B, L, H*D]``, as ``attention(..., mode="fp8")``."""
+    return _merge_heads(fp8_attention_quantized_q(q, k, v, key_padding_mask=key_padding_mask))
+
+
+def _merge_heads(out: Tensor) -> Tensor:
     b, h, L, d = out.shape
     return out.transpose(1, 2).reshape(b, L, h * d)
 

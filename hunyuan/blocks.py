@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import attention
+from .joint_qkv import JointQKV
 from .layers import (
     LayerNorm,
     MLPEmbedder,
@@ -53,13 +54,6 @@ def _fp16_guard(x: Tensor) -> Tensor:
     if x.dtype == torch.float16:
         return torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
     return x
-
-
-def _store_qkv(buffer: Tensor, start: int, qkv: tuple[Tensor, Tensor, Tensor]) -> None:
-    """Write q, k, v ``[B, H, n, D]`` into tokens ``start .. start+n`` of a ``[3, B, H, L, D]`` buffer."""
-    n = qkv[0].shape[2]
-    for i, t in enumerate(qkv):
-        buffer[i, :, :, start:start + n].copy_(t)
 
 
 class SelfAttention(nn.Module):
@@ -145,16 +139,14 @@ class DoubleStreamBlock(nn.Module):
                 nn.Linear(hidden, mlp_hidden, device=device, dtype=dtype), nn.GELU(approximate="tanh"),
                 nn.Linear(mlp_hidden, hidden, device=device, dtype=dtype)))
 
-    def _project_qkv(self, buffer: Tensor, start: int, attn: SelfAttention, x: Tensor, mod: tuple[Tensor, ...],
+    def _project_qkv(self, joint: JointQKV, start: int, attn: SelfAttention, x: Tensor, mod: tuple[Tensor, ...],
                      ctx: BlockInputs, rotate: bool) -> None:
-        """qkv linear + q/k norm (+ RoPE) of one stream, chunk by chunk, into its token range of ``buffer``."""
+        """qkv linear + q/k norm (+ RoPE) of one stream, chunk by chunk, into its token range of ``joint``."""
         norm = attn.norm
         for s, e in token_ranges(x.shape[1], ctx.token_chunk):
             qkv = modulated_linear(attn.qkv, x[:, s:e], mod[0], mod[1], ctx.norm_dtype, ctx.fused_producers)
-            parts = ctx.rope.qk_prologue(qkv, self.heads, norm.query_norm.scale, norm.key_norm.scale, s, rotate)
+            joint.write(qkv, norm.query_norm.scale, norm.key_norm.scale, s, rotate, start + s)
             del qkv
-            _store_qkv(buffer, start + s, parts)
-            del parts
 
     def _finish_stream(self, x: Tensor, a: Tensor, attn: SelfAttention, mlp: nn.Sequential, mod: tuple[Tensor, ...],
                        ctx: BlockInputs) -> Tensor:
@@ -172,14 +164,12 @@ class DoubleStreamBlock(nn.Module):
         tm = self.txt_mod(vec)
         (b, n_img, hidden), n_txt = img.shape, txt.shape[1]
         # Joint attention runs over cat(img, txt) (image tokens first, Tencent order): both streams write their
-        # q, k, v straight into one buffer instead of being concatenated afterwards.
-        qkv = img.new_empty((3, b, self.heads, n_img + n_txt, hidden // self.heads), dtype=ctx.compute_dtype)
-        self._project_qkv(qkv, 0, self.img_attn, img, im, ctx, rotate=True)
-        self._project_qkv(qkv, n_img, self.txt_attn, txt, tm, ctx, rotate=False)
-        q, k, v = qkv.unbind(0)
-        del qkv
-        a = attention(q, k, v, key_padding_mask=ctx.key_padding_mask, mode=attn_mode)
-        del q, k, v
+        # q, k, v straight into one joint sequence instead of being concatenated afterwards.
+        joint = JointQKV(ctx.rope, attn_mode, b, self.heads, n_img + n_txt, hidden // self.heads, img.device)
+        self._project_qkv(joint, 0, self.img_attn, img, im, ctx, rotate=True)
+        self._project_qkv(joint, n_img, self.txt_attn, txt, tm, ctx, rotate=False)
+        a = joint.attend(ctx.key_padding_mask)
+        del joint
         img = self._finish_stream(img, a[:, :n_img], self.img_attn, self.img_mlp, im, ctx)
         txt = self._finish_stream(txt, a[:, n_img:], self.txt_attn, self.txt_mlp, tm, ctx)
         del a
@@ -209,21 +199,14 @@ class SingleStreamBlock(nn.Module):
         qkv_rows, mlp_rows = slice(0, 3 * self.hidden), slice(3 * self.hidden, None)
         norm = self.norm
 
-        def project(s: int, e: int) -> tuple[Tensor, Tensor, Tensor]:
-            qkv = modulated_linear(self.linear1, x[:, s:e], shift, scale, nd, fp, rows=qkv_rows)
-            return ctx.rope.qk_prologue(qkv, self.heads, norm.query_norm.scale, norm.key_norm.scale, s, rotate=True)
-
         ranges = token_ranges(L, ctx.token_chunk)
-        if len(ranges) == 1:
-            q, k, v = project(0, L)
-        else:
-            qkv = x.new_empty((3, b, self.heads, L, self.hidden // self.heads), dtype=ctx.compute_dtype)
-            for s, e in ranges:
-                _store_qkv(qkv, s, project(s, e))
-            q, k, v = qkv.unbind(0)
+        joint = JointQKV(ctx.rope, attn_mode, b, self.heads, L, self.hidden // self.heads, x.device)
+        for s, e in ranges:
+            qkv = modulated_linear(self.linear1, x[:, s:e], shift, scale, nd, fp, rows=qkv_rows)
+            joint.write(qkv, norm.query_norm.scale, norm.key_norm.scale, s, rotate=True, row0=s)
             del qkv
-        a = attention(q, k, v, key_padding_mask=ctx.key_padding_mask, mode=attn_mode)
-        del q, k, v
+        a = joint.attend(ctx.key_padding_mask)
+        del joint
         for s, e in ranges:  # LayerNorm is per token: chunk s:e of x is read here before it is updated
             xc = x[:, s:e]
             mlp = modulated_linear(self.linear1, xc, shift, scale, nd, fp, rows=mlp_rows)

@@ -15,9 +15,11 @@ import torch
 from torch import Tensor
 
 from ..fp8 import fused
+from ..fp8.attention.quantize_qkv import QuantizedQ
 from .layers import NORM_EPS, rms_norm
 
 _qk_norm_rope = torch.compiler.disable(fused.qk_norm_rope)  # a Triton kernel on CUDA: opaque to torch.compile
+_qk_norm_rope_quant_q = torch.compiler.disable(fused.qk_norm_rope_quant_q)
 # The fused prologue computes in fp32 and writes one of these dtypes.
 FUSED_PROLOGUE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -98,14 +100,26 @@ class RopeTables:
         they are image tokens); v is passed through. All three in ``out_dtype``."""
         L = qkv.shape[1]
         if self.fused:
-            n_rope = min(max(self.n_img - start, 0), L) if rotate else 0
-            rows = slice(start, start + n_rope)
+            n_rope, rows = self._rope_rows(start, L, rotate)
             q, k, v = _qk_norm_rope(qkv, q_scale, k_scale, self.cos[rows], self.sin[rows], n_rope, NORM_EPS)
             return q.to(self.out_dtype), k.to(self.out_dtype), v.to(self.out_dtype)  # no-ops unless a mode override
         q, k, v = split_heads(qkv, heads)
         freqs = self.joint[start:start + L] if rotate else None
         return (norm_rope(q, q_scale, freqs, self.norm_dtype, self.out_dtype),
                 norm_rope(k, k_scale, freqs, self.norm_dtype, self.out_dtype), v.to(self.out_dtype))
+
+    def qk_prologue_quantized(self, qkv: Tensor, q_scale: Tensor, k_scale: Tensor, start: int, rotate: bool,
+                              q_out: QuantizedQ, kv_out: Tensor, row0: int) -> None:  # fmt: skip
+        """The fused prologue in front of FP8 attention (needs ``fused``): the tokens ``start .. start+L`` of
+        ``qkv`` become rows ``row0 ..`` of the int8 queries ``q_out`` and of the k/v buffer ``kv_out``."""
+        n_rope, rows = self._rope_rows(start, qkv.shape[1], rotate)
+        _qk_norm_rope_quant_q(qkv, q_scale, k_scale, self.cos[rows], self.sin[rows], n_rope, NORM_EPS, q_out, kv_out,
+                              row0)  # fmt: skip
+
+    def _rope_rows(self, start: int, n: int, rotate: bool) -> tuple[int, slice]:
+        """How many of the tokens ``start .. start+n`` are image tokens to rotate, and their table rows."""
+        n_rope = min(max(self.n_img - start, 0), n) if rotate else 0
+        return n_rope, slice(start, start + n_rope)
 
 
 __all__ = ["rope_tables", "append_identity", "apply_rope", "norm_rope", "split_heads", "RopeTables",

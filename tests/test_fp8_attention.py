@@ -9,10 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hyvideo_fp8.fp8.attention import fp8_attention
+from hyvideo_fp8.fp8 import fused
+from hyvideo_fp8.fp8.attention import fp8_attention, fp8_attention_quantized_q
 from hyvideo_fp8.fp8.attention.quantize_qkv import (
     K_BLOCK,
     deinterleave_keys,
+    empty_quantized_q,
     hadamard,
     interleave_keys,
     quantize_qkv_torch,
@@ -205,6 +207,43 @@ def test_kernels_refuse_the_other_key_order():
     ok, reason = gluon_supported((8, 9), D)
     assert not ok and ("sm_89" in reason or "not importable" in reason)
     assert not gluon_supported((9, 0), 64)[0]
+
+
+def test_queries_quantized_by_the_prologue_give_the_same_attention():
+    """The model's FP8 path: the quantizing q/k prologue writes an image stream (RoPE) and a text stream into one
+    joint sequence, int8 queries and 16-bit k, v; attention on that equals fp8_attention on the plain prologue's
+    q, k, v (same quantizer per token), padding included; and it is close to float64 SDPA."""
+    B, H, n_img, n_txt = 1, 2, 150, 40
+    L = n_img + n_txt
+    streams = []
+    for n, n_rope in ((n_img, n_img), (n_txt, 0)):
+        qkv = torch.randn(B, n, 3 * H * D).bfloat16()
+        angles = torch.rand(n_rope, D // 2, dtype=torch.float64) * 50
+        w = (torch.rand(D) + 0.5).bfloat16()
+        streams.append((qkv, w, w, angles.cos().float(), angles.sin().float(), n_rope))
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[:, -7:] = False
+    q_out = empty_quantized_q(B, H, L, D, D**-0.5, torch.device("cpu"))
+    kv = torch.empty(2, B, H, L, D, dtype=torch.bfloat16)
+    row0, plain = 0, []
+    for qkv, qw, kw, cos_t, sin_t, n_rope in streams:
+        fused.qk_norm_rope_quant_q(qkv, qw, kw, cos_t, sin_t, n_rope, 1e-6, q_out, kv, row0)
+        plain.append(fused.qk_norm_rope_reference(qkv, qw, kw, cos_t, sin_t, n_rope, 1e-6))
+        row0 += qkv.shape[1]
+    q, k, v = (torch.cat(parts, dim=2) for parts in zip(*plain))
+    out = fp8_attention_quantized_q(q_out, kv[0], kv[1], key_padding_mask=mask)
+    assert out.dtype == torch.bfloat16 and not out.isnan().any()
+    assert torch.equal(out, fp8_attention(q, k, v, key_padding_mask=mask))
+    assert cos(out, sdpa64(q, k, v, mask)) > 0.999
+
+
+def test_quantized_q_must_match_k_and_v():
+    q, k, v = _good()
+    qq = empty_quantized_q(1, 2, 63, D, D**-0.5, torch.device("cpu"))
+    with pytest.raises(ValueError, match="does not match"):
+        fp8_attention_quantized_q(qq, k, v)
+    with pytest.raises(ValueError, match="same"):
+        fp8_attention_quantized_q(empty_quantized_q(1, 2, 64, D, 0.1, torch.device("cpu")), k, v[:, :, :32])
 
 
 def _good():

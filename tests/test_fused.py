@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from hyvideo_fp8.fp8 import fused
+from hyvideo_fp8.fp8.attention.quantize_qkv import empty_quantized_q
 from hyvideo_fp8.fp8.formats import SCALE_FLOOR
 
 if importlib.util.find_spec("triton") and "triton" not in sys.modules and not torch.cuda.is_available():
@@ -382,6 +383,61 @@ def test_triton_qk_norm_rope(kernels, n_rope):
         assert rel_l2(got, ref) < 1e-3, rel_l2(got, ref)  # rare one-ulp bf16 flips: measured 0-6e-5 (interpreter)
         assert rel_l2(got, ref64) < 3e-3, rel_l2(got, ref64)  # measured 0.0016-0.0017, as the reference
     assert torch.equal(outs[2].cpu(), refs[2])
+
+
+def _quant_q_buffers(B, H, L_total, D, device, dtype=torch.bfloat16):
+    """Poisoned destinations of the quantizing prologue: int8 127 and NaN scales / NaN k, v in the real rows."""
+    q_out = empty_quantized_q(B, H, L_total, D, D**-0.5, device)
+    q_out.q[:, :L_total] = 127
+    q_out.q_scale[:, :L_total] = float("nan")
+    return q_out, torch.full((2, B, H, L_total, D), float("nan"), dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("n_rope", [0, 7, 9])
+def test_triton_qk_norm_rope_quant_q(kernels, n_rope):
+    """Rows 3..12 of a 14-row joint sequence: int8 queries as the attention quantizer makes them from the plain
+    prologue's 16-bit output, k and v as the plain prologue writes them; other rows and the padding untouched.
+    fp16 in Triton's CPU interpreter, whose bf16 dot is wrong (Triton 3.6: it multiplies the raw bits)."""
+    B, L, H, D, L_total, row0 = 2, 9, 24, 128, 14, 3
+    dtype = torch.bfloat16 if kernels.device == "cuda" else torch.float16
+    qkv, q_w, k_w, cos, sin = qkv_inputs(B, L, H, D, n_rope, dtype)
+    dev = kernels.device
+    from hyvideo_fp8.fp8.triton.qk_norm_rope import qk_norm_rope_quant_q_triton
+
+    q_out, kv_out = _quant_q_buffers(B, H, L_total, D, dev, dtype)
+    qk_norm_rope_quant_q_triton(*(t.to(dev) for t in (qkv, q_w, k_w, cos, sin)), n_rope, EPS, q_out, kv_out, row0)
+    q_ref, kv_ref = _quant_q_buffers(B, H, L_total, D, "cpu", dtype)
+    fused.qk_norm_rope_quant_q_reference(qkv, q_w, k_w, cos, sin, n_rope, EPS, q_ref, kv_ref, row0)
+    rows = slice(row0, row0 + L)
+    q8, s = q_out.q.cpu().view(B, H, -1, D), q_out.q_scale.cpu().view(B, H, -1)
+    q8_ref, s_ref = q_ref.q.view(B, H, -1, D), q_ref.q_scale.view(B, H, -1)
+    # the prologues' rare one-ulp flips of a 16-bit q value (bf16: 2**-8) move that row's scale and some codes by 1
+    torch.testing.assert_close(s[:, :, rows], s_ref[:, :, rows], rtol=2e-3, atol=0)
+    codes_differ = (q8[:, :, rows] != q8_ref[:, :, rows]).float().mean().item()
+    assert codes_differ <= 0.02 and (q8[:, :, rows].int() - q8_ref[:, :, rows].int()).abs().max() <= 1
+    pad = slice(L_total, None)
+    assert torch.equal(q8[:, :, pad], q8_ref[:, :, pad]) and torch.equal(s[:, :, pad], s_ref[:, :, pad])
+    untouched = [slice(0, row0), slice(row0 + L, L_total)]
+    for r in untouched:
+        assert (q8[:, :, r] == 127).all() and s[:, :, r].isnan().all() and kv_out.cpu()[:, :, :, r].isnan().all()
+    kv = kv_out.cpu()[:, :, :, rows]
+    assert not kv.isnan().any() and rel_l2(kv[0], kv_ref[0, :, :, rows]) < 1e-3  # rare one-ulp flips
+    assert torch.equal(kv[1], kv_ref[1, :, :, rows])
+
+
+def test_qk_norm_rope_quant_q_rejects_bad_destinations_untouched():
+    qkv, q_w, k_w, cos, sin = qkv_inputs(1, 4, 2, 64, 2)
+    q_out, kv_out = _quant_q_buffers(1, 2, 6, 64, "cpu")
+    call = fused.qk_norm_rope_quant_q
+    for bad, match in [
+        (lambda: call(qkv, q_w, k_w, cos, sin, 2, EPS, q_out, kv_out, 3), "do not fit"),
+        (lambda: call(qkv, q_w, k_w, cos, sin, 2, EPS, q_out, kv_out[:, :, :, :5], 0), "kv_out must be"),
+        (lambda: call(qkv, q_w, k_w, cos, sin, 2, EPS, q_out, kv_out.float(), 0), "kv_out must be"),
+        (lambda: call(qkv[..., :192], q_w, k_w, cos, sin, 2, EPS, q_out, kv_out, 0), "does not match"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            bad()
+        assert (q_out.q[:, :6] == 127).all() and q_out.q_scale[:, :6].isnan().all() and kv_out.isnan().all()
 
 
 def test_triton_bad_out_buffer_is_rejected_untouched(kernels):

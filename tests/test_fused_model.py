@@ -216,3 +216,27 @@ def test_compile_blocks_gives_the_same_output(caplog, preset):
     assert "first forward with compiled blocks took" in caplog.text
     assert rel(compiled, eager) < 1e-5  # measured 2.5e-07 / 3.7e-08 (fp32 kernels fused differently)
     assert torch.equal(again, compiled)
+
+
+def test_fp8_attention_takes_its_queries_from_the_prologue(sd, monkeypatch):
+    """Where FP8 attention runs as GPU kernels behind the fused prologue, the prologue quantizes the queries itself
+    (``JointQKV``'s quantized layout: int8 q, k/v written in place). Forced on the CPU, that path runs the torch
+    references and must give exactly the output of the plain path (16-bit q, k, v, then ``fp8_attention``)."""
+    from hyvideo_fp8.fp8 import fused
+    from hyvideo_fp8.hunyuan import joint_qkv, rope
+
+    model = load_transformer(dict(sd), get_preset("fp8-max"), dtype=torch.bfloat16)
+    inputs = make_inputs(torch.bfloat16)
+    plain = run(model, inputs, fused=True)
+    writes = []
+
+    def quantizing_prologue(qkv, *args):
+        writes.append(qkv.shape[1])
+        return fused.qk_norm_rope_quant_q(qkv, *args)
+
+    monkeypatch.setattr(joint_qkv, "triton_backend_support", lambda device, head_dim: (True, "ok"))
+    monkeypatch.setattr(rope, "_qk_norm_rope_quant_q", quantizing_prologue)
+    quantized = run(model, inputs, fused=True)
+    n_img, n_txt = 2 * 3 * 4, 5  # latent 2x6x8, patch (1, 2, 2); 5 text tokens
+    assert sorted(writes) == sorted([n_img, n_txt] * CFG.depth + [n_img + n_txt] * CFG.depth_single_blocks)
+    assert not quantized.isnan().any() and torch.equal(quantized, plain)

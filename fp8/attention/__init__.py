@@ -16,10 +16,19 @@ import torch
 
 from ..custom_ops import compiling_or_eager, register_custom_op
 from ..hardware import MIN_CAPABILITY
-from .quantize_qkv import QuantizedQKV, quantize_qkv_torch, quantize_qkv_triton, triton_quantize_fits
+from .quantize_qkv import (
+    QuantizedQ,
+    QuantizedQKV,
+    quantize_kv_torch,
+    quantize_kv_triton,
+    quantize_q_torch,
+    quantize_q_triton,
+    triton_quantize_fits,
+)
 from .reference import attention_reference
 
-__all__ = ["fp8_attention", "triton_backend_support", "BACKENDS", "QuantizedQKV"]
+__all__ = ["fp8_attention", "fp8_attention_quantized_q", "triton_backend_support", "BACKENDS", "QuantizedQ",
+           "QuantizedQKV"]
 
 BACKENDS = ("auto", "triton", "reference")
 
@@ -52,15 +61,20 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding
     if k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must have the same [B, H, L, D] shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")  # fmt: skip
-    if min(q.shape) == 0:
-        raise ValueError(f"empty attention input of shape {tuple(q.shape)}")
-    for name, t in (("q", q), ("k", k), ("v", v)):
+    _check_tensors((("q", q), ("k", k), ("v", v)), key_padding_mask)
+
+
+def _check_tensors(named: tuple[tuple[str, torch.Tensor], ...], key_padding_mask: torch.Tensor | None) -> None:
+    first_name, first = named[0]
+    if min(first.shape) == 0:
+        raise ValueError(f"empty attention input of shape {tuple(first.shape)}")
+    for name, t in named:
         if not t.is_floating_point() or t.dtype.itemsize < 2:
             raise ValueError(f"{name} must be a floating dtype of 16 bits or more (bf16, fp16, fp32), got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{name} is on {t.device} but q is on {q.device}: put q, k, v on one device")
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}: put them on one device")
     if key_padding_mask is not None:
-        B, _, L, _ = q.shape
+        B, _, L, _ = first.shape
         if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != (B, L):
             raise ValueError(
                 f"key_padding_mask must be a bool tensor of shape [B, L] = [{B}, {L}] (True = valid key), "
@@ -99,28 +113,71 @@ def fp8_attention(
     if not (math.isfinite(sm_scale) and sm_scale > 0):
         raise ValueError(f"sm_scale must be a positive finite number, got {sm_scale}")
 
-    use_triton = backend == "triton"
-    if backend != "reference":
-        ok, reason = triton_backend_support(q.device, D)
-        if backend == "triton" and not ok:
-            raise RuntimeError(reason)
-        use_triton = ok
-    if not use_triton:
-        qkv = quantize_qkv_torch(q, k, v, key_padding_mask, sm_scale)
+    if not _use_triton(backend, q.device, D):
+        qkv = QuantizedQKV.from_parts(quantize_q_torch(q, sm_scale), quantize_kv_torch(k, v, key_padding_mask), False)
         return attention_reference(qkv, q.dtype)
     return _triton_path(q, k, v, key_padding_mask, sm_scale)
 
 
+def fp8_attention_quantized_q(
+    q: QuantizedQ,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    key_padding_mask: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """:func:`fp8_attention` on queries that are already quantized, e.g. by the attention prologue that normalises and
+    rotates them (``fp8.fused.qk_norm_rope_quant_q``): Q is then written once, as int8, and never read in bf16.
+
+    Args:
+        q: from :func:`.quantize_qkv.quantize_q_torch` or a producer filling :func:`.quantize_qkv.empty_quantized_q`;
+            its ``sm_scale`` is the softmax scale.
+        k, v: ``[B, H, L, D]`` with ``B, H, L`` of ``q``, as in :func:`fp8_attention`.
+
+    Returns:
+        ``[B, H, L, D]`` in k's dtype.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; allowed: {list(BACKENDS)}")
+    if k.dim() != 4 or k.shape != v.shape:
+        raise ValueError(f"k and v must have the same [B, H, L, D] shape, got {tuple(k.shape)}, {tuple(v.shape)}")
+    B, H, L, D = k.shape
+    lq_pad = q.q.shape[1] if q.q.dim() == 3 else -1
+    if (q.batch, q.heads, q.seq_len) != (B, H, L) or tuple(q.q.shape) != (B * H, lq_pad, D) or lq_pad < L \
+            or q.q.dtype != torch.int8 or tuple(q.q_scale.shape) != (B * H, lq_pad):
+        raise ValueError(f"quantized q (int8 {tuple(q.q.shape)}, scales {tuple(q.q_scale.shape)}, B, H, L = "
+                         f"{q.batch}, {q.heads}, {q.seq_len}) does not match k, v [B, H, L, D] = {[B, H, L, D]}: "
+                         "make it with empty_quantized_q / quantize_q_torch for these shapes")  # fmt: skip
+    _check_tensors((("k", k), ("v", v)), key_padding_mask)
+    if q.q.device != k.device or q.q_scale.device != k.device:
+        raise ValueError(f"quantized q is on {q.q.device} but k is on {k.device}: put them on one device")
+    if not _use_triton(backend, k.device, D):
+        return attention_reference(QuantizedQKV.from_parts(q, quantize_kv_torch(k, v, key_padding_mask), False),
+                                   k.dtype)  # fmt: skip
+    return _triton_path_quantized_q(q.q, q.q_scale, k, v, key_padding_mask, q.sm_scale)
+
+
+def _use_triton(backend: str, device: torch.device, head_dim: int) -> bool:
+    """Whether this call runs the GPU kernels; ``backend="triton"`` where they cannot run raises the reason."""
+    if backend == "reference":
+        return False
+    ok, reason = triton_backend_support(device, head_dim)
+    if backend == "triton" and not ok:
+        raise RuntimeError(reason)
+    return ok
+
+
 @functools.cache
-def _quantizer(dtype: torch.dtype, head_dim: int, capability: tuple[int, int]):
-    """The Triton quantizer, or the torch one where its kernels do not fit shared memory (fp32 at D = 128 on Ada);
-    the attention kernel runs either way."""
+def _kv_quantizer(dtype: torch.dtype, head_dim: int, capability: tuple[int, int]):
+    """The Triton K/V quantizer, or the torch one where its kernels do not fit shared memory (fp32 at D = 128 on
+    Ada); the attention kernel runs either way."""
     if triton_quantize_fits(dtype, head_dim, capability):
-        return quantize_qkv_triton
+        return quantize_kv_triton
     logger.warning("[hyvideo_fp8] FP8 attention: %s inputs with head dim %d do not fit the Triton quantizer on this "
                    "GPU (sm_%d%d): quantizing Q/K/V in torch (slower, more memory); bf16 compute avoids this",
                    dtype, head_dim, *capability)
-    return quantize_qkv_torch
+    return quantize_kv_torch
 
 
 _GLUON_WORKS: dict[tuple[int, int], bool] = {}  # per capability, once its first launch compiled (True) or failed
@@ -132,17 +189,18 @@ def _use_gluon(capability: tuple[int, int], head_dim: int) -> bool:
     return _GLUON_WORKS.get(capability, True) and gluon_supported(capability, head_dim)[0]
 
 
-def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
-                      sm_scale: float) -> torch.Tensor:
+def _attend(q: QuantizedQ, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
+            out_dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
+    """Quantize K and V in the order the kernel reads them, then run the Gluon kernel (Hopper) or the Triton one."""
     from .triton_kernel import attention_triton, config_for
 
-    capability = torch.cuda.get_device_capability(q.device)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    quantize = _quantizer(q.dtype, q.shape[-1], capability)
-    if _use_gluon(capability, q.shape[-1]):
+    capability = torch.cuda.get_device_capability(k.device)
+    out = torch.empty(k.shape, dtype=out_dtype, device=k.device)
+    quantize_kv = _kv_quantizer(k.dtype, k.shape[-1], capability)
+    if _use_gluon(capability, k.shape[-1]):
         from .gluon_kernel import attention_gluon
 
-        qkv = quantize(q, k, v, key_padding_mask, sm_scale, interleave_k=True)
+        qkv = QuantizedQKV.from_parts(q, quantize_kv(k, v, key_padding_mask, interleave_k=True), True)
         if _GLUON_WORKS.get(capability):
             return attention_gluon(qkv, out)
         try:  # first launch compiles: Gluon is experimental, and another Triton may reject the kernel
@@ -153,8 +211,21 @@ def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_pad
             _GLUON_WORKS[capability] = False
             logger.warning("[hyvideo_fp8] FP8 attention: the Gluon Hopper kernel failed (%s); using the Triton "
                            "kernel from now on (about 10 %% slower)", repr(e)[:300])
-    qkv = quantize(q, k, v, key_padding_mask, sm_scale)
+    qkv = QuantizedQKV.from_parts(q, quantize_kv(k, v, key_padding_mask), False)
     return attention_triton(qkv, out, config_for(capability))
+
+
+def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
+                      sm_scale: float) -> torch.Tensor:  # fmt: skip
+    fits = triton_quantize_fits(q.dtype, q.shape[-1], torch.cuda.get_device_capability(q.device))
+    quantized = quantize_q_triton(q, sm_scale) if fits else quantize_q_torch(q, sm_scale)
+    return _attend(quantized, k, v, key_padding_mask, q.dtype)
+
+
+def _triton_attention_quantized_q(q8: torch.Tensor, q_scale: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                  key_padding_mask: torch.Tensor | None, sm_scale: float) -> torch.Tensor:
+    B, H, L, _ = k.shape
+    return _attend(QuantizedQ(q8, q_scale, sm_scale, B, H, L), k, v, key_padding_mask, k.dtype)
 
 
 # Under torch.compile the Triton path is one opaque graph node (hyvideo_fp8::fp8_attention): Dynamo does not trace the
@@ -163,4 +234,9 @@ def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_pad
 _triton_path = compiling_or_eager(
     register_custom_op("fp8_attention", _triton_attention, lambda q, k, v, mask, scale: q.new_empty(q.shape)),
     _triton_attention,
+)
+_triton_path_quantized_q = compiling_or_eager(
+    register_custom_op("fp8_attention_quantized_q", _triton_attention_quantized_q,
+                       lambda q8, q_scale, k, v, mask, scale: k.new_empty(k.shape)),
+    _triton_attention_quantized_q,
 )

@@ -48,7 +48,8 @@ except ImportError:  # CPU-only installs: the torch version below is all that is
     triton = None
 
 __all__ = [
-    "QuantizedQKV", "quantize_qkv_torch", "quantize_qkv_triton", "pack_keys", "hadamard", "Q_BLOCK", "K_BLOCK",
+    "QuantizedQ", "QuantizedQKV", "empty_quantized_q", "quantize_q_torch", "quantize_kv_torch", "quantize_qkv_torch",
+    "quantize_q_triton", "quantize_kv_triton", "quantize_qkv_triton", "pack_keys", "hadamard", "Q_BLOCK", "K_BLOCK",
     "HEAD_DIMS", "rotation_shared_bytes", "triton_quantize_fits", "interleave_keys", "deinterleave_keys",
 ]  # fmt: skip
 
@@ -59,6 +60,20 @@ Q_BLOCK = 128  # Lq is padded to a multiple of this (the largest query tile the 
 K_BLOCK = 128  # keys per K scale, and the padding of Lk; the kernel's key tile must divide it
 STATS_CHUNK = 512  # keys per program in the K-mean / V-amax reduction
 HEAD_DIMS = (32, 64, 128, 256)  # powers of two (Hadamard rotation); the Triton kernel takes 64 and 128
+
+
+@dataclass
+class QuantizedQ:
+    """The quantized queries of one attention call: ``q`` int8 ``[B*H, Lq_pad, D]`` and ``q_scale`` fp32
+    ``[B*H, Lq_pad]`` (module docstring), made for softmax scale ``sm_scale``. Needs nothing global, so a producer
+    kernel can write it directly (:func:`empty_quantized_q`)."""
+
+    q: torch.Tensor
+    q_scale: torch.Tensor
+    sm_scale: float
+    batch: int
+    heads: int
+    seq_len: int
 
 
 @dataclass
@@ -80,6 +95,25 @@ class QuantizedQKV:
     @property
     def head_dim(self) -> int:
         return self.q.shape[-1]
+
+    @classmethod
+    def from_parts(cls, q: QuantizedQ, kv: tuple[torch.Tensor, ...], interleave_k: bool) -> QuantizedQKV:
+        """Queries from :func:`quantize_q_torch` / a producer, keys and values from ``quantize_kv_*``."""
+        k, k_scale, v_t, v_scale, kv_len = kv
+        return cls(q.q, q.q_scale, k, k_scale, v_t, v_scale, kv_len, q.batch, q.heads, q.seq_len,
+                   k_interleaved=interleave_k)  # fmt: skip
+
+
+def empty_quantized_q(batch: int, heads: int, seq_len: int, head_dim: int, sm_scale: float,
+                      device: torch.device) -> QuantizedQ:  # fmt: skip
+    """Buffers for a producer that writes quantized queries token by token; the padding rows ``[L, Lq_pad)`` are
+    filled here (zeros, floor scale: what the quantizers write there)."""
+    lq_pad = _round_up(seq_len, Q_BLOCK)
+    q = torch.empty(batch * heads, lq_pad, head_dim, dtype=torch.int8, device=device)
+    q_scale = torch.empty(batch * heads, lq_pad, dtype=torch.float32, device=device)
+    q[:, seq_len:] = 0
+    q_scale[:, seq_len:] = SCALE_FLOOR / INT8_MAX
+    return QuantizedQ(q, q_scale, float(sm_scale), batch, heads, seq_len)
 
 
 def interleave_keys(k: torch.Tensor) -> torch.Tensor:
@@ -135,26 +169,27 @@ def _quantize_int8(x: torch.Tensor, amax: torch.Tensor) -> tuple[torch.Tensor, t
     return torch.round(x / scale.unsqueeze(-1)).to(torch.int8), scale
 
 
-def quantize_qkv_torch(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, sm_scale: float,
-    interleave_k: bool = False,
-) -> QuantizedQKV:
-    """Pure-torch quantization, ``q, k, v`` ``[B, H, L, D]``; the reference for :func:`quantize_qkv_triton`.
-
-    ``interleave_k`` writes K in the Gluon kernel's row order (:func:`interleave_keys`).
-    """
+def quantize_q_torch(q: torch.Tensor, sm_scale: float) -> QuantizedQ:
+    """Pure-torch query quantization, ``q`` ``[B, H, L, D]``: rotate, fold ``sm_scale * log2(e)``, int8 per token."""
     B, H, L, D = q.shape
-    lq_pad, lk_pad = _round_up(L, Q_BLOCK), _round_up(L, K_BLOCK)
-    device = q.device
-
-    rot = hadamard(D, device=torch.device(device)) * D**-0.5
+    out = empty_quantized_q(B, H, L, D, sm_scale, q.device)
+    rot = hadamard(D, device=torch.device(q.device)) * D**-0.5
     x = (q.float() @ rot) * (sm_scale * LOG2E)
     q_i8, q_scale = _quantize_int8(x, x.abs().amax(dim=-1))
-    q_out = torch.zeros(B * H, lq_pad, D, dtype=torch.int8, device=device)
-    q_out[:, :L] = q_i8.reshape(B * H, L, D)
-    q_scale_out = torch.full((B * H, lq_pad), SCALE_FLOOR / INT8_MAX, dtype=torch.float32, device=device)
-    q_scale_out[:, :L] = q_scale.reshape(B * H, L)
+    out.q[:, :L] = q_i8.reshape(B * H, L, D)
+    out.q_scale[:, :L] = q_scale.reshape(B * H, L)
+    return out
 
+
+def quantize_kv_torch(
+    k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, interleave_k: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """Pure-torch key/value quantization, ``k, v`` ``[B, H, L, D]``: ``(k, k_scale, v_t, v_scale, kv_len)`` as in
+    :class:`QuantizedQKV`; ``interleave_k`` writes K in the Gluon kernel's row order (:func:`interleave_keys`)."""
+    B, H, L, D = k.shape
+    lk_pad = _round_up(L, K_BLOCK)
+    device = k.device
+    rot = hadamard(D, device=torch.device(device)) * D**-0.5
     kv_len, key_index = pack_keys(key_padding_mask, B, L, device)
     index = key_index[:, None, :, None].expand(B, H, L, D)
     valid = (torch.arange(lk_pad, device=device)[None, :] < kv_len[:, None].long())[:, None, :, None]  # [B,1,Lk_pad,1]
@@ -172,19 +207,20 @@ def quantize_qkv_torch(
     v_scale = vf.abs().amax(dim=2).clamp_min(SCALE_FLOOR) / FP8_E4M3_MAX  # [B, H, D]
     v8 = (vf / v_scale[:, :, None, :]).clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
     k_out = k_i8.reshape(B * H, lk_pad, D)
-    return QuantizedQKV(
-        q=q_out,
-        q_scale=q_scale_out,
-        k=interleave_keys(k_out) if interleave_k else k_out,
-        k_scale=k_scale,
-        v_t=v8.reshape(B * H, lk_pad, D).transpose(1, 2).contiguous(),
-        v_scale=v_scale.reshape(B * H, D),
-        kv_len=kv_len,
-        batch=B,
-        heads=H,
-        seq_len=L,
-        k_interleaved=interleave_k,
-    )
+    v_t = v8.reshape(B * H, lk_pad, D).transpose(1, 2).contiguous()
+    return interleave_keys(k_out) if interleave_k else k_out, k_scale, v_t, v_scale.reshape(B * H, D), kv_len
+
+
+def quantize_qkv_torch(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, sm_scale: float,
+    interleave_k: bool = False,
+) -> QuantizedQKV:
+    """Pure-torch quantization, ``q, k, v`` ``[B, H, L, D]``; the reference for :func:`quantize_qkv_triton`.
+
+    ``interleave_k`` writes K in the Gluon kernel's row order (:func:`interleave_keys`).
+    """
+    kv = quantize_kv_torch(k, v, key_padding_mask, interleave_k)
+    return QuantizedQKV.from_parts(quantize_q_torch(q, sm_scale), kv, interleave_k)
 
 
 if triton is not None:
@@ -307,23 +343,47 @@ def triton_quantize_fits(dtype: torch.dtype, head_dim: int, capability: tuple[in
     return rotation_shared_bytes(dtype, head_dim) <= max_shared_memory_per_block(capability)
 
 
-def quantize_qkv_triton(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, sm_scale: float,
-    interleave_k: bool = False,
-) -> QuantizedQKV:
-    """Same result as :func:`quantize_qkv_torch` in three Triton passes (K/V stats, Q, K+V); any input strides."""
+def _triton_inputs(*xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Check that Triton and this GPU's shared memory can take these inputs; fp64 comes back as fp32."""
     if triton is None:
         raise RuntimeError("Triton is not installed: use quantize_qkv_torch (backend='reference')")
-    D = q.shape[-1]
-    if q.is_cuda and not triton_quantize_fits(q.dtype, D, torch.cuda.get_device_capability(q.device)):
-        raise ValueError(f"{q.dtype} inputs with head dim {D} need {rotation_shared_bytes(q.dtype, D)} bytes of "
+    x = xs[0]
+    D = x.shape[-1]
+    if x.is_cuda and not triton_quantize_fits(x.dtype, D, torch.cuda.get_device_capability(x.device)):
+        raise ValueError(f"{x.dtype} inputs with head dim {D} need {rotation_shared_bytes(x.dtype, D)} bytes of "
                          "shared memory per block, more than this GPU has: use quantize_qkv_torch (fp8_attention "
                          "does) or bf16/fp16 inputs")
-    if q.dtype == torch.float64:  # tensor cores take no fp64; fp32 keeps more precision than the int8 result needs
-        q, k, v = q.float(), k.float(), v.float()
+    if x.dtype == torch.float64:  # tensor cores take no fp64; fp32 keeps more precision than the int8 result needs
+        return tuple(t.float() for t in xs)
+    return xs
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # 16-bit inputs times +-1: exact either way
+
+
+def quantize_q_triton(q: torch.Tensor, sm_scale: float) -> QuantizedQ:
+    """Same result as :func:`quantize_q_torch` in one Triton pass; any input strides."""
+    (q,) = _triton_inputs(q)
     B, H, L, D = q.shape
-    lq_pad, lk_pad = _round_up(L, Q_BLOCK), _round_up(L, K_BLOCK)
-    device = q.device
+    out = empty_quantized_q(B, H, L, D, sm_scale, q.device)
+    lq_pad = out.q.shape[1]
+    _quantize_q_kernel[(lq_pad // Q_BLOCK, B * H)](
+        q, hadamard(D, dtype=q.dtype, device=q.device), out.q, out.q_scale, L, lq_pad, H, *q.stride(),
+        sm_scale * LOG2E * D**-0.5,
+        D=D, BLOCK=Q_BLOCK, FLOOR=SCALE_FLOOR, PRECISION=_precision(q.dtype), num_warps=8,
+    )  # fmt: skip
+    return out
+
+
+def quantize_kv_triton(
+    k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, interleave_k: bool = False
+) -> tuple[torch.Tensor, ...]:
+    """Same result as :func:`quantize_kv_torch` in two Triton passes (K/V stats, then K+V); any input strides."""
+    k, v = _triton_inputs(k, v)
+    B, H, L, D = k.shape
+    lk_pad = _round_up(L, K_BLOCK)
+    device = k.device
     kv_len, key_index = pack_keys(key_padding_mask, B, L, device)
     has_mask = key_padding_mask is not None
     valid_u8 = key_padding_mask.to(device=device, dtype=torch.uint8).contiguous() if has_mask else kv_len
@@ -336,25 +396,27 @@ def quantize_qkv_triton(
         k, v, valid_u8, ksum, vmax, L, H, n_chunks, *k.stride(), *v.stride(),
         HAS_MASK=has_mask, D=D, CHUNK=STATS_CHUNK, ROWS=64, num_warps=4,
     )  # fmt: skip
-    rot = hadamard(D, dtype=q.dtype, device=torch.device(device))
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"  # 16-bit inputs times +-1: exact either way
-    k_mean = (ksum.sum(dim=1) / kv_len.float().repeat_interleave(H)[:, None]) @ (rot.float() * D**-0.5)
+    rot = hadamard(D, device=torch.device(device))
+    k_mean = (ksum.sum(dim=1) / kv_len.float().repeat_interleave(H)[:, None]) @ (rot * D**-0.5)
     v_scale = vmax.amax(dim=1).clamp_min(SCALE_FLOOR) / FP8_E4M3_MAX
-
-    q_out = torch.empty(B * H, lq_pad, D, dtype=torch.int8, device=device)
-    q_scale = torch.empty(B * H, lq_pad, dtype=torch.float32, device=device)
-    _quantize_q_kernel[(lq_pad // Q_BLOCK, B * H)](
-        q, rot, q_out, q_scale, L, lq_pad, H, *q.stride(), sm_scale * LOG2E * D**-0.5,
-        D=D, BLOCK=Q_BLOCK, FLOOR=SCALE_FLOOR, PRECISION=precision, num_warps=8,
-    )  # fmt: skip
 
     k_out = torch.empty(B * H, lk_pad, D, dtype=torch.int8, device=device)
     k_scale = torch.empty(B * H, lk_pad // K_BLOCK, dtype=torch.float32, device=device)
     v_t = torch.empty(B * H, D, lk_pad, dtype=torch.float8_e4m3fn, device=device)
     _quantize_kv_kernel[(lk_pad // K_BLOCK, B * H)](
-        k, v, rot, key_index, kv_len, k_mean, v_scale, k_out, k_scale, v_t, L, lk_pad, H, D**-0.5,
+        k, v, hadamard(D, dtype=k.dtype, device=device), key_index, kv_len, k_mean, v_scale, k_out, k_scale, v_t,
+        L, lk_pad, H, D**-0.5,
         *k.stride(), *v.stride(),
-        HAS_MASK=has_mask, D=D, BLOCK=K_BLOCK, FLOOR=SCALE_FLOOR, PRECISION=precision, INTERLEAVE_K=interleave_k,
-        num_warps=8,
+        HAS_MASK=has_mask, D=D, BLOCK=K_BLOCK, FLOOR=SCALE_FLOOR, PRECISION=_precision(k.dtype),
+        INTERLEAVE_K=interleave_k, num_warps=8,
     )  # fmt: skip
-    return QuantizedQKV(q_out, q_scale, k_out, k_scale, v_t, v_scale, kv_len, B, H, L, k_interleaved=interleave_k)
+    return k_out, k_scale, v_t, v_scale, kv_len
+
+
+def quantize_qkv_triton(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None, sm_scale: float,
+    interleave_k: bool = False,
+) -> QuantizedQKV:
+    """Same result as :func:`quantize_qkv_torch` in three Triton passes (K/V stats, K+V, Q); any input strides."""
+    kv = quantize_kv_triton(k, v, key_padding_mask, interleave_k)
+    return QuantizedQKV.from_parts(quantize_q_triton(q, sm_scale), kv, interleave_k)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 __all__ = ["ACTIVATION_DTYPES", "MAX_ROW_BLOCK", "MAX_HEAD_TILE", "check_tokens", "check_modulation",
-           "check_same_device", "check_qkv", "fp8_outputs", "prologue_fits", "next_power_of_2", "row_num_warps"]
+           "check_same_device", "check_qkv", "check_quant_q_outputs", "fp8_outputs", "prologue_fits",
+           "next_power_of_2", "row_num_warps"]
 
 ACTIVATION_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -90,6 +91,25 @@ def check_qkv(
             raise ValueError(f"{name} must be contiguous: pass {name}.contiguous()")
     check_same_device(qkv=qkv, q_weight=q_weight, k_weight=k_weight, cos=cos, sin=sin)
     return B, L, H, D
+
+
+def check_quant_q_outputs(qkv: torch.Tensor, q_out, kv_out: torch.Tensor, B: int, L: int, H: int, D: int,
+                          row0: int) -> None:  # fmt: skip
+    """The quantizing prologue's destinations (``q_out`` a ``QuantizedQ``, ``kv_out`` ``[2, B, H, L_total, D]``) must
+    hold rows ``row0 .. row0 + L`` of qkv's batch and head layout."""
+    lq_pad = q_out.q.shape[1] if q_out.q.dim() == 3 else -1
+    if (q_out.batch, q_out.heads) != (B, H) or tuple(q_out.q.shape) != (B * H, lq_pad, D) \
+            or q_out.q.dtype != torch.int8 or lq_pad < q_out.seq_len or tuple(q_out.q_scale.shape) != (B * H, lq_pad):
+        raise ValueError(f"q_out (int8 {tuple(q_out.q.shape)}, batch {q_out.batch}, heads {q_out.heads}) does not "
+                         f"match qkv's B={B}, H={H}, D={D}: make it with empty_quantized_q")  # fmt: skip
+    shape = (2, B, H, q_out.seq_len, D)
+    if not isinstance(kv_out, torch.Tensor) or tuple(kv_out.shape) != shape or kv_out.dtype != qkv.dtype \
+            or not kv_out.is_contiguous():
+        got = f"{kv_out.dtype} {list(kv_out.shape)}" if isinstance(kv_out, torch.Tensor) else type(kv_out).__name__
+        raise ValueError(f"kv_out must be a contiguous {qkv.dtype} {list(shape)} tensor, got {got}")
+    if isinstance(row0, bool) or not isinstance(row0, int) or not 0 <= row0 <= q_out.seq_len - L:
+        raise ValueError(f"rows {row0!r} .. {row0} + {L} do not fit the {q_out.seq_len} rows of q_out / kv_out")
+    check_same_device(qkv=qkv, q_out=q_out.q, q_scale=q_out.q_scale, kv_out=kv_out)
 
 
 def fp8_outputs(
