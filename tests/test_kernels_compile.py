@@ -122,6 +122,7 @@ def _quantize_launches(capability, dtype):
 def _fused_launches(capability, dtype):
     import torch
 
+    from hyvideo_fp8.fp8.attention.quantize_qkv import empty_quantized_q
     from hyvideo_fp8.fp8.triton import gelu_quant as gq
     from hyvideo_fp8.fp8.triton import norm_modulate_quant as nm
     from hyvideo_fp8.fp8.triton import qk_norm_rope as qr
@@ -136,9 +137,14 @@ def _fused_launches(capability, dtype):
         gq.gelu_tanh_quant_triton(torch.randn(1, 4, WIDTHS["gelu"], dtype=dtype))
         gq.concat_gelu_quant_triton(linear1[..., :c1], linear1[..., 3 * hidden:])
         qr.qk_norm_rope_triton(linear1[..., : 3 * heads * HEAD_DIM], w, w, table, table, 2)
+        if dtype != torch.float32:  # the quantizing prologue takes 16-bit inputs only
+            q_out = empty_quantized_q(1, heads, 4, HEAD_DIM, HEAD_DIM**-0.5, torch.device("cpu"))
+            kv_out = torch.empty(2, 1, heads, 4, HEAD_DIM, dtype=dtype)
+            qr.qk_norm_rope_quant_q_triton(linear1[..., : 3 * heads * HEAD_DIM], w, w, table, table, 2, 1e-6, q_out,
+                                           kv_out, 0)  # fmt: skip
 
     kernels = [nm._layernorm_modulate_quant_kernel, gq._gelu_tanh_quant_kernel, gq._concat_gelu_quant_kernel,
-               qr._qk_norm_rope_kernel]  # fmt: skip
+               qr._qk_norm_rope_kernel, qr._qk_norm_rope_quant_q_kernel]  # fmt: skip
     return _launches(run, kernels)
 
 
@@ -206,7 +212,7 @@ def test_every_kernel_was_compiled(results):
     gluon = {"_fp8_attention_gluon_kernel"} if gluon_supported((9, 0), HEAD_DIM)[0] else set()
     assert names == {"_fp8_attention_kernel", "_kv_stats_kernel", "_quantize_q_kernel", "_quantize_kv_kernel",
                      "_layernorm_modulate_quant_kernel", "_gelu_tanh_quant_kernel", "_concat_gelu_quant_kernel",
-                     "_qk_norm_rope_kernel"} | gluon  # fmt: skip
+                     "_qk_norm_rope_kernel", "_qk_norm_rope_quant_q_kernel"} | gluon  # fmt: skip
     assert {key.split("/")[1] for key in results} == {"sm_89", "sm_90"}
 
 
@@ -224,6 +230,13 @@ def test_gluon_kernel_fits_three_warpgroups_per_sm(results):
         pytest.skip("Triton's Gluon Hopper dialect is not importable")
     assert gluon["regs"] <= 168 and gluon["stack"] == 0, gluon
     assert gluon["shared"] <= _limit("x/sm_90/"), gluon
+
+
+def test_quantizing_prologue_does_not_spill(results):
+    """A [4 x 32 heads, 128] query tile, its rotation dot and the k/v tiles of 4 tokens in 8 warps."""
+    keys = [key for key in results if key.startswith("_qk_norm_rope_quant_q_kernel/")]
+    assert {key.split("/")[1] for key in keys} == {"sm_89", "sm_90"}
+    assert all(results[key]["stack"] == 0 for key in keys), {key: results[key] for key in keys}
 
 
 def test_attention_kernel_does_not_spill(results):

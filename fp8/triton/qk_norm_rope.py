@@ -24,6 +24,7 @@ from . import MAX_HEAD_TILE, check_qkv, check_quant_q_outputs, prologue_fits, ro
 __all__ = ["qk_norm_rope_triton", "qk_norm_rope_quant_q_triton", "rms_norm_rope_heads"]
 
 QUANT_TOKENS = 4  # tokens per program of the quantizing prologue: a [4 * 32, 128] query tile for the rotation dot
+QUANT_WARPS = 8
 
 @triton.jit
 def rms_norm_rope_heads(x, w_ptr, cos, sin, eps, BLOCK_H: tl.constexpr, D: tl.constexpr):
@@ -136,7 +137,8 @@ def _qk_norm_rope_quant_q_kernel(
 
 def qk_norm_rope_quant_q_triton(
     qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-    n_rope_tokens: int, eps: float, q_out: QuantizedQ, kv_out: torch.Tensor, row0: int,
+    n_rope_tokens: int, eps: float, q_out: QuantizedQ, kv_out: torch.Tensor, row0: int, *,
+    block_t: int = QUANT_TOKENS, num_warps: int = QUANT_WARPS,
 ) -> None:
     """The prologue of :func:`qk_norm_rope_triton` for FP8 attention: tokens ``0 .. L`` of ``qkv`` ``[B, L, 3*H*D]``
     become rows ``row0 .. row0 + L`` of ``q_out`` (int8 queries, :func:`~..attention.quantize_qkv.empty_quantized_q`)
@@ -152,10 +154,10 @@ def qk_norm_rope_quant_q_triton(
         cos = sin = torch.empty((1, D // 2), dtype=torch.float32, device=qkv.device)
     if B * L:
         L_total = kv_out.shape[3]
-        _qk_norm_rope_quant_q_kernel[(triton.cdiv(L, QUANT_TOKENS), B)](
+        _qk_norm_rope_quant_q_kernel[(triton.cdiv(L, block_t), B)](
             qkv, q_weight, k_weight, cos, sin, hadamard(D, dtype=qkv.dtype, device=qkv.device), q_out.q,
             q_out.q_scale, kv_out, L, n_rope_tokens, row0, L_total, q_out.q.shape[1], qkv.stride(0), qkv.stride(1),
             B * H * L_total * D, float(eps), q_out.sm_scale * LOG2E * D**-0.5,
-            H=H, D=D, BLOCK_H=block_h, BLOCK_T=QUANT_TOKENS, FLOOR=SCALE_FLOOR, num_warps=8,
+            H=H, D=D, BLOCK_H=block_h, BLOCK_T=block_t, FLOOR=SCALE_FLOOR, num_warps=num_warps,
         )  # fmt: skip
 
