@@ -23,8 +23,13 @@ from . import MAX_HEAD_TILE, check_qkv, check_quant_q_outputs, prologue_fits, ro
 
 __all__ = ["qk_norm_rope_triton", "qk_norm_rope_quant_q_triton", "rms_norm_rope_heads"]
 
-QUANT_TOKENS = 4  # tokens per program of the quantizing prologue: a [4 * 32, 128] query tile for the rotation dot
+# Tokens and warps per program of the quantizing prologue: a [2 * 32, 128] query tile for the rotation dot. H200
+# (bench/results/prologue-2026-11-29-h200.md, L = 67,576): 1.165 ms, against 1.321-1.401 for 4 tokens (8 or 16 warps)
+# and 1.356 for 1 token x 4 warps, and 1.077 for the plain prologue + Q quantizer it replaces (which leaves the double
+# block's copy into the joint sequence to do on top).
+QUANT_TOKENS = 2
 QUANT_WARPS = 8
+
 
 @triton.jit
 def rms_norm_rope_heads(x, w_ptr, cos, sin, eps, BLOCK_H: tl.constexpr, D: tl.constexpr):
