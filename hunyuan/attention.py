@@ -1,4 +1,4 @@
-"""The single attention entry point of the model: every block calls ``attention``.
+"""The attention entry points of the model: ``attention``, and ``attention_quantized_q`` behind the quantizing prologue.
 
 ``mode`` is the one switch between torch SDPA and the pack's FP8 attention
 (``fp8.attention.fp8_attention``); the policy picks it per block.
