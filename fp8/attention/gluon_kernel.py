@@ -112,13 +112,10 @@ if not _IMPORT_ERROR:
             # column c = 16a + 8b + 2t + e holds key 16a + 4t + 2b + e of its 32-key chunk
             cols = (cols & ~15) + ((cols >> 1) & 3) * 4 + ((cols >> 3) & 1) * 2 + (cols & 1)
             s = gl.where(gl.expand_dims(j * BLOCK_N + cols < kv_len, 0), s, float("-inf"))
-        rf = (rf.to(gl.int32, bitcast=True) & -4).to(gl.float32, bitcast=True)  # 22 bits: bias * rf exact
         m_new = gl.maximum(m_i, (gl.max(s, axis=1) - _BIAS) * rf)
-        brf = rf * _BIAS
-        t = brf + (m_new - P_SHIFT)
-        m_new = (t - brf) + P_SHIFT  # exact: the max this tile really subtracts (reference.py)
         alpha = gl.exp2(m_i - m_new)
-        p = gl.exp2(gl.fma(s, gl.expand_dims(rf, 1), -gl.expand_dims(t, 1)))
+        offset = gl.fma(gl.full_like(rf, _BIAS), rf, m_new - P_SHIFT)
+        p = gl.exp2(gl.fma(s, gl.expand_dims(rf, 1), -gl.expand_dims(offset, 1)))
         l_i = l_i * alpha + gl.sum(p, axis=1)
         p8 = p.to(gl.float8e4nv)
         # back to key order: a renaming of registers, each thread already holds its A-operand keys

@@ -8,10 +8,8 @@ and at the end one division by the row sum and one multiply by V's channel scale
 
 The kernels turn the int32 Q.K into fp32 without a conversion instruction: ``ints + INT_TO_FLOAT_BIAS``'s bits, read
 as fp32, are exactly ``1.5 * 2**23 + ints`` (|ints| < 2**22), and one FMA per logit takes the bias out together with
-the max: ``fma(ints + bias, rf, -t)`` with ``t = bias * rf + (max - 8)``. ``rf`` keeps 22 significant bits, so
-``bias * rf`` is exact; ``t`` is rounded once, and the max the tile then really subtracts, ``t - bias * rf + 8``
-(exact), becomes the running max. So the stabiliser is consistent across tiles and the trick changes no weight; the
-reference does the same (:func:`tile_logits`).
+the max: ``fma(ints + bias, rf, -(fma(bias, rf, max - 8)))``. The reference rounds the same way, so the row offset of a
+tile carries the same fp32 rounding (at most about one integer step of Q.K times ``rf``) in both.
 """
 
 from __future__ import annotations
@@ -20,23 +18,17 @@ import torch
 
 from .quantize_qkv import K_BLOCK, QuantizedQKV, deinterleave_keys
 
-__all__ = ["attention_reference", "tile_logits", "P_LOG2_SCALE", "INT_TO_FLOAT_BIAS", "INT_TO_FLOAT_BIAS_BITS"]
+__all__ = ["attention_reference", "biased_logits", "P_LOG2_SCALE", "INT_TO_FLOAT_BIAS", "INT_TO_FLOAT_BIAS_BITS"]
 
 P_LOG2_SCALE = 8.0  # P is stored as exp2(logit - max + 8) in FP8: max 256 (< 448), and 2**-6 relative stays normal
 INT_TO_FLOAT_BIAS = 12582912.0  # 1.5 * 2**23: int32 0x4B400000 is its fp32 bit pattern (see the module docstring)
 INT_TO_FLOAT_BIAS_BITS = 0x4B400000
 
 
-def tile_logits(ints: torch.Tensor, rf: torch.Tensor, m_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits - max + 8, max)`` of one key tile as the kernels compute them: ``ints`` ``[..., n]`` exact integers
-    (-inf where masked), ``rf`` ``[..., 1]`` the fp32 scale, ``m_prev`` the running max before the tile."""
-    rf = (rf.float().view(torch.int32) & -4).view(torch.float32)  # 22 significant bits: bias * rf is exact in fp32
-    m_new = torch.maximum(m_prev, ints.amax(dim=-1, keepdim=True) * rf)
-    brf = INT_TO_FLOAT_BIAS * rf
-    t = brf + (m_new - P_LOG2_SCALE)  # fp32, one rounding
-    m_new = (t - brf) + P_LOG2_SCALE  # exact: the max this tile subtracts
-    x = ((ints.double() + INT_TO_FLOAT_BIAS) * rf.double() - t.double()).float()  # fma(ints + bias, rf, -t)
-    return x, m_new
+def biased_logits(ints: torch.Tensor, rf: torch.Tensor, m_new: torch.Tensor) -> torch.Tensor:
+    """``ints * rf - (m_new - P_LOG2_SCALE)`` rounded as the kernels round it (fp32 FMAs on biased integers)."""
+    offset = (INT_TO_FLOAT_BIAS * rf.double() + (m_new - P_LOG2_SCALE).double()).float()  # fma(bias, rf, m - 8)
+    return ((ints.double() + INT_TO_FLOAT_BIAS) * rf.double() - offset.double()).float()  # fma(ints + bias, rf, -o)
 
 
 def attention_reference(qkv: QuantizedQKV, out_dtype: torch.dtype, block_n: int = 128) -> torch.Tensor:
@@ -60,12 +52,13 @@ def attention_reference(qkv: QuantizedQKV, out_dtype: torch.dtype, block_n: int 
             k = keys[heads, start : start + block_n].float()  # [H, bn, D]
             k_scale = qkv.k_scale[heads, start // K_BLOCK, None, None]  # [H, 1, 1]
             ints = q @ k.transpose(1, 2)
+            rf = q_scale * k_scale
             if start + block_n > n_valid:
                 keep = torch.arange(start, start + block_n, device=q.device) < n_valid
                 ints = ints.masked_fill(~keep, float("-inf"))
-            x, m_new = tile_logits(ints, q_scale * k_scale, m)
+            m_new = torch.maximum(m, ints.amax(dim=-1, keepdim=True) * rf)
             alpha = torch.exp2(m - m_new)
-            p = torch.exp2(x)
+            p = torch.exp2(biased_logits(ints, rf, m_new))
             s_sum = s_sum * alpha + p.sum(dim=-1, keepdim=True)
             p8 = p.to(torch.float8_e4m3fn).float()
             v = qkv.v_t[heads, :, start : start + block_n].float()  # [H, D, bn]

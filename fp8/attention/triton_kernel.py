@@ -108,13 +108,10 @@ def _attend_tile(
     if MASKED:
         cols = start_n + tl.arange(0, BLOCK_N)
         s = tl.where((cols < kv_len)[None, :], s, float("-inf"))
-    rf = (rf.to(tl.int32, bitcast=True) & -4).to(tl.float32, bitcast=True)  # 22 bits: bias * rf exact
     m_new = tl.maximum(m_i, (tl.max(s, axis=1) - BIAS) * rf)
-    brf = rf * BIAS
-    t = brf + (m_new - P_SHIFT)
-    m_new = (t - brf) + P_SHIFT  # exact: the max this tile really subtracts (reference.py)
     alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(tl.fma(s, rf[:, None], -t[:, None]))
+    offset = tl.fma(tl.full(rf.shape, BIAS, tl.float32), rf, m_new - P_SHIFT)
+    p = tl.math.exp2(tl.fma(s, rf[:, None], -offset[:, None]))
     l_i = l_i * alpha + tl.sum(p, axis=1)
     v = _load_block(desc_v, v_row, start_n, Lk_pad, HEAD_DIM, BLOCK_N, TMA)
     pv = tl.dot(p.to(tl.float8e4nv), v.T)

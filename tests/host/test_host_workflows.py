@@ -71,11 +71,7 @@ def test_our_sampler_matches_native_sampler_custom_advanced(host):
 
     for lat in latents.values():
         assert lat.shape == (1, 16, 2, 4, 4) and torch.isfinite(lat).all()
-    # All FP8: measured 7.8e-5 (3.5e-7 before the attention kernels' biased int-to-float conversion). The two models'
-    # q, k differ in their last bits (ComfyUI's numerics); FP8 attention now rounds each key tile's max to the fp32
-    # grid of 1.5 * 2**23 * rf (fp8/attention/reference.py), which moves P's e4m3 roundings for such inputs: a few
-    # codes one step apart, far below FP8 attention's own error (cos 0.999 against fp32 SDPA).
-    assert rel(latents[NATIVE, (0, 0)], latents[OURS, (0, 0)]) < 3e-4
+    assert rel(latents[NATIVE, (0, 0)], latents[OURS, (0, 0)]) < 1e-5  # all FP8: measured 3.5e-7
     assert rel(latents[NATIVE, (5, 0)], latents[OURS, (5, 0)]) < 1e-5  # all high precision: measured 2.4e-7
     # hybrid (2, 2) under KSampler-style sampling goes through our APPLY_MODEL wrapper: measured 8e-5 apart,
     # against 2.1e-4 for one step in the wrong precision and 2.2e-3 for no hybrid at all. Every call's precision
