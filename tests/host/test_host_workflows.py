@@ -71,7 +71,11 @@ def test_our_sampler_matches_native_sampler_custom_advanced(host):
 
     for lat in latents.values():
         assert lat.shape == (1, 16, 2, 4, 4) and torch.isfinite(lat).all()
-    assert rel(latents[NATIVE, (0, 0)], latents[OURS, (0, 0)]) < 1e-5  # all FP8: measured 3.5e-7
+    # All FP8: measured 9.4e-4 (3.5e-7 before the attention kernels' biased int-to-float conversion). The two models'
+    # q, k differ in their last bits (ComfyUI's numerics); FP8 attention now subtracts each key tile's max through an
+    # fp32 offset of 1.5 * 2**23 * rf (fp8/attention/reference.py), whose rounding moves with those bits and flips
+    # some of P's e4m3 roundings: far below FP8 attention's own error (cos 0.999 against fp32 SDPA).
+    assert rel(latents[NATIVE, (0, 0)], latents[OURS, (0, 0)]) < 3e-3
     assert rel(latents[NATIVE, (5, 0)], latents[OURS, (5, 0)]) < 1e-5  # all high precision: measured 2.4e-7
     # hybrid (2, 2) under KSampler-style sampling goes through our APPLY_MODEL wrapper: measured 8e-5 apart,
     # against 2.1e-4 for one step in the wrong precision and 2.2e-3 for no hybrid at all. Every call's precision
