@@ -23,11 +23,12 @@ Both versions produce the same :class:`QuantizedQKV` buffers, which are the whol
 - Key padding: the valid keys of each batch element are packed first (stable order), ``kv_len[b]`` says how many;
   rows from ``kv_len[b]`` to ``Lk_pad`` are zeros and the kernel masks them, so padded keys are excluded exactly.
 
-A producer kernel that fuses RMS q/k norm + RoPE in front of attention can write these buffers directly, ending its
-tile with the same rotation (one tensor-core dot of the 128-token tile by the +-1 matrix of :func:`hadamard`, then
-``1/sqrt(D)``): Q needs nothing global (per-token scales, ``sm_scale * log2(e)`` folded in); K needs its column mean
-first (a reduction pass over the normed, roped K, as :func:`_kv_stats_kernel` does here; the rotated mean is the
-mean rotated) and V its per-channel amax; then one pass writes int8 K + block scales and the transposed FP8 V.
+Q needs nothing global (per-token scales, ``sm_scale * log2(e)`` folded in), so the model's RMS q/k norm + RoPE
+prologue writes it directly (``fp8.fused.qk_norm_rope_quant_q`` fills :func:`empty_quantized_q`, ending its tile with
+the same rotation) and attention starts from :class:`QuantizedQ` (``fp8_attention_quantized_q``). K and V cannot be
+quantized by a per-token producer: K needs its column mean over all valid keys first and V its per-channel amax
+(:func:`_kv_stats_kernel`; the rotated mean is the mean rotated); then one pass writes int8 K + block scales and the
+transposed FP8 V (:func:`quantize_kv_triton`).
 """
 
 from __future__ import annotations
