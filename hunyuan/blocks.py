@@ -35,7 +35,6 @@ class BlockInputs:
     rope: RopeTables  # image-token rotations and the q/k prologue (fused or eager)
     key_padding_mask: Tensor | None  # [B, N_img + N_txt] bool, True = valid; None when no text is padded
     norm_dtype: torch.dtype
-    compute_dtype: torch.dtype
     fused_producers: bool = False  # feed W8A8 layers from the fused FP8 producers (fp8.fused)
     token_chunk: int = 0  # token-wise steps run over chunks of this many tokens when longer; 0: never chunk
 

@@ -257,7 +257,7 @@ class HunyuanVideoTransformer(nn.Module):
         key_mask = None
         if text_mask is not None:
             key_mask = torch.cat([text_mask.new_ones(b, n_img), text_mask], dim=1)
-        ctx = BlockInputs(rope=rope, key_padding_mask=key_mask, norm_dtype=ndt, compute_dtype=cdt,
+        ctx = BlockInputs(rope=rope, key_padding_mask=key_mask, norm_dtype=ndt,
                           fused_producers=self.fused_producers, token_chunk=self.token_chunk)
         del x
 
