@@ -440,6 +440,29 @@ def test_qk_norm_rope_quant_q_rejects_bad_destinations_untouched():
         assert (q_out.q[:, :6] == 127).all() and q_out.q_scale[:, :6].isnan().all() and kv_out.isnan().all()
 
 
+def test_triton_kv_finalize(kernels):
+    """FP8 attention's K/V statistics finalize (``fp8.attention.quantize_qkv``): the rotated K mean over the valid keys
+    and V's per-channel scale from the per-chunk partials, against float64."""
+    from hyvideo_fp8.fp8.attention import quantize_qkv as qq
+
+    dev = kernels.device
+    for B, H, D, n_chunks in ((2, 3, 128, 37), (1, 2, 64, 5)):
+        ksum = torch.randn(B * H, n_chunks, D) * 50
+        vmax = torch.rand(B * H, n_chunks, D) * 4
+        vmax[0, :, 5] = 0.0  # an all-zero V channel: the scale floor
+        kv_len = torch.tensor([1000, 777][:B], dtype=torch.int32)
+        k_mean = torch.full((B * H, D), float("nan"), device=dev)
+        v_scale = torch.full((B * H, D), float("nan"), device=dev)
+        qq._kv_finalize_kernel[(B * H,)](
+            ksum.to(dev), vmax.to(dev), kv_len.to(dev), qq.hadamard(D, device=torch.device(dev)), k_mean, v_scale, H,
+            n_chunks, D**-0.5, D=D, CHUNKS=32, MAX_CHUNKS=64, FLOOR=SCALE_FLOOR, FP8_MAX=448.0,
+        )  # fmt: skip
+        mean64 = ksum.double().sum(1) / kv_len.double().repeat_interleave(H)[:, None]
+        ref = mean64 @ (qq.hadamard(D).double() * D**-0.5)
+        assert rel_l2(k_mean.cpu(), ref) < 1e-6  # fp32 sums of 37 chunks: measured 2e-7 (interpreter)
+        assert torch.equal(v_scale.cpu(), vmax.amax(1).clamp_min(SCALE_FLOOR) / 448.0)
+
+
 def test_triton_bad_out_buffer_is_rejected_untouched(kernels):
     x = activations(1, 4, 64, torch.bfloat16).to(kernels.device)
     q_buf, s_buf = poisoned_fp8((1, 4, 64), kernels.device)

@@ -114,7 +114,7 @@ def _quantize_launches(capability, dtype):
     x = torch.randn(1, 200, 3, HEAD_DIM, dtype=dtype).transpose(1, 2)  # [B, H, L, D] view of [B, L, H, D]
     mask = torch.ones(1, 200, dtype=torch.bool)
     mask[:, -7:] = False
-    kernels = [qq._kv_stats_kernel, qq._quantize_q_kernel, qq._quantize_kv_kernel]
+    kernels = [qq._kv_stats_kernel, qq._kv_finalize_kernel, qq._quantize_q_kernel, qq._quantize_kv_kernel]
     run = lambda: [qq.quantize_qkv_triton(x, x, x, mask, 0.1, interleave_k=i) for i in (False, True)]
     return _launches(run, kernels)
 
@@ -210,7 +210,8 @@ def test_every_kernel_was_compiled(results):
 
     names = {key.split("/")[0] for key in results}
     gluon = {"_fp8_attention_gluon_kernel"} if gluon_supported((9, 0), HEAD_DIM)[0] else set()
-    assert names == {"_fp8_attention_kernel", "_kv_stats_kernel", "_quantize_q_kernel", "_quantize_kv_kernel",
+    assert names == {"_fp8_attention_kernel", "_kv_stats_kernel", "_kv_finalize_kernel", "_quantize_q_kernel",
+                     "_quantize_kv_kernel",
                      "_layernorm_modulate_quant_kernel", "_gelu_tanh_quant_kernel", "_concat_gelu_quant_kernel",
                      "_qk_norm_rope_kernel", "_qk_norm_rope_quant_q_kernel"} | gluon  # fmt: skip
     assert {key.split("/")[1] for key in results} == {"sm_89", "sm_90"}

@@ -106,14 +106,15 @@ class QuantizedQKV:
 
 
 def empty_quantized_q(batch: int, heads: int, seq_len: int, head_dim: int, sm_scale: float,
-                      device: torch.device) -> QuantizedQ:  # fmt: skip
-    """Buffers for a producer that writes quantized queries token by token; the padding rows ``[L, Lq_pad)`` are
-    filled here (zeros, floor scale: what the quantizers write there)."""
+                      device: torch.device, pad: bool = True) -> QuantizedQ:  # fmt: skip
+    """Buffers for a producer that writes quantized queries token by token; ``pad`` fills the padding rows
+    ``[L, Lq_pad)`` here (zeros, floor scale: what the quantizers write there)."""
     lq_pad = _round_up(seq_len, Q_BLOCK)
     q = torch.empty(batch * heads, lq_pad, head_dim, dtype=torch.int8, device=device)
     q_scale = torch.empty(batch * heads, lq_pad, dtype=torch.float32, device=device)
-    q[:, seq_len:] = 0
-    q_scale[:, seq_len:] = SCALE_FLOOR / INT8_MAX
+    if pad:
+        q[:, seq_len:] = 0
+        q_scale[:, seq_len:] = SCALE_FLOOR / INT8_MAX
     return QuantizedQ(q, q_scale, float(sm_scale), batch, heads, seq_len)
 
 
@@ -267,6 +268,30 @@ if triton is not None:
         tl.store(vmax_ptr + out, vmax)
 
     @triton.jit
+    def _kv_finalize_kernel(
+        ksum_ptr, vmax_ptr, kv_len_ptr, h_ptr, kmean_ptr, vscale_ptr, H, n_chunks, rot_norm,
+        D: tl.constexpr, CHUNKS: tl.constexpr, MAX_CHUNKS: tl.constexpr, FLOOR: tl.constexpr, FP8_MAX: tl.constexpr,
+    ):  # fmt: skip
+        """Per head, from the stats kernel's partials: K's mean over the valid keys, rotated (``mean @ H / sqrt(D)``),
+        and V's per-channel scale. One launch where torch took eight small ones (each a host round trip of launch
+        time in front of the attention kernel). ``MAX_CHUNKS`` (a power of two >= ``n_chunks``) bounds the loop at
+        compile time: one compile per bucket of lengths, and Triton's CPU interpreter runs it."""
+        bh = tl.program_id(0)
+        cols = tl.arange(0, D)
+        ksum = tl.zeros([D], dtype=tl.float32)
+        vmax = tl.zeros([D], dtype=tl.float32)
+        for c0 in range(0, MAX_CHUNKS, CHUNKS):
+            c = c0 + tl.arange(0, CHUNKS)
+            ok = (c < n_chunks)[:, None]
+            at = (bh * n_chunks + c)[:, None] * D + cols[None, :]
+            ksum += tl.sum(tl.load(ksum_ptr + at, mask=ok, other=0.0), axis=0)
+            vmax = tl.maximum(vmax, tl.max(tl.load(vmax_ptr + at, mask=ok, other=0.0), axis=0))
+        mean = ksum / tl.load(kv_len_ptr + bh // H).to(tl.float32)
+        rot = tl.load(h_ptr + cols[:, None] * D + cols[None, :])
+        tl.store(kmean_ptr + bh * D + cols, tl.sum(mean[:, None] * rot, axis=0) * rot_norm)
+        tl.store(vscale_ptr + bh * D + cols, tl.maximum(vmax, FLOOR) / FP8_MAX)
+
+    @triton.jit
     def _quantize_q_kernel(
         q_ptr, h_ptr, qo_ptr, qs_ptr, L, L_pad, H, sqb, sqh, sql, sqd, scale_mult,
         D: tl.constexpr, BLOCK: tl.constexpr, FLOOR: tl.constexpr, PRECISION: tl.constexpr,
@@ -367,7 +392,7 @@ def quantize_q_triton(q: torch.Tensor, sm_scale: float) -> QuantizedQ:
     """Same result as :func:`quantize_q_torch` in one Triton pass; any input strides."""
     (q,) = _triton_inputs(q)
     B, H, L, D = q.shape
-    out = empty_quantized_q(B, H, L, D, sm_scale, q.device)
+    out = empty_quantized_q(B, H, L, D, sm_scale, q.device, pad=False)  # the kernel writes the padding rows too
     lq_pad = out.q.shape[1]
     _quantize_q_kernel[(lq_pad // Q_BLOCK, B * H)](
         q, hadamard(D, dtype=q.dtype, device=q.device), out.q, out.q_scale, L, lq_pad, H, *q.stride(),
@@ -385,10 +410,13 @@ def quantize_kv_triton(
     B, H, L, D = k.shape
     lk_pad = _round_up(L, K_BLOCK)
     device = k.device
-    kv_len, key_index = pack_keys(key_padding_mask, B, L, device)
     has_mask = key_padding_mask is not None
-    valid_u8 = key_padding_mask.to(device=device, dtype=torch.uint8).contiguous() if has_mask else kv_len
-    key_index = key_index.contiguous() if has_mask else kv_len
+    if has_mask:
+        kv_len, key_index = pack_keys(key_padding_mask, B, L, device)
+        valid_u8 = key_padding_mask.to(device=device, dtype=torch.uint8).contiguous()
+        key_index = key_index.contiguous()
+    else:  # every key valid, in order: the kernels read neither the index nor the mask
+        kv_len = valid_u8 = key_index = torch.full((B,), L, dtype=torch.int32, device=device)
 
     n_chunks = math.ceil(L / STATS_CHUNK)
     ksum = torch.empty(B * H, n_chunks, D, dtype=torch.float32, device=device)
@@ -397,9 +425,13 @@ def quantize_kv_triton(
         k, v, valid_u8, ksum, vmax, L, H, n_chunks, *k.stride(), *v.stride(),
         HAS_MASK=has_mask, D=D, CHUNK=STATS_CHUNK, ROWS=64, num_warps=4,
     )  # fmt: skip
-    rot = hadamard(D, device=torch.device(device))
-    k_mean = (ksum.sum(dim=1) / kv_len.float().repeat_interleave(H)[:, None]) @ (rot * D**-0.5)
-    v_scale = vmax.amax(dim=1).clamp_min(SCALE_FLOOR) / FP8_E4M3_MAX
+    k_mean = torch.empty(B * H, D, dtype=torch.float32, device=device)
+    v_scale = torch.empty_like(k_mean)
+    _kv_finalize_kernel[(B * H,)](
+        ksum, vmax, kv_len, hadamard(D, device=torch.device(device)), k_mean, v_scale, H, n_chunks, D**-0.5,
+        D=D, CHUNKS=32, MAX_CHUNKS=max(32, triton.next_power_of_2(n_chunks)), FLOOR=SCALE_FLOOR,
+        FP8_MAX=FP8_E4M3_MAX, num_warps=8,
+    )  # fmt: skip
 
     k_out = torch.empty(B * H, lk_pad, D, dtype=torch.int8, device=device)
     k_scale = torch.empty(B * H, lk_pad // K_BLOCK, dtype=torch.float32, device=device)
