@@ -62,7 +62,6 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
-
 def attention(q: Tensor, k: Tensor, v: Tensor, *, key_padding_mask: Tensor | None = None,
               mode: str = "sdpa") -> Tensor:
     """Softmax attention, ``q, k, v [B, H, L, D]`` -> ``[B, L, H*D]``.
