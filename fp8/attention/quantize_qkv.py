@@ -228,7 +228,7 @@ def quantize_qkv_torch(
 if triton is not None:
 
     @triton.jit
-    def _round_to_int8(x):
+    def round_to_int8(x):
         """Round half to even like ``torch.round`` (the float add of 1.5 * 2**23 does it), then narrow to int8.
 
         The fp32 cast matters under torch.compile: Inductor passes Python float arguments as fp64 scalars.
@@ -311,7 +311,7 @@ if triton is not None:
         x = tl.dot(x, rot, input_precision=PRECISION) * scale_mult.to(tl.float32)
         scale = tl.maximum(tl.max(tl.abs(x), axis=1), FLOOR) / 127.0
         dst = bh.to(tl.int64) * L_pad + rows
-        tl.store(qo_ptr + dst[:, None] * D + cols[None, :], _round_to_int8(x / scale[:, None]))
+        tl.store(qo_ptr + dst[:, None] * D + cols[None, :], round_to_int8(x / scale[:, None]))
         tl.store(qs_ptr + dst, scale)
 
     @triton.jit
@@ -346,7 +346,7 @@ if triton is not None:
         if INTERLEAVE_K:  # key 16a + 4t + 2b + e of each 32-key chunk goes to row 16a + 8b + 2t + e
             n = (n & ~15) | (((n >> 1) & 1) << 3) | (((n >> 2) & 3) << 1) | (n & 1)
         dst = bh.to(tl.int64) * Lk_pad + blk * BLOCK + n
-        tl.store(ko_ptr + dst[:, None] * D + cols[None, :], _round_to_int8(kt / k_scale))
+        tl.store(ko_ptr + dst[:, None] * D + cols[None, :], round_to_int8(kt / k_scale))
         tl.store(ks_ptr + bh * (Lk_pad // BLOCK) + blk, k_scale)
 
         v_src = v_ptr + b.to(tl.int64) * svb + h.to(tl.int64) * svh + src * svl + cols[None, :] * svd

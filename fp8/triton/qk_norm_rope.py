@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..attention.quantize_qkv import LOG2E, QuantizedQ, _round_to_int8, hadamard
+from ..attention.quantize_qkv import LOG2E, QuantizedQ, hadamard, round_to_int8
 from ..formats import SCALE_FLOOR
 from . import MAX_HEAD_TILE, check_qkv, check_quant_q_outputs, prologue_fits, row_num_warps
 
@@ -130,7 +130,7 @@ def _qk_norm_rope_quant_q_kernel(
     x = tl.dot(q, rot, input_precision="tf32") * scale_mult  # +-1 times 16-bit values: exact
     scale = tl.maximum(tl.max(tl.abs(x), axis=1), FLOOR) / 127.0
     q_row = (b * H + head) * Lq_pad + row0 + tok
-    tl.store(q8_ptr + q_row * D + dims, _round_to_int8(x / scale[:, None]), mask=ok)
+    tl.store(q8_ptr + q_row * D + dims, round_to_int8(x / scale[:, None]), mask=ok)
     tl.store(qs_ptr + q_row, scale[:, None], mask=ok)
 
     # keys and values: into their rows of the joint [2, B, H, L_total, D] buffer
