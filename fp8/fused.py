@@ -180,6 +180,15 @@ def concat_gelu_quant(attn_out: torch.Tensor, mlp_act: torch.Tensor) -> tuple[to
     return concat_gelu_quant_reference(attn_out, mlp_act)
 
 
+def _prologue_uses_triton(qkv: torch.Tensor, q_weight: torch.Tensor) -> bool:
+    """Whether the attention prologues take their Triton kernel for this qkv and head layout."""
+    if not (uses_triton(qkv, fp8_output=False) and qkv.dim() == 3 and isinstance(q_weight, torch.Tensor)
+            and q_weight.dim()):  # fmt: skip
+        return False
+    D = q_weight.shape[0]
+    return bool(D) and prologue_fits(qkv.shape[-1] // (3 * D), D)
+
+
 def qk_norm_rope(
     qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     n_rope_tokens: int, eps: float = 1e-6,
@@ -189,12 +198,10 @@ def qk_norm_rope(
     ``q_weight``/``k_weight`` ``[D]``; ``cos``/``sin`` fp32 ``[n_rope_tokens, D/2]`` for the leading image tokens
     (pair i of every head rotated by the angle of column i). Computed in fp32, written in qkv's dtype.
     """
-    if uses_triton(qkv, fp8_output=False) and qkv.dim() == 3 and isinstance(q_weight, torch.Tensor) and q_weight.dim():
-        D = q_weight.shape[0]
-        if D and prologue_fits(qkv.shape[-1] // (3 * D), D):
-            from .triton.qk_norm_rope import qk_norm_rope_triton
+    if _prologue_uses_triton(qkv, q_weight):
+        from .triton.qk_norm_rope import qk_norm_rope_triton
 
-            return qk_norm_rope_triton(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps)
+        return qk_norm_rope_triton(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps)
     return qk_norm_rope_reference(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps)
 
 
@@ -205,14 +212,10 @@ def qk_norm_rope_quant_q(
     """:func:`qk_norm_rope` in front of FP8 attention: q goes straight into the attention's int8 query buffers
     ``q_out`` (``fp8.attention.quantize_qkv.empty_quantized_q``), k and v into ``kv_out`` ``[2, B, H, L_total, D]``,
     both at rows ``row0 .. row0 + L``. One Triton pass on CUDA (bf16/fp16); the torch reference elsewhere."""
-    if (uses_triton(qkv, fp8_output=False) and qkv.dim() == 3 and qkv.dtype in (torch.bfloat16, torch.float16)
-            and isinstance(q_weight, torch.Tensor) and q_weight.dim() == 1):
-        D = q_weight.shape[0]
-        if D and prologue_fits(qkv.shape[-1] // (3 * D), D):
-            from .triton.qk_norm_rope import qk_norm_rope_quant_q_triton
+    if qkv.dtype in (torch.bfloat16, torch.float16) and _prologue_uses_triton(qkv, q_weight):
+        from .triton.qk_norm_rope import qk_norm_rope_quant_q_triton
 
-            return qk_norm_rope_quant_q_triton(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps, q_out, kv_out,
-                                               row0)  # fmt: skip
+        return qk_norm_rope_quant_q_triton(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps, q_out, kv_out, row0)
     return qk_norm_rope_quant_q_reference(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps, q_out, kv_out, row0)
 
 

@@ -17,7 +17,6 @@ import torch
 from ..custom_ops import compiling_or_eager, register_custom_op
 from ..hardware import MIN_CAPABILITY
 from .quantize_qkv import (
-    Q_BLOCK,
     QuantizedQ,
     QuantizedQKV,
     quantize_kv_torch,
@@ -144,9 +143,7 @@ def fp8_attention_quantized_q(
     if k.dim() != 4 or k.shape != v.shape:
         raise ValueError(f"k and v must have the same [B, H, L, D] shape, got {tuple(k.shape)}, {tuple(v.shape)}")
     B, H, L, D = k.shape
-    lq_pad = -(-L // Q_BLOCK) * Q_BLOCK  # the kernels' query tiles never cross the padded buffer's end
-    if (q.batch, q.heads, q.seq_len) != (B, H, L) or tuple(q.q.shape) != (B * H, lq_pad, D) \
-            or q.q.dtype != torch.int8 or tuple(q.q_scale.shape) != (B * H, lq_pad):
+    if not q.fits(B, H, L, D):
         raise ValueError(f"quantized q (int8 {tuple(q.q.shape)}, scales {tuple(q.q_scale.shape)}, B, H, L = "
                          f"{q.batch}, {q.heads}, {q.seq_len}) does not match k, v [B, H, L, D] = {[B, H, L, D]}: "
                          "make it with empty_quantized_q / quantize_q_torch for these shapes")  # fmt: skip

@@ -76,6 +76,13 @@ class QuantizedQ:
     heads: int
     seq_len: int
 
+    def fits(self, batch: int, heads: int, seq_len: int, head_dim: int) -> bool:
+        """Whether the buffers have the layout :func:`empty_quantized_q` makes for these sizes (what the kernels
+        and the prologue index)."""
+        shape = (batch * heads, _round_up(seq_len, Q_BLOCK))
+        return ((self.batch, self.heads, self.seq_len) == (batch, heads, seq_len) and self.q.dtype == torch.int8
+                and tuple(self.q.shape) == (*shape, head_dim) and tuple(self.q_scale.shape) == shape)  # fmt: skip
+
 
 @dataclass
 class QuantizedQKV:

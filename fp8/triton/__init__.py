@@ -97,9 +97,7 @@ def check_quant_q_outputs(qkv: torch.Tensor, q_out, kv_out: torch.Tensor, B: int
                           row0: int) -> None:  # fmt: skip
     """The quantizing prologue's destinations (``q_out`` a ``QuantizedQ``, ``kv_out`` ``[2, B, H, L_total, D]``) must
     hold rows ``row0 .. row0 + L`` of qkv's batch and head layout."""
-    lq_pad = q_out.q.shape[1] if q_out.q.dim() == 3 else -1
-    if (q_out.batch, q_out.heads) != (B, H) or tuple(q_out.q.shape) != (B * H, lq_pad, D) \
-            or q_out.q.dtype != torch.int8 or lq_pad < q_out.seq_len or tuple(q_out.q_scale.shape) != (B * H, lq_pad):
+    if not q_out.fits(B, H, q_out.seq_len, D):
         raise ValueError(f"q_out (int8 {tuple(q_out.q.shape)}, batch {q_out.batch}, heads {q_out.heads}) does not "
                          f"match qkv's B={B}, H={H}, D={D}: make it with empty_quantized_q")  # fmt: skip
     shape = (2, B, H, q_out.seq_len, D)
