@@ -10,6 +10,10 @@ contrast; exact key padding. Then times each kernel (kernel alone, and quantizat
 next to cuDNN and flash bf16 SDPA at B=1, H=24, D=128. Results: ``attention.json``, ``attention.md`` and
 ``attention.log`` in --out.
 
+When ``nvidia-cudnn-frontend`` is installed (optional, GPU only: ``pip install nvidia-cudnn-frontend``), cuDNN's
+per-tensor FP8 SDPA (``cudnn_fp8.py``) joins the accuracy checks and the timing, kernel alone and with its eager
+quantization, as the library route the issue asks to be measured against.
+
 Kernels: the Gluon Hopper kernel (what fp8_attention runs on sm_90), the Triton kernel's shipped config (what it runs
 elsewhere, and on Hopper when Gluon is missing) and, with ``--kernels all``, the Triton runners-up of the 2026-11-29
 sweep. An FA3-style Gluon kernel (producer warpgroup, two ping-pong consumers) was tried on 2026-11-29 and removed:
@@ -31,6 +35,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from common import environment, load_pack, median, time_cuda
+from cudnn_fp8 import CudnnFp8Attention, quantize_per_tensor
+from cudnn_fp8 import available as cudnn_fp8_available
 
 load_pack()
 from hyvideo_fp8.fp8.attention import fp8_attention  # noqa: E402
@@ -42,6 +48,7 @@ from hyvideo_fp8.fp8.quantize import quantize_tensorwise  # noqa: E402
 
 LENGTHS = (25_696, 67_576, 119_056)
 HEADS, HEAD_DIM = 24, 128
+CUDNN_FP8 = "cudnn_fp8 (per-tensor)"
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,24 @@ def per_tensor_fp8_qk(q, k, v) -> torch.Tensor:
     return sdpa_fp32(q8.float() * sq, k8.float() * sk, v)
 
 
-def check_correctness(lengths, variants, log) -> dict:
+def cudnn_fp8_graphs(log) -> Callable | None:
+    """``shape -> CudnnFp8Attention`` (built once per shape) when the cuDNN frontend is there, else None."""
+    ok, msg = cudnn_fp8_available()
+    log(f"cuDNN FP8 SDPA route: {msg}")
+    if not ok:
+        return None
+    graphs: dict[tuple, CudnnFp8Attention] = {}
+
+    def get(shape) -> CudnnFp8Attention:
+        if tuple(shape) not in graphs:
+            graphs.clear()  # one shape at a time: each graph holds a workspace
+            graphs[tuple(shape)] = CudnnFp8Attention(tuple(shape), torch.device("cuda"))
+        return graphs[tuple(shape)]
+
+    return get
+
+
+def check_correctness(lengths, variants, log, cudnn_fp8) -> dict:
     res = {}
     # 1. quantization: Triton vs torch on an odd length with padding in the middle and at the end
     q, k, v = make_inputs(4000, 4, sharp=True, seed=1)
@@ -172,6 +196,11 @@ def check_correctness(lengths, variants, log) -> dict:
                     row["variants"][kern.name] = {"error": repr(e)[:300]}
                 del out
             del quantized
+            if cudnn_fp8 is not None:
+                try:
+                    row["variants"][CUDNN_FP8] = metrics(cudnn_fp8(q.shape)(q, k, v), ref)
+                except Exception as e:  # noqa: BLE001 (reported; the other routes' numbers stand)
+                    row["variants"][CUDNN_FP8] = {"error": repr(e)[:300]}
             res["vs_fp32_sdpa"].append(row)
             log(f"vs fp32 SDPA: {row}")
             del ref
@@ -197,7 +226,7 @@ def time_ms(fn, reps: int, warmup: int = 2) -> list[float]:
     return [t * 1e3 for t in time_cuda(fn, warmup=warmup, runs=reps)]
 
 
-def time_length(L: int, variants, log) -> list[dict]:
+def time_length(L: int, variants, log, cudnn_fp8) -> list[dict]:
     """All variants and baselines at one length, on one set of inputs."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -230,15 +259,25 @@ def time_length(L: int, variants, log) -> list[dict]:
             rows.append({"L": L, "variant": f"kernel {kern.name}", "error": repr(e)[:300]})
     quantized.clear()
     add(f"fp8_attention (quant + kernel {variants[0].name})", time_ms(lambda: fp8_attention(q, k, v), reps))
+    if cudnn_fp8 is not None:
+        try:
+            route = cudnn_fp8(q.shape)
+            ops, out8 = quantize_per_tensor(q, k, v), torch.empty(q.shape, dtype=torch.float8_e4m3fn, device="cuda")
+            add(f"kernel {CUDNN_FP8}", time_ms(lambda: route.kernel(ops, out8), reps))
+            del ops, out8
+            add(f"{CUDNN_FP8} (eager quant + kernel + dequant)", time_ms(lambda: route(q, k, v), reps))
+        except Exception as e:  # noqa: BLE001 (reported; the baselines still run)
+            log(f"L={L} {CUDNN_FP8} FAILED: {e!r}"[:400])
+            rows.append({"L": L, "variant": CUDNN_FP8, "error": repr(e)[:300]})
     with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
         add("cudnn_bf16 (again)", time_ms(sdpa, reps))
     return rows
 
 
-def run_timing(lengths, variants, log) -> list[dict]:
+def run_timing(lengths, variants, log, cudnn_fp8) -> list[dict]:
     rows = []
     for L in lengths:
-        rows += time_length(L, variants, log)
+        rows += time_length(L, variants, log, cudnn_fp8)
         torch.cuda.empty_cache()
     return rows
 
@@ -320,10 +359,11 @@ def main() -> None:
 
         threading.Timer(args.deadline, on_deadline).start()
 
+    cudnn_fp8 = cudnn_fp8_graphs(log)
     if not args.skip_checks:
-        result["correctness"] = check_correctness(args.lengths, variants, log)
+        result["correctness"] = check_correctness(args.lengths, variants, log, cudnn_fp8)
     write_json()
-    result["timing"] = run_timing(args.lengths, variants, log)
+    result["timing"] = run_timing(args.lengths, variants, log, cudnn_fp8)
     write_json()
 
     table = ["| L | variant | ms | TFLOP/s | vs cuDNN bf16 |", "|---|---|---|---|---|"]
@@ -335,7 +375,8 @@ def main() -> None:
                 table.append(f"| {L} | {r['variant']} | failed | - | {r.get('error', '')[:80]} |")
                 continue
             table.append(f"| {L} | {r['variant']} | {r['ms']:.2f} | {r['tflops']:.0f} | {cudnn / r['ms']:.2f}x |")
-    summary = correctness_summary(result, [k.name for k in variants]) if "correctness" in result else []
+    names = [k.name for k in variants] + ([CUDNN_FP8] if cudnn_fp8 is not None else [])
+    summary = correctness_summary(result, names) if "correctness" in result else []
     (out_dir / "attention.md").write_text("\n".join(table + [""] + summary) + "\n")
     if summary:
         print("\n".join(summary))
