@@ -21,9 +21,10 @@ Inside a warpgroup the kernel is serial (Q.K, wait, softmax, P.V, wait); the war
 softmax with another's MMAs. Overlapping them inside a warpgroup, FA3-style, needs ~210 registers per thread, i.e.
 two warpgroups per SM instead of three, and lost (bench/NOTES-attention.md).
 
-H200, same run, L = 67,576 / 119,056, 24 heads: 889 / 898 TFLOP/s, against 873 / 868 for a one-warpgroup-per-CTA
-version and 802 / 781 for the Triton kernel (bench/NOTES-attention.md). Needs Triton's Gluon (3.6) and a Hopper GPU
-(wgmma); elsewhere :func:`gluon_supported` says why not and the Triton kernel runs.
+H200, L = 67,576 / 119,056, 24 heads: 912 / 920 TFLOP/s kernel alone, 1.56x / 1.59x cuDNN bf16 with Q/K/V
+quantization (bench/results/attention-2026-11-30-h200-schedule.md); 795 / 810 for the Triton kernel in the same run.
+Needs Triton's Gluon (3.6) and a Hopper GPU (wgmma); elsewhere :func:`gluon_supported` says why not and the Triton
+kernel runs.
 """
 
 from __future__ import annotations
@@ -113,9 +114,11 @@ if not _IMPORT_ERROR:
             cols = (cols & ~15) + ((cols >> 1) & 3) * 4 + ((cols >> 3) & 1) * 2 + (cols & 1)
             s = gl.where(gl.expand_dims(j * BLOCK_N + cols < kv_len, 0), s, float("-inf"))
         m_new = gl.maximum(m_i, (gl.max(s, axis=1) - _BIAS) * rf)
+        x = s * gl.expand_dims(rf, 1) - gl.expand_dims(_BIAS * rf + (m_new - P_SHIFT), 1)  # one FFMA a logit
+        # the row rescale after the logits' arguments: ptxas then schedules warpgroup 0's loop (it also issues the
+        # TMA loads) so that the kernel runs 4-5 % faster on an H200 (same process, bench/NOTES-attention.md)
         alpha = gl.exp2(m_i - m_new)
-        offset = gl.fma(gl.full_like(rf, _BIAS), rf, m_new - P_SHIFT)
-        p = gl.exp2(gl.fma(s, gl.expand_dims(rf, 1), -gl.expand_dims(offset, 1)))
+        p = gl.exp2(x)
         l_i = l_i * alpha + gl.sum(p, axis=1)
         p8 = p.to(gl.float8e4nv)
         # back to key order: a renaming of registers, each thread already holds its A-operand keys

@@ -110,8 +110,7 @@ def _attend_tile(
         s = tl.where((cols < kv_len)[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, (tl.max(s, axis=1) - BIAS) * rf)
     alpha = tl.math.exp2(m_i - m_new)
-    offset = tl.fma(tl.full(rf.shape, BIAS, tl.float32), rf, m_new - P_SHIFT)
-    p = tl.math.exp2(tl.fma(s, rf[:, None], -offset[:, None]))
+    p = tl.math.exp2(s * rf[:, None] - (BIAS * rf + (m_new - P_SHIFT))[:, None])  # two FMAs, as gluon_kernel.py
     l_i = l_i * alpha + tl.sum(p, axis=1)
     v = _load_block(desc_v, v_row, start_n, Lk_pad, HEAD_DIM, BLOCK_N, TMA)
     pv = tl.dot(p.to(tl.float8e4nv), v.T)
