@@ -47,7 +47,8 @@ class Fp8Operands:
 
 def quantize_per_tensor(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Fp8Operands:
     """Eager per-tensor e4m3 quantization of ``[B, H, L, D]`` Q, K, V, K smoothed first."""
-    k = k.float() - k.float().mean(dim=2, keepdim=True)
+    k = k.float()
+    k = k - k.mean(dim=2, keepdim=True)
 
     def to_e4m3(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         amax = x.abs().amax().float().clamp_min(1e-12)
