@@ -167,15 +167,15 @@ def _use_triton(backend: str, device: torch.device, head_dim: int) -> bool:
 
 
 @functools.cache
-def _kv_quantizer(dtype: torch.dtype, head_dim: int, capability: tuple[int, int]):
-    """The Triton K/V quantizer, or the torch one where its kernels do not fit shared memory (fp32 at D = 128 on
-    Ada); the attention kernel runs either way."""
+def _quantizers(dtype: torch.dtype, head_dim: int, capability: tuple[int, int]):
+    """The Triton Q and K/V quantizers, or the torch ones where their kernels do not fit shared memory (fp32 at
+    D = 128 on Ada); the attention kernel runs either way."""
     if triton_quantize_fits(dtype, head_dim, capability):
-        return quantize_kv_triton
+        return quantize_q_triton, quantize_kv_triton
     logger.warning("[hyvideo_fp8] FP8 attention: %s inputs with head dim %d do not fit the Triton quantizer on this "
                    "GPU (sm_%d%d): quantizing Q/K/V in torch (slower, more memory); bf16 compute avoids this",
                    dtype, head_dim, *capability)
-    return quantize_kv_torch
+    return quantize_q_torch, quantize_kv_torch
 
 
 _GLUON_WORKS: dict[tuple[int, int], bool] = {}  # per capability, once its first launch compiled (True) or failed
@@ -194,7 +194,7 @@ def _attend(q: QuantizedQ, k: torch.Tensor, v: torch.Tensor, key_padding_mask: t
 
     capability = torch.cuda.get_device_capability(k.device)
     out = torch.empty(k.shape, dtype=out_dtype, device=k.device)
-    quantize_kv = _kv_quantizer(k.dtype, k.shape[-1], capability)
+    _, quantize_kv = _quantizers(k.dtype, k.shape[-1], capability)
     if _use_gluon(capability, k.shape[-1]):
         from .gluon_kernel import attention_gluon
 
@@ -215,9 +215,8 @@ def _attend(q: QuantizedQ, k: torch.Tensor, v: torch.Tensor, key_padding_mask: t
 
 def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
                       sm_scale: float) -> torch.Tensor:  # fmt: skip
-    fits = triton_quantize_fits(q.dtype, q.shape[-1], torch.cuda.get_device_capability(q.device))
-    quantized = quantize_q_triton(q, sm_scale) if fits else quantize_q_torch(q, sm_scale)
-    return _attend(quantized, k, v, key_padding_mask, q.dtype)
+    quantize_q, _ = _quantizers(q.dtype, q.shape[-1], torch.cuda.get_device_capability(q.device))
+    return _attend(quantize_q(q, sm_scale), k, v, key_padding_mask, q.dtype)
 
 
 def _triton_attention_quantized_q(q8: torch.Tensor, q_scale: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
