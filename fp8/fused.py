@@ -24,6 +24,7 @@ from .hardware import MIN_CAPABILITY
 from .quantize import quantize_rowwise
 from .triton import (
     MAX_ROW_BLOCK,
+    QUANT_Q_PROLOGUE_DTYPES,
     check_modulation,
     check_qkv,
     check_quant_q_outputs,
@@ -212,7 +213,7 @@ def qk_norm_rope_quant_q(
     """:func:`qk_norm_rope` in front of FP8 attention: q goes straight into the attention's int8 query buffers
     ``q_out`` (``fp8.attention.quantize_qkv.empty_quantized_q``), k and v into ``kv_out`` ``[2, B, H, L_total, D]``,
     both at rows ``row0 .. row0 + L``. One Triton pass on CUDA (bf16/fp16); the torch reference elsewhere."""
-    if qkv.dtype in (torch.bfloat16, torch.float16) and _prologue_uses_triton(qkv, q_weight):
+    if qkv.dtype in QUANT_Q_PROLOGUE_DTYPES and _prologue_uses_triton(qkv, q_weight):
         from .triton.qk_norm_rope import qk_norm_rope_quant_q_triton
 
         return qk_norm_rope_quant_q_triton(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps, q_out, kv_out, row0)

@@ -14,10 +14,9 @@ from torch import Tensor
 
 from ..fp8.attention import triton_backend_support
 from ..fp8.attention.quantize_qkv import empty_quantized_q
+from ..fp8.triton import QUANT_Q_PROLOGUE_DTYPES
 from .attention import attention, attention_quantized_q
 from .rope import RopeTables
-
-QUANTIZING_PROLOGUE_DTYPES = (torch.bfloat16, torch.float16)
 
 
 class JointQKV:
@@ -29,7 +28,7 @@ class JointQKV:
         self.shape = (batch, heads, seq_len, head_dim)
         self.device = device
         # FP8 attention quantizes its queries in the prologue where both run as GPU kernels
-        self.quantized = (mode == "fp8" and rope.fused and rope.out_dtype in QUANTIZING_PROLOGUE_DTYPES
+        self.quantized = (mode == "fp8" and rope.fused and rope.out_dtype in QUANT_Q_PROLOGUE_DTYPES
                           and triton_backend_support(device, head_dim)[0])  # fmt: skip
         self._q = self._kv = self._parts = self._buffer = None
         if self.quantized:
@@ -64,4 +63,4 @@ class JointQKV:
         return attention(q, k, v, key_padding_mask=key_padding_mask, mode=self.mode)
 
 
-__all__ = ["JointQKV", "QUANTIZING_PROLOGUE_DTYPES"]
+__all__ = ["JointQKV"]

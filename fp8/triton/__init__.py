@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ACTIVATION_DTYPES", "MAX_ROW_BLOCK", "MAX_HEAD_TILE", "check_tokens", "check_modulation",
-           "check_same_device", "check_qkv", "check_quant_q_outputs", "fp8_outputs", "prologue_fits",
-           "next_power_of_2", "row_num_warps"]
+__all__ = ["ACTIVATION_DTYPES", "QUANT_Q_PROLOGUE_DTYPES", "MAX_ROW_BLOCK", "MAX_HEAD_TILE", "check_tokens",
+           "check_modulation", "check_same_device", "check_qkv", "check_quant_q_outputs", "fp8_outputs",
+           "prologue_fits", "next_power_of_2", "row_num_warps"]
 
 ACTIVATION_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+# The q/k prologue that quantizes q for FP8 attention has a Triton kernel for these qkv dtypes (16-bit k/v outputs).
+QUANT_Q_PROLOGUE_DTYPES = (torch.bfloat16, torch.float16)
 
 # The quantizing kernels hold one whole (power-of-two padded) row in registers: 32768 fp32 values over 16 warps is
 # 64 registers a thread. Longer rows go to the torch reference (HunyuanVideo's longest row is 15360).

@@ -19,7 +19,7 @@ import triton.language as tl
 
 from ..attention.quantize_qkv import LOG2E, QuantizedQ, hadamard, round_to_int8
 from ..formats import SCALE_FLOOR
-from . import MAX_HEAD_TILE, check_qkv, check_quant_q_outputs, prologue_fits, row_num_warps
+from . import MAX_HEAD_TILE, QUANT_Q_PROLOGUE_DTYPES, check_qkv, check_quant_q_outputs, prologue_fits, row_num_warps
 
 __all__ = ["qk_norm_rope_triton", "qk_norm_rope_quant_q_triton", "rms_norm_rope_heads"]
 
@@ -150,7 +150,7 @@ def qk_norm_rope_quant_q_triton(
     and of ``kv_out`` (``[2, B, H, L_total, D]`` keys and values, contiguous, in qkv's dtype)."""
     B, L, H, D = check_qkv(qkv, q_weight, k_weight, cos, sin, n_rope_tokens)
     check_quant_q_outputs(qkv, q_out, kv_out, B, L, H, D, row0)
-    if not prologue_fits(H, D) or qkv.dtype not in (torch.bfloat16, torch.float16):
+    if not prologue_fits(H, D) or qkv.dtype not in QUANT_Q_PROLOGUE_DTYPES:
         raise ValueError(f"the quantizing Triton prologue needs bf16/fp16 qkv, a power-of-two head_dim and "
                          f"heads*head_dim <= {MAX_HEAD_TILE}, got {qkv.dtype}, H={H}, D={D}: use "
                          "fp8.fused.qk_norm_rope_quant_q, which falls back to the torch reference")
