@@ -26,6 +26,9 @@ from hyvideo_fp8.hunyuan.config import tiny_config
 from tests.checkpoint_factory import write_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
+# The ComfyUI trees are read-only sources: no bytecode caches in them, from this process or its children.
+sys.dont_write_bytecode = True
+_CHILD_ENV = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
 sys.path.insert(0, str(REPO / "workflows"))
 from api_client import ComfyClient  # noqa: E402
 
@@ -152,8 +155,9 @@ def host(comfy_path: Path, tmp_path_factory) -> Any:
     (models / "loras").mkdir()
     write_checkpoint(models / "diffusion_models" / BF16_MODEL, layout="comfyui", config=CFG, seed=11)
     write_checkpoint(models / "diffusion_models" / FP8_MODEL, layout="comfyui", fp8="ours", config=CFG, seed=12)
-    made = subprocess.run([sys.executable, "-c", _VAE_SCRIPT, str(models / "vae" / VAE)], cwd=comfy_path,
-                          capture_output=True, text=True, timeout=300)
+    made = subprocess.run([sys.executable, "-c", _VAE_SCRIPT, str(models / "vae" / VAE)], cwd=root,
+                          env={**_CHILD_ENV, "PYTHONPATH": str(comfy_path)}, capture_output=True, text=True,
+                          timeout=300)
     if made.returncode:
         pytest.fail(f"could not make the test VAE with ComfyUI's VAE class:\n{made.stderr[-3000:]}")
     nodes = root / "custom_nodes"
@@ -168,12 +172,13 @@ def host(comfy_path: Path, tmp_path_factory) -> Any:
         (root / folder).mkdir()
     port = _free_port()
     log = root / "comfyui.log"
-    cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+    # started from the temporary root: ComfyUI writes comfyui_detail.log into its working directory
+    cmd = [sys.executable, str(comfy_path / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--extra-model-paths-config", str(config), "--output-directory",
            str(root / "out"), "--user-directory", str(root / "user"), "--input-directory", str(root / "in"),
            "--temp-directory", str(root), "--database-url", "sqlite:///:memory:", "--preview-method", "latent2rgb"]
     with open(log, "wb") as log_file:
-        proc = subprocess.Popen(cmd, cwd=comfy_path, stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=root, env=_CHILD_ENV, stdout=log_file, stderr=subprocess.STDOUT)
     server = Host(proc, port, root, log)
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

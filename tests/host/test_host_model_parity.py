@@ -53,16 +53,34 @@ def _weights(seed: int) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _native_params() -> dict:
+    """The v1 model's constructor fields at the tiny size. Fields a newer ComfyUI added for other family members
+    (HunyuanVideo 1.5's cond-type embedding, vision input, meanflow sum) get the values its detection gives v1."""
+    import dataclasses
+
+    from comfy.ldm.hunyuan_video.model import HunyuanVideoParams
+
+    v1 = dict(in_channels=CFG.in_channels, out_channels=CFG.out_channels, vec_in_dim=CFG.vec_in_dim,
+              context_in_dim=CFG.context_in_dim, hidden_size=CFG.hidden_size, mlp_ratio=CFG.mlp_ratio,
+              num_heads=CFG.num_heads, depth=CFG.depth, depth_single_blocks=CFG.depth_single_blocks,
+              axes_dim=list(CFG.axes_dim), theta=int(CFG.theta), patch_size=list(CFG.patch_size),
+              qkv_bias=True, guidance_embed=True, byt5=False, meanflow=False,
+              use_cond_type_embedding=False, vision_in_dim=None, meanflow_sum=False)
+    return {f.name: v1[f.name] for f in dataclasses.fields(HunyuanVideoParams)}
+
+
 def _models(seed: int):
+    """ComfyUI's own model (its state dict spelling applied by its own ``process_unet_state_dict``) and ours, from
+    the same weights."""
     HunyuanVideo, ops = _import_comfy()
+    import comfy.supported_models
+
     sd = _weights(seed)
     ref = HunyuanVideo(image_model=None, final_layer=True, dtype=torch.float32, device="cpu", operations=ops,
-                       in_channels=CFG.in_channels, out_channels=CFG.out_channels, vec_in_dim=CFG.vec_in_dim,
-                       context_in_dim=CFG.context_in_dim, hidden_size=CFG.hidden_size, mlp_ratio=CFG.mlp_ratio,
-                       num_heads=CFG.num_heads, depth=CFG.depth, depth_single_blocks=CFG.depth_single_blocks,
-                       axes_dim=list(CFG.axes_dim), theta=int(CFG.theta), patch_size=list(CFG.patch_size),
-                       qkv_bias=True, guidance_embed=True, byt5=False, meanflow=False)
-    ref.load_state_dict(sd, strict=True)
+                       **_native_params())
+    native_sd = comfy.supported_models.HunyuanVideo({"image_model": "hunyuan_video"}).process_unet_state_dict(
+        dict(sd))
+    ref.load_state_dict(native_sd, strict=True)
     ours = load_transformer(dict(sd), None, dtype=torch.float32)
     return ref.eval(), ours
 
