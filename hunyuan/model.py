@@ -1,6 +1,6 @@
 """``HunyuanVideoTransformer``: HunyuanVideo 1.0 (HYVideo-T/2-cfgdistill) with ComfyUI's names and forward.
 
-Matches ``comfy.ldm.hunyuan_video.model.HunyuanVideo`` (ComfyUI 0.3.64) parameter for
+Matches ``comfy.ldm.hunyuan_video.model.HunyuanVideo`` (ComfyUI 0.3.64 and 0.29) parameter for
 parameter, and numerically in fp32 (``tests/host/test_host_model_parity.py``). Deliberate
 differences, each towards Tencent's reference implementation:
 
@@ -11,16 +11,21 @@ differences, each towards Tencent's reference implementation:
 - H, W not divisible by the patch are padded circularly (as ComfyUI's patch embedder does) and the
   output is cropped back (ComfyUI fails at its final reshape there).
 
-``transformer_options`` is accepted and ignored, including ComfyUI's ``patches_replace`` block
-replacements and ``optimized_attention_override`` (logged once): attention is chosen per block
-by the precision policy instead.
+``transformer_options`` follows the native model's contract where it can: a host hook runs around
+every forward (``forward_wrapper``: ComfyUI's DIFFUSION_MODEL wrappers, e.g. EasyCache), ``block_index``,
+``total_blocks``, ``block_type`` and ``img_slice`` are set per block, and ``patches_replace["dit"]``
+double/single block replacements are called with ``img``, ``txt``, ``vec``, ``attention_mask`` and
+``transformer_options`` and an ``original_block`` (our joint sequence is image first, so ``img_slice`` is
+``[0, image tokens]``). What cannot be honoured is refused loudly, once per model: per-attention patches
+(``patches["attn1_patch"]`` ...), ``optimized_attention_override`` (attention is chosen per block by the
+precision policy) and other replacement keys; ControlNet and I2V inputs raise.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +42,8 @@ logger = logging.getLogger("hyvideo_fp8")
 _PLAIN_DTYPES = (*HIGH_PRECISION_DTYPES.values(), torch.float16)  # what a model without a policy computes in
 # ComfyUI passes these for I2V / ControlNet / HunyuanImage; this model is text-to-video only.
 _UNSUPPORTED_INPUTS = ("ref_latent", "guiding_frame_index", "control", "txt_byt5")
+# The block replacements of ``transformer_options["patches_replace"]["dit"]`` this model calls.
+_BLOCK_REPLACEMENTS = ("double_block", "single_block")
 # 32k tokens: the largest per-chunk intermediate (linear1's 21504 features in bf16) is 1.4 GB at hidden 3072,
 # and each GEMM still has M >= 32k rows (full tensor-core occupancy). 720p (118,800 tokens) runs in 4 chunks.
 DEFAULT_TOKEN_CHUNK = 32768
@@ -85,6 +92,9 @@ class HunyuanVideoTransformer(nn.Module):
             SingleStreamBlock(h, heads, config.mlp_ratio, **kw) for _ in range(config.depth_single_blocks))
         self.final_layer = LastLayer(h, config.patch_volume, config.out_channels, **kw)
         self._warned_options: set[str] = set()
+        # A host's hook around every forward, called as ``forward_wrapper(self._forward, x, timestep, context, y,
+        # guidance, attention_mask, transformer_options, **kwargs)`` (the ComfyUI adapter runs its wrappers here).
+        self.forward_wrapper: Callable[..., Tensor] | None = None
         # Speed/memory switches, read at every forward (see the class docstring).
         self.fused_producers = True
         self.token_chunk = DEFAULT_TOKEN_CHUNK
@@ -170,11 +180,12 @@ class HunyuanVideoTransformer(nn.Module):
         if cfg.vec_in_dim and (y is None or y.dim() != 2 or y.shape[0] != x.shape[0] or y.shape[1] < cfg.vec_in_dim):
             got = None if y is None else tuple(y.shape)
             raise ValueError(f"y must be the pooled CLIP vector [B={x.shape[0]}, {cfg.vec_in_dim}], got {got}")
-        for key in ("patches_replace", "optimized_attention_override"):
-            if transformer_options.get(key) and key not in self._warned_options:
-                self._warned_options.add(key)
-                logger.warning("[hyvideo_fp8] transformer_options[%r] is ignored by the FP8 HunyuanVideo model "
-                               "(attention and blocks are chosen by the precision policy)", key)
+        for what in _unhonoured_options(transformer_options):
+            if what not in self._warned_options:
+                self._warned_options.add(what)
+                logger.warning("[hyvideo_fp8] %s is not supported by the FP8 HunyuanVideo model and has no effect "
+                               "(attention runs as the precision policy says); use ComfyUI's own loader for "
+                               "the node that set it", what)
 
     @staticmethod
     def _text_mask(context: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -207,7 +218,7 @@ class HunyuanVideoTransformer(nn.Module):
     def forward(self, x: Tensor, timestep: Tensor, context: Tensor, y: Tensor | None = None,
                 guidance: Tensor | None = None, attention_mask: Tensor | None = None,
                 transformer_options: dict | None = None, **kwargs) -> Tensor:
-        """Predict the flow velocity.
+        """Predict the flow velocity (through the host's ``forward_wrapper`` when one is set).
 
         Args:
             x: latent ``[B, C, T, H, W]``.
@@ -216,14 +227,22 @@ class HunyuanVideoTransformer(nn.Module):
             y: pooled CLIP-L vector ``[B, vec_in_dim]``.
             guidance: embedded guidance scale ``[B]`` as ComfyUI passes it (e.g. 6.0; scaled by 1000 here).
             attention_mask: text mask ``[B, L]`` (see ``_text_mask``) or None.
+            transformer_options: ComfyUI's per-call options (see the module docstring).
         Returns ``[B, out_channels, T, H, W]`` in the compute dtype.
         """
-        transformer_options = transformer_options or {}
+        transformer_options = {} if transformer_options is None else transformer_options
+        if self.forward_wrapper is not None:
+            return self.forward_wrapper(self._forward, x, timestep, context, y, guidance, attention_mask,
+                                        transformer_options, **kwargs)
+        return self._forward(x, timestep, context, y, guidance, attention_mask, transformer_options, **kwargs)
+
+    def _forward(self, x: Tensor, timestep: Tensor, context: Tensor, y: Tensor | None, guidance: Tensor | None,
+                 attention_mask: Tensor | None, transformer_options: dict, **kwargs) -> Tensor:
         self._check_inputs(x, context, y, kwargs, transformer_options)
         if self._compile_pending:
             self._compile_pending = False
             started = time.perf_counter()
-            out = self.forward(x, timestep, context, y, guidance, attention_mask, transformer_options, **kwargs)
+            out = self._forward(x, timestep, context, y, guidance, attention_mask, transformer_options, **kwargs)
             logger.info("[hyvideo_fp8] first forward with compiled blocks took %.1f s of host time "
                         "(compilation included)", time.perf_counter() - started)
             return out
@@ -261,12 +280,26 @@ class HunyuanVideoTransformer(nn.Module):
                           fused_producers=self.fused_producers, token_chunk=self.token_chunk)
         del x
 
-        for block, mode in zip(self.double_blocks, double_modes):
-            img, txt = block(img, txt, vec, ctx, mode)
+        options = dict(transformer_options)  # per-block fields are ours to set, the caller's dict stays as it was
+        replace = options.get("patches_replace", {}).get("dit", {})
+        options.update(total_blocks=len(self.double_blocks), block_type="double")
+        for i, (block, mode) in enumerate(zip(self.double_blocks, double_modes)):
+            options["block_index"] = i
+            patch = replace.get(("double_block", i))
+            if patch is None:
+                img, txt = block(img, txt, vec, ctx, mode)
+            else:
+                img, txt = _replaced_double(patch, block, mode, img, txt, vec, ctx, key_mask, options)
         joint = torch.cat((img, txt), dim=1)
+        options.update(total_blocks=len(self.single_blocks), block_type="single", img_slice=[0, n_img])
         del img, txt
-        for block, mode in zip(self.single_blocks, single_modes):
-            joint = block(joint, vec, ctx, mode)
+        for i, (block, mode) in enumerate(zip(self.single_blocks, single_modes)):
+            options["block_index"] = i
+            patch = replace.get(("single_block", i))
+            if patch is None:
+                joint = block(joint, vec, ctx, mode)
+            else:
+                joint = _replaced_single(patch, block, mode, joint, vec, ctx, key_mask, options)
 
         out = self.final_layer(joint[:, :n_img], vec, ndt)
         del joint
@@ -283,6 +316,44 @@ class HunyuanVideoTransformer(nn.Module):
         if out.shape[2:] != (t, h, w):
             out = out[:, :, :t, :h, :w]
         return out.contiguous()
+
+
+def _unhonoured_options(transformer_options: dict) -> list[str]:
+    """The entries of ComfyUI's ``transformer_options`` that this model cannot honour, named for a warning."""
+    found = []
+    for kind, patches in (transformer_options.get("patches_replace") or {}).items():
+        for key in patches:
+            if kind != "dit" or not (isinstance(key, tuple) and key[0] in _BLOCK_REPLACEMENTS):
+                found.append(f"transformer_options['patches_replace'][{kind!r}][{key!r}]")
+    found += [f"transformer_options['patches'][{key!r}]" for key, value in
+              (transformer_options.get("patches") or {}).items() if value]
+    if transformer_options.get("optimized_attention_override") is not None:
+        found.append("transformer_options['optimized_attention_override']")
+    return found
+
+
+def _replaced_double(patch: Callable, block: DoubleStreamBlock, mode: str, img: Tensor, txt: Tensor, vec: Tensor,
+                     ctx: BlockInputs, key_mask: Tensor | None, options: dict) -> tuple[Tensor, Tensor]:
+    """A ``("double_block", i)`` replacement: ComfyUI's args dict and an ``original_block`` running ours."""
+
+    def original_block(args: dict) -> dict:
+        out_img, out_txt = block(args["img"], args["txt"], args["vec"], ctx, mode)
+        return {"img": out_img, "txt": out_txt}
+
+    args = {"img": img, "txt": txt, "vec": vec, "attention_mask": key_mask, "transformer_options": options}
+    out = patch(args, {"original_block": original_block})
+    return out["img"], out["txt"]
+
+
+def _replaced_single(patch: Callable, block: SingleStreamBlock, mode: str, joint: Tensor, vec: Tensor,
+                     ctx: BlockInputs, key_mask: Tensor | None, options: dict) -> Tensor:
+    """A ``("single_block", i)`` replacement; ``img`` is the joint sequence, as in ComfyUI."""
+
+    def original_block(args: dict) -> dict:
+        return {"img": block(args["img"], args["vec"], ctx, mode)}
+
+    args = {"img": joint, "vec": vec, "attention_mask": key_mask, "transformer_options": options}
+    return patch(args, {"original_block": original_block})["img"]
 
 
 __all__ = ["HunyuanVideoTransformer", "refiner_prefixes", "DEFAULT_TOKEN_CHUNK"]

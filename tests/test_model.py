@@ -239,5 +239,5 @@ def test_comfyui_options_are_tolerated(model32):
     inputs = make_inputs(seed=10)
     with torch.no_grad():
         plain = model32(**inputs)
-        opts = {"patches_replace": {"dit": {("double_block", 0): lambda a, b: a}}, "sigmas": torch.tensor([0.5])}
+        opts = {"sigmas": torch.tensor([0.5]), "sample_sigmas": torch.tensor([1.0, 0.5, 0.0])}
         assert torch.equal(model32(**inputs, transformer_options=opts, control=None, txt_byt5=None), plain)
