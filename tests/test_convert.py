@@ -28,7 +28,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("layout", ["tencent", "comfyui", "diffusers"])
-@pytest.mark.parametrize("preset", ["fp8-max", "fp8-balanced", "fp8-weight-only", "bf16"])
+@pytest.mark.parametrize("preset", ["fp8-max", "fp8-balanced", "fp8-weight-only"])
 def test_converted_weights_follow_the_policy(tmp_path, layout, preset):
     src = tmp_path / "src.safetensors"
     write_checkpoint(src, layout=layout, seed=31)
@@ -48,7 +48,7 @@ def test_converted_weights_follow_the_policy(tmp_path, layout, preset):
         else:
             assert sd[name].dtype == ref.dtype and torch.equal(sd[name], ref), name  # copied bit for bit
     assert report.fp8_layers == n_fp8 and report.high_precision_layers == 49 - n_fp8
-    assert n_fp8 == {"fp8-max": 49, "fp8-balanced": 10, "fp8-weight-only": 26, "bf16": 0}[preset]
+    assert n_fp8 == {"fp8-max": 49, "fp8-balanced": 10, "fp8-weight-only": 26}[preset]
     assert report.max_rel_error < 0.035
 
 
@@ -91,8 +91,8 @@ def test_official_fp8_source_keeps_its_bytes(tmp_path):
             w = k[: -len("_scale")]
             assert torch.equal(sd[w].view(torch.uint8), ref[w].view(torch.uint8))
             assert torch.equal(sd[k], ref[k].expand(ref[w].shape[0]))
-    # a policy that keeps an FP8-stored layer in high precision dequantizes it to bf16
-    convert_checkpoint(src, tmp_path / "bf.safetensors", "bf16")
+    # a policy that keeps an FP8-stored layer in high precision (fp8-balanced: the first block) dequantizes it to bf16
+    convert_checkpoint(src, tmp_path / "bf.safetensors", "fp8-balanced")
     bf, _ = load_canonical_state_dict(tmp_path / "bf.safetensors")
     w = "double_blocks.0.img_attn.qkv.weight"
     assert bf[w].dtype == torch.bfloat16
@@ -159,3 +159,21 @@ def test_progress_is_reported(tmp_path):
                                 progress=lambda done, total: seen.append((done, total)))
     assert seen[-1] == (report.tensors_written, report.tensors_written)
     assert [d for d, _ in seen] == list(range(1, report.tensors_written + 1))
+
+
+@pytest.mark.parametrize("policy", ["{}", "bf16"])
+def test_policy_without_fp8_layers_is_refused(tmp_path, policy):
+    """An empty policy (or bf16) would write a high-precision copy labelled FP8: refused before anything is written."""
+    src = tmp_path / "src.safetensors"
+    write_checkpoint(src, seed=38)
+    with pytest.raises(ValueError, match="stores no linear in FP8, so the output would be a high-precision copy"):
+        convert_checkpoint(src, tmp_path / "o.safetensors", policy)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.safetensors"]
+
+
+def test_report_prints_its_summary(tmp_path):
+    src = tmp_path / "src.safetensors"
+    write_checkpoint(src, seed=39)
+    report = convert_checkpoint(src, tmp_path / "o.safetensors", "fp8-max")
+    assert str(report) == report.summary() and "ConversionReport(" not in str(report)
+    assert "49 FP8 linears" in str(report) and "worst weight error" in str(report)

@@ -10,15 +10,18 @@ from .convert import ConversionReport, convert_checkpoint
 from .errors import (
     CheckpointError,
     CorruptCheckpointError,
+    InvalidValuesError,
     MissingFP8MapError,
+    OutputBusyError,
     OutputExistsError,
     UnsafePickleError,
     UnsupportedQuantizationError,
 )
 from .inspect import inspect_checkpoint, inspect_checkpoint_dict
+from .values import check_values
 from .writer import save_canonical
 
 __all__ = ["load_canonical_state_dict", "open_canonical", "CanonicalCheckpoint", "CheckpointInfo",
            "convert_checkpoint", "ConversionReport", "inspect_checkpoint", "inspect_checkpoint_dict", "save_canonical",
-           "CheckpointError", "CorruptCheckpointError", "MissingFP8MapError", "OutputExistsError", "UnsafePickleError",
-           "UnsupportedQuantizationError"]
+           "CheckpointError", "CorruptCheckpointError", "InvalidValuesError", "MissingFP8MapError", "OutputBusyError",
+           "OutputExistsError", "UnsafePickleError", "UnsupportedQuantizationError", "check_values"]

@@ -1,9 +1,9 @@
 """Streaming converter: any HunyuanVideo checkpoint -> our FP8 safetensors (or ComfyUI's ``comfy_quant`` layout).
 
-Memory: the source is read lazily (safetensors ``safe_open`` or a memory-mapped ``.pt``), every output shape is
-known before the first byte is written, and each tensor is quantized and appended as soon as it is read. Peak RAM
-is about one source tensor plus its FP8 copy (~0.4 GB for HunyuanVideo's largest linear), so the 25.6 GB bf16 file
-converts on a 24 GB machine.
+Memory: the source is read lazily (safetensors tensors by plain reads of their byte ranges, ``.pt`` memory-mapped),
+every output shape is known before the first byte is written, and each tensor is checked for NaN/Inf, quantized and
+appended as soon as it is read. Peak anonymous memory is what one layer's quantization needs, whatever the file
+size, so a safetensors file larger than RAM converts.
 
 Per layer the policy decides: ``fp8`` / ``fp8-weight-only`` -> FP8 weight + fp32 scale (per output channel in our
 layout, per tensor in ``comfy_quant``); ``bf16`` / ``fp32`` -> the weight in its source precision (FP8 sources are
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -28,8 +29,10 @@ from ...fp8.quantize import dequantize, quantize_rowwise, quantize_tensorwise
 from ..config import HunyuanConfig
 from ..policies import load_policy
 from .canonical import SCALE_SUFFIX, CanonicalCheckpoint, open_canonical
+from .errors import CorruptCheckpointError
 from .fp8_formats import QUANT_METADATA_KEY
-from .readers import TensorSpec
+from .readers import TensorSpec, check_input_file
+from .values import check_values
 from .writer import (
     OUTPUT_FORMATS,
     StreamingSafetensorsWriter,
@@ -44,6 +47,7 @@ from .writer import (
 
 FP8_STORAGE_MODES = (ComputeMode.FP8, ComputeMode.FP8_WEIGHT_ONLY)
 _HASH_CHUNK = 16 << 20
+_ERROR_ROWS = 1024  # rows per chunk of the float64 weight-error sum
 
 
 @dataclass
@@ -66,6 +70,9 @@ class ConversionReport:
     max_rel_error: float
     worst_layer: str | None
     dropped_input_scales: int = 0
+
+    def __str__(self) -> str:
+        return self.summary()
 
     def summary(self) -> str:
         worst = f", worst weight error {self.max_rel_error:.2e} ({self.worst_layer})" if self.worst_layer else ""
@@ -115,17 +122,25 @@ def _plan(ckpt: CanonicalCheckpoint, policy: PrecisionPolicy, output_format: str
     return jobs, order_entries(entries), fp8_layers
 
 
-def _rel_error(approx: torch.Tensor, ref: torch.Tensor) -> float:
-    ref = ref.double()
-    return float((approx.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+def _rel_error(q: torch.Tensor, scale: torch.Tensor, ref: torch.Tensor) -> float:
+    """Relative L2 error of ``dequantize(q, scale)`` against ``ref``, summed in float64 a few rows at a time (no
+    full-size float64 copies)."""
+    scale = scale.reshape(-1, 1) if scale.numel() > 1 else scale
+    err = norm = 0.0
+    for i in range(0, ref.shape[0], _ERROR_ROWS):
+        r = ref[i:i + _ERROR_ROWS].double()
+        s = scale[i:i + _ERROR_ROWS] if scale.dim() else scale
+        err += float((dequantize(q[i:i + _ERROR_ROWS], s, torch.float64) - r).square().sum())
+        norm += float(r.square().sum())
+    return math.sqrt(err / max(norm, 1e-60))
 
 
-def _quantize_layer(ckpt: CanonicalCheckpoint, layer: str, output_format: str, dtype: torch.dtype
+def _quantize_layer(get: Callable[[str], torch.Tensor], layer: str, output_format: str, dtype: torch.dtype
                     ) -> tuple[dict[str, torch.Tensor], float]:
     """One linear in the output layout, and its weight error against the source weight."""
-    w = ckpt.get(f"{layer}.weight")
+    w = get(f"{layer}.weight")
     if w.dtype in FP8_DTYPES:
-        scale = ckpt.get(layer + SCALE_SUFFIX)
+        scale = get(layer + SCALE_SUFFIX)
         flat = scale.reshape(-1)
         if w.dtype == dtype and (output_format == "ours" or bool((flat == flat[0]).all())):
             return layer_tensors(layer, w, scale, output_format), 0.0  # the source's FP8 bytes, unchanged
@@ -137,23 +152,36 @@ def _quantize_layer(ckpt: CanonicalCheckpoint, layer: str, output_format: str, d
     else:
         q, s = quantize_tensorwise(ref, dtype)
     out = layer_tensors(layer, q, s.reshape(-1), output_format)
-    return out, _rel_error(dequantize(q, s, torch.float32), ref)
+    return out, _rel_error(q, s, ref)
 
 
-def _produce(ckpt: CanonicalCheckpoint, jobs: list[_Job], output_format: str, dtype: torch.dtype,
+def _produce(get: Callable[[str], torch.Tensor], jobs: list[_Job], output_format: str, dtype: torch.dtype,
              errors: dict[str, float]) -> Iterator[tuple[str, torch.Tensor]]:
     for job in jobs:
         if job.kind == "fp8":
-            out, err = _quantize_layer(ckpt, job.name, output_format, dtype)
+            out, err = _quantize_layer(get, job.name, output_format, dtype)
             errors[job.name] = err
             yield from out.items()
         elif job.kind == "hp":
-            w = ckpt.get(job.name)
+            w = get(job.name)
             if w.dtype in FP8_DTYPES:
-                w = dequantize(w, ckpt.get(job.name[: -len(".weight")] + SCALE_SUFFIX), torch.bfloat16)
+                w = dequantize(w, get(job.name[: -len(".weight")] + SCALE_SUFFIX), torch.bfloat16)
             yield job.name, w
         else:
-            yield job.name, ckpt.get(job.name)
+            yield job.name, get(job.name)
+
+
+def _checked_getter(ckpt: CanonicalCheckpoint, where: str) -> Callable[[str], torch.Tensor]:
+    def get(name: str) -> torch.Tensor:
+        tensor = ckpt.get(name)
+        check_values(name, tensor, where)
+        return tensor
+    return get
+
+
+def _file_state(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
@@ -172,15 +200,20 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
         raise ValueError(f"unknown output_format {output_format!r}; allowed: {OUTPUT_FORMATS}")
     policy = load_policy(policy)
     dtype = fp8_dtype(policy.fp8_format)
-    src, dst = Path(src), Path(dst)
-    sources = [src] + ([Path(fp8_map)] if fp8_map is not None else [])
+    src, dst = check_input_file(src), Path(dst)
+    sources = [src] + ([check_input_file(fp8_map, "FP8 scale map")] if fp8_map is not None else [])
     check_destination(dst, overwrite, sources)
     with open_canonical(src, prefer=prefer, fp8_map=fp8_map) as ckpt:
+        state = _file_state(src)
         info = ckpt.info
         if info.fp8_map:
             sources.append(Path(info.fp8_map))
             check_destination(dst, overwrite, sources)
         jobs, entries, fp8_layers = _plan(ckpt, policy, output_format, dtype)
+        if not fp8_layers:
+            raise ValueError(f"policy {policy.name!r} stores no linear in FP8, so the output would be a high-precision "
+                             "copy labelled FP8. Load the source as it is, or pick a policy with FP8 layers: "
+                             "fp8-weight-only, fp8-balanced, fp8-max")
         digest = sha256_file(src)
         meta = ours_metadata(policy_json=json.dumps(policy.to_dict()), recipe=fp8_recipe(dtype, output_format),
                              config=info.config.to_dict(), source_sha256=digest, source_name=src.name)
@@ -189,13 +222,17 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
         errors: dict[str, float] = {}
         pending: dict[str, torch.Tensor] = {}
         with StreamingSafetensorsWriter(dst, entries, meta, overwrite=overwrite, sources=sources) as writer:
-            for name, tensor in _produce(ckpt, jobs, output_format, dtype, errors):
+            get = _checked_getter(ckpt, src.name)
+            for name, tensor in _produce(get, jobs, output_format, dtype, errors):
                 pending[name] = tensor  # only tensors moved to the file's tail wait here (tiny comfy_quant JSON)
                 while writer.next_name in pending:
                     nxt = writer.next_name
                     writer.write(nxt, pending.pop(nxt))
                     if progress is not None:
                         progress(writer.written, len(entries))
+            if _file_state(src) != state:
+                raise CorruptCheckpointError(f"{src.name} changed while it was being converted (size or time "
+                                             "stamp differ): nothing was written. Convert it again once it is complete")
     worst = max(errors, key=errors.get) if errors else None
     n_linear = sum(1 for n, s in ckpt.specs.items() if n.endswith(".weight") and len(s.shape) == 2)
     return ConversionReport(

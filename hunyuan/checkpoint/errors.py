@@ -27,9 +27,17 @@ class UnsupportedQuantizationError(CheckpointError):
     """A quantized layer uses a format this pack cannot dequantize (e.g. nvfp4, int8)."""
 
 
+class InvalidValuesError(CheckpointError):
+    """A tensor holds NaN/Inf (or FP8 NaN codes), or an FP8 scale is not a positive finite number."""
+
+
 class OutputExistsError(FileExistsError):
     """The converter's destination exists (or is the source) and overwriting was not allowed."""
 
 
+class OutputBusyError(OSError):
+    """Another running conversion is writing the same destination."""
+
+
 __all__ = ["CheckpointError", "CorruptCheckpointError", "UnsafePickleError", "MissingFP8MapError",
-           "UnsupportedQuantizationError", "OutputExistsError"]
+           "UnsupportedQuantizationError", "InvalidValuesError", "OutputExistsError", "OutputBusyError"]

@@ -1,6 +1,7 @@
 """Describe a checkpoint without loading its weights: format, layout, wrapper, FP8 flavour, config, dtypes, scales.
 
-Only FP8 scales (a few kB) are read; everything else comes from names, shapes and header metadata.
+Only FP8 scales (a few kB) are read, and checked (a NaN, zero or negative scale is an error, not a range to print);
+everything else comes from names, shapes and header metadata.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 from collections import Counter
 
 from .canonical import SCALE_SUFFIX, open_canonical
+from .values import check_values
 
 _OUR_KEYS = ("hyvideo_fp8.format_version", "hyvideo_fp8.source_name", "hyvideo_fp8.source_sha256")
 
@@ -29,6 +31,7 @@ def inspect_checkpoint_dict(path: str | os.PathLike, *, prefer: str = "module",
         lo, hi = math.inf, -math.inf
         for layer in ckpt.quantized_layers():
             s = ckpt.get(layer + SCALE_SUFFIX)
+            check_values(layer + SCALE_SUFFIX, s, os.path.basename(ckpt.info.path))
             granularity["per-tensor" if s.dim() == 0 else "per-channel"] += 1
             lo, hi = min(lo, float(s.min())), max(hi, float(s.max()))
         meta = info.metadata
@@ -49,6 +52,14 @@ def inspect_checkpoint_dict(path: str | os.PathLike, *, prefer: str = "module",
         }
 
 
+def _count(n: int) -> str:
+    """12.82 B, 1.25 M, 950: parameter counts in the unit that fits."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return str(n)
+
+
 def inspect_checkpoint(path: str | os.PathLike, *, prefer: str = "module",
                        fp8_map: str | os.PathLike | None = None) -> str:
     """A human-readable summary of a HunyuanVideo checkpoint file."""
@@ -63,7 +74,7 @@ def inspect_checkpoint(path: str | os.PathLike, *, prefer: str = "module",
         f"config:    hidden {cfg['hidden_size']}, heads {cfg['num_heads']}, {cfg['depth']} double + "
         f"{cfg['depth_single_blocks']} single blocks, in/out channels {cfg['in_channels']}/{cfg['out_channels']}, "
         f"guidance_embed {cfg['guidance_embed']}",
-        f"size:      {d['tensors']} tensors, {d['parameters'] / 1e9:.3f} B parameters",
+        f"size:      {d['tensors']} tensors, {_count(d['parameters'])} parameters",
         "dtypes:    " + ", ".join(f"{k} {v['tensors']} tensors / {v['parameters']:,} params"
                                   for k, v in sorted(d["dtypes"].items())),
     ]

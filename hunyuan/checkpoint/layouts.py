@@ -41,6 +41,10 @@ _TENCENT_RENAMES: tuple[tuple[str, str], ...] = (
     ("_in.mlp.2.", "_in.out_layer."),
 )
 _TENCENT_MARKS = tuple(old for old, _ in _TENCENT_RENAMES)
+# ComfyUI 0.29+ builds the q/k RMS norms as torch RMSNorm and saves their parameter as ``.weight``; 0.3.64 and older
+# (and the canonical names) use ``.scale``
+_RMSNORM_WEIGHTS = ((".norm.query_norm.weight", ".norm.query_norm.scale"),
+                    (".norm.key_norm.weight", ".norm.key_norm.scale"))
 _DIFFUSERS_ROOTS = ("transformer_blocks.", "single_transformer_blocks.", "x_embedder.", "context_embedder.",
                     "time_text_embed.")
 
@@ -181,9 +185,12 @@ def not_hunyuan_error(keys: Iterable[str], detail: str) -> NotHunyuanVideoError:
 
 
 def tencent_to_canonical(name: str) -> str:
-    """Rename one Tencent-layout key (ComfyUI names pass through unchanged)."""
+    """Rename one Tencent-layout key, or a ComfyUI 0.29+ q/k norm ``.weight`` (canonical names pass through)."""
     for old, new in _TENCENT_RENAMES:
         name = name.replace(old, new)
+    for old, new in _RMSNORM_WEIGHTS:
+        if name.endswith(old):
+            name = name[: -len(old)] + new
     return name
 
 

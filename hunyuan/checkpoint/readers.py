@@ -3,24 +3,29 @@
 A reader turns a file into a :class:`TensorSource`: names, shapes and dtypes known up front, tensors fetched one at
 a time, so a 25 GB checkpoint never has to sit in RAM. Wrappers (DeepSpeed ``module``/``ema``, ``state_dict``, any
 single-key dict) are unwrapped here; key prefixes and layouts are :mod:`.layouts`' job.
+
+safetensors tensors are read with plain file reads of their byte ranges into fresh tensors, not through a memory
+map of the whole file: a private map of a file larger than RAM is refused by the OS, and a file truncated while it
+is mapped kills the process with SIGBUS, where a short read is an error we can explain.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
 import json
 import math
 import os
 import pickle
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import BinaryIO, Iterator, Mapping
 
 import torch
-from safetensors import safe_open
 
 from .errors import CheckpointError, CorruptCheckpointError, UnsafePickleError
+from .limits import allocation_error, is_out_of_memory
 
 SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -53,6 +58,7 @@ class TensorSource:
 
     ``wrapper`` records the dict keys that were unwrapped (e.g. ``("module",)``), ``dropped`` the non-tensor entries
     that were skipped (DeepSpeed bookkeeping), ``metadata`` the safetensors ``__metadata__`` (empty for ``.pt``).
+    A safetensors source reads each tensor from its absolute byte range in ``_ranges`` through ``_file``.
     """
 
     path: Path
@@ -62,8 +68,8 @@ class TensorSource:
     wrapper: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
     _tensors: Mapping[str, torch.Tensor] | None = None
-    _handle: object | None = None
-    _stack: contextlib.ExitStack | None = None
+    _file: BinaryIO | None = None
+    _ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def keys(self) -> list[str]:
         return list(self.specs)
@@ -74,18 +80,40 @@ class TensorSource:
             raise KeyError(f"{name!r} is not in {self.path.name}")
         if self._tensors is not None:
             return self._tensors[name]
-        return self._handle.get_tensor(name)  # type: ignore[union-attr]
+        if self._file is None:
+            raise ValueError(f"{self.path.name} is closed")
+        return self._read(name)
+
+    def _read(self, name: str) -> torch.Tensor:
+        spec = self.specs[name]
+        begin, end = self._ranges[name]
+        try:
+            out = torch.empty(spec.shape, dtype=spec.dtype)
+        except (RuntimeError, MemoryError) as e:
+            if not is_out_of_memory(e):
+                raise
+            raise allocation_error(f"reading {name!r} from {self.path.name}", spec.nbytes) from None
+        view = memoryview(out.reshape(-1).view(torch.uint8).numpy()) if spec.nbytes else memoryview(b"")
+        self._file.seek(begin)  # type: ignore[union-attr]
+        pos = 0
+        while pos < end - begin:
+            n = self._file.readinto(view[pos:])  # type: ignore[union-attr]
+            if not n:
+                raise CorruptCheckpointError(
+                    f"{self.path.name} ended at byte {begin + pos} while reading {name!r} (bytes {begin}-{end}): the "
+                    "file was truncated or replaced while it was being read. Nothing was written from it")
+            pos += n
+        return out
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.specs:
             yield name, self.get(name)
 
     def close(self) -> None:
-        if self._stack is not None:
-            self._stack.close()
-            self._stack = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         self._tensors = None
-        self._handle = None
 
     def __enter__(self) -> "TensorSource":
         return self
@@ -94,11 +122,40 @@ class TensorSource:
         self.close()
 
 
+_NOT_REGULAR = ((stat.S_ISDIR, "a folder, not a file: pass the checkpoint file inside it"),
+                (stat.S_ISFIFO, "a FIFO (named pipe), not a checkpoint file"),
+                (stat.S_ISCHR, "a character device, not a checkpoint file"),
+                (stat.S_ISBLK, "a block device, not a checkpoint file"),
+                (stat.S_ISSOCK, "a socket, not a checkpoint file"))
+
+
+def check_input_file(path: str | os.PathLike, what: str = "checkpoint") -> Path:
+    """``path`` as a Path if it is a readable regular file; otherwise a precise error (missing, a folder, a FIFO, a
+    device, a symlink loop, unreadable). Checked with ``stat`` only: opening a FIFO would block."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise FileNotFoundError(f"{what} {str(path)!r} is a symlink to {os.readlink(path)!r}, which does not "
+                                    "exist") from None
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist") from None
+    except OSError as e:
+        if path.is_symlink():
+            raise CheckpointError(f"{what} {str(path)!r} is a symlink that cannot be followed ({e.strerror}: a "
+                                  "symlink loop?): point it at the real file") from None
+        raise CheckpointError(f"{what} {str(path)!r} cannot be read: {e.strerror}") from None
+    for test, kind in _NOT_REGULAR:
+        if test(st.st_mode):
+            raise CheckpointError(f"{what} {str(path)!r} is {kind}")
+    if not os.access(path, os.R_OK):
+        raise PermissionError(f"{what} {str(path)!r} cannot be read (permission denied)")
+    return path
+
+
 def sniff_format(path: str | os.PathLike) -> str:
     """``"safetensors"`` or ``"pt"`` from the file's first bytes (extensions lie: ``.bin``, ``.sft``, ``.ckpt``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    path = check_input_file(path)
     with open(path, "rb") as f:
         head = f.read(9)
     if head.startswith(_GGUF_MAGIC):
@@ -120,7 +177,14 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, TensorSp
     Checks what the safetensors library would only report cryptically: header length, JSON, known dtypes, and that
     every tensor's bytes lie inside the file (a truncated download fails here, naming the first missing tensor).
     """
-    path = Path(path)
+    specs, metadata, _ = _parse_safetensors_header(check_input_file(path))
+    return specs, metadata
+
+
+def _parse_safetensors_header(path: Path
+                              ) -> tuple[dict[str, TensorSpec], dict[str, str], dict[str, tuple[int, int]]]:
+    """Specs, metadata and each tensor's absolute byte range, validated like the safetensors library does: tensors
+    back to back from the end of the header to the end of the file, nothing overlapping, nothing left over."""
     size = path.stat().st_size
     where = f"{path.name} ({size} bytes)"
     if size < 8:
@@ -139,26 +203,49 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict[str, TensorSp
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CorruptCheckpointError(f"{where} has a bad safetensors header (invalid JSON: {e})") from None
+    except RecursionError:
+        raise CorruptCheckpointError(f"{where} has a bad safetensors header (JSON nested too deeply: a real header "
+                                     "is two levels deep)") from None
     if not isinstance(header, dict):
         raise CorruptCheckpointError(f"{where} has a bad safetensors header (not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
-    data_size = size - 8 - header_len
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CorruptCheckpointError(f"{where} has a bad safetensors header: __metadata__ must map strings to "
+                                     f"strings, got {str(metadata)[:100]}")
+    data_start, data_size = 8 + header_len, size - 8 - header_len
     specs: dict[str, TensorSpec] = {}
+    ranges: dict[str, tuple[int, int]] = {}
+    expected_begin = 0
     for name, entry in sorted(header.items(), key=_file_order):
         try:
             dtype = SAFETENSORS_DTYPES[entry["dtype"]]
-            shape = tuple(int(d) for d in entry["shape"])
+            shape = tuple(_count(d) for d in entry["shape"])
             begin, end = _offsets(entry)
         except (KeyError, TypeError, ValueError):
-            raise CorruptCheckpointError(f"{where} has a bad safetensors header entry {name!r}: {entry!r}") from None
-        if end - begin != math.prod(shape) * dtype.itemsize or begin < 0:
+            raise CorruptCheckpointError(f"{where} has a bad safetensors header entry {name!r}: "
+                                         f"{str(entry)[:200]}") from None
+        if end - begin != math.prod(shape) * dtype.itemsize:
             raise CorruptCheckpointError(f"{where}: tensor {name!r} declares shape {shape} {dtype} but "
                                          f"{end - begin} bytes; the header is corrupt")
         if end > data_size:
-            raise CorruptCheckpointError(f"{where} is truncated: tensor {name!r} ends at byte {8 + header_len + end}. "
+            raise CorruptCheckpointError(f"{where} is truncated: tensor {name!r} ends at byte {data_start + end}. "
                                          "Download the file again")
+        if begin != expected_begin:
+            raise CorruptCheckpointError(f"{where} has a bad safetensors header: tensor {name!r} starts at data byte "
+                                         f"{begin}, expected {expected_begin} (tensors overlap or leave gaps)")
+        expected_begin = end
         specs[name] = TensorSpec(shape, dtype)
-    return specs, {str(k): str(v) for k, v in metadata.items()}
+        ranges[name] = (data_start + begin, data_start + end)
+    if expected_begin != data_size:
+        raise CorruptCheckpointError(f"{where} has {data_size - expected_begin} bytes after its last tensor: not a "
+                                     "valid safetensors file (two files joined, or a corrupt download)")
+    return specs, dict(metadata), ranges
+
+
+def _count(d: object) -> int:
+    if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+        raise ValueError(d)
+    return d
 
 
 def _file_order(item: tuple[str, object]) -> int:
@@ -170,27 +257,24 @@ def _file_order(item: tuple[str, object]) -> int:
 
 def _offsets(entry: dict) -> tuple[int, int]:
     begin, end = entry["data_offsets"]
-    return int(begin), int(end)
+    return _count(begin), _count(end)
 
 
 def open_safetensors(path: str | os.PathLike) -> TensorSource:
-    path = Path(path)
-    specs, metadata = read_safetensors_header(path)
-    stack = contextlib.ExitStack()
-    try:
-        handle = stack.enter_context(safe_open(str(path), framework="pt", device="cpu"))
-    except Exception as e:  # the header passed our checks, so this is a library-level refusal
-        stack.close()
-        raise CorruptCheckpointError(f"{path.name}: safetensors could not open it: {e}") from None
-    return TensorSource(path, "safetensors", specs, metadata, _handle=handle, _stack=stack)
+    path = check_input_file(path)
+    specs, metadata, ranges = _parse_safetensors_header(path)
+    return TensorSource(path, "safetensors", specs, metadata, _file=open(path, "rb", buffering=0), _ranges=ranges)
 
 
 def load_torch_weights(path: str | os.PathLike) -> object:
     """``torch.load`` with ``weights_only=True`` (memory-mapped for zip files); never executes pickled code."""
-    path = Path(path)
+    path = check_input_file(path)
     with open(path, "rb") as f:
         is_zip = f.read(4) == _ZIP_MAGIC
     try:
+        if path.name.endswith(".safetensors"):  # torch.load would hand a path with this name to safetensors
+            with open(path, "rb") as f:
+                return torch.load(io.BufferedReader(f), map_location="cpu", weights_only=True)
         # mmap only exists for the zip format; legacy (pre-1.6) pickles are read into RAM, still weights_only
         return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as e:
@@ -200,7 +284,9 @@ def load_torch_weights(path: str | os.PathLike) -> object:
                 f"trusted tool (or re-save only its tensors), then load that file. Detail: {_first_line(e)}"
             ) from None
         raise CorruptCheckpointError(f"{path.name} is not a readable PyTorch checkpoint: {_first_line(e)}") from None
-    except (RuntimeError, EOFError, OSError) as e:
+    except Exception as e:  # torch reports a damaged zip or pickle with many exception types
+        if is_out_of_memory(e):
+            raise allocation_error(f"memory-mapping {path.name}", path.stat().st_size) from None
         raise CorruptCheckpointError(f"{path.name} is corrupt or truncated ({_first_line(e)}). "
                                      "Download it again") from None
 
@@ -259,6 +345,6 @@ def open_checkpoint(path: str | os.PathLike, prefer: str = "module") -> TensorSo
     return open_torch(path, prefer)
 
 
-__all__ = ["TensorSpec", "TensorSource", "SAFETENSORS_DTYPES", "SAFETENSORS_NAMES", "sniff_format",
+__all__ = ["TensorSpec", "TensorSource", "SAFETENSORS_DTYPES", "SAFETENSORS_NAMES", "check_input_file", "sniff_format",
            "read_safetensors_header", "open_safetensors", "open_torch", "open_checkpoint", "load_torch_weights",
            "unwrap_state_dict"]

@@ -6,7 +6,10 @@ dtype before it quantizes anything, the header is written first and tensors are 
 is one tensor, whatever the model size.
 
 Atomicity: data goes to a hidden temp file in the destination folder, is fsynced, then renamed over the
-destination; on any error the temp file is removed, so a failed write leaves nothing behind.
+destination; on any error (an exception, Ctrl-C, a full disk) the temp file is removed, so a failed write leaves
+nothing behind. A run killed outright (SIGKILL, power loss) cannot clean up: its temp file has a fixed name,
+``.<destination name>.partial``, and is held under an exclusive lock while written, so the next run for the same
+destination recognises a stale one (unlocked) and reuses it, and refuses to touch a live one (another conversion).
 
 Layouts:
 - ``ours``: ``<layer>.weight`` FP8, ``<layer>.weight_scale`` fp32 ``[N]`` (per output channel), other tensors in high
@@ -18,9 +21,11 @@ Layouts:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
-import tempfile
+import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -28,12 +33,13 @@ import torch
 
 from ...fp8.formats import FP8_DTYPES, fp8_format_name
 from ...fp8.quantize import dequantize, quantize_tensorwise
-from .errors import OutputExistsError
+from .errors import OutputBusyError, OutputExistsError
 from .fp8_formats import COMFY_FP8_FORMATS, OURS_VERSION, OURS_VERSION_KEY, QUANT_METADATA_KEY
 from .readers import SAFETENSORS_NAMES, TensorSpec
 
 OUTPUT_FORMATS = ("ours", "comfy_quant")
 COMFY_QUANT_VERSION = "1.0"
+TEMP_SUFFIX = ".partial"
 _ALIGN = 8
 
 
@@ -54,13 +60,36 @@ def safetensors_header(entries: Sequence[tuple[str, TensorSpec]], metadata: Mapp
     return len(raw).to_bytes(8, "little") + raw
 
 
+def temp_path(path: str | os.PathLike) -> Path:
+    """Where the writer builds ``path``: one fixed hidden name per destination, so a stale one can be recognised."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{TEMP_SUFFIX}")
+
+
+def _lock(fd: int, path: Path) -> None:
+    """Take an exclusive lock on the open temp file of ``path``, or raise if a live conversion holds it (the OS
+    releases it when the holder exits, however it exits). Without ``fcntl`` (Windows) there is no lock to take."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OutputBusyError(errno.EBUSY, f"another conversion is writing {path} right now (it holds "
+                              f"{temp_path(path).name}): wait for it or choose another output name") from None
+
+
 def check_destination(path: Path, overwrite: bool, sources: Sequence[Path] = ()) -> None:
     """Refuse to write over a source file, or over an existing file unless ``overwrite``."""
     for src in sources:
-        if path.resolve() == src.resolve() or (path.exists() and src.exists() and os.path.samefile(path, src)):
+        same = os.path.realpath(path) == os.path.realpath(src)  # realpath: a symlink loop is not an exception
+        if same or (path.exists() and src.exists() and os.path.samefile(path, src)):
             raise OutputExistsError(f"refusing to write {path.name} over its own source {src}: choose another "
                                     "output name")
-    if path.exists() and not overwrite:
+    if path.is_dir():
+        raise OutputExistsError(f"output {path} is a folder: give the file name to write")
+    if (path.exists() or path.is_symlink()) and not overwrite:
         raise OutputExistsError(f"{path} already exists; pass overwrite=True to replace it")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output folder {path.parent} does not exist")
@@ -90,17 +119,48 @@ class StreamingSafetensorsWriter:
 
     def __enter__(self) -> "StreamingSafetensorsWriter":
         check_destination(self.path, self._overwrite, self._sources)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        self._tmp = Path(tmp)
+        header = safetensors_header(self.entries, self.metadata)
+        tmp = temp_path(self.path)
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)  # the umask applies
+        try:
+            _lock(fd, self.path)
+            os.ftruncate(fd, 0)  # a stale temp file of a killed earlier run is reused from its start
+        except BaseException:
+            os.close(fd)
+            raise
+        self._tmp = tmp
         self._file = os.fdopen(fd, "wb")
         try:
-            header = safetensors_header(self.entries, self.metadata)
-            self._file.write(header)
+            self._check_space(len(header) + sum(spec.nbytes for _, spec in self.entries))
+            self._write_bytes(header)
             self.bytes_written = len(header)
         except BaseException:
             self._abort()
             raise
         return self
+
+    def _check_space(self, size: int) -> None:
+        free = shutil.disk_usage(self.path.parent).free
+        if free < size:
+            raise OSError(errno.ENOSPC, f"{self.path.name} needs {size / 2**30:.2f} GiB but its folder "
+                          f"{self.path.parent} has {free / 2**30:.2f} GiB free: free space or write elsewhere")
+
+    def _write_bytes(self, data) -> None:
+        try:
+            self._file.write(data)  # type: ignore[union-attr]
+        except OSError as e:
+            raise self._write_error(e) from None
+
+    def _flush(self) -> None:
+        try:
+            self._file.flush()  # type: ignore[union-attr]
+            os.fsync(self._file.fileno())  # type: ignore[union-attr]
+        except OSError as e:
+            raise self._write_error(e) from None
+
+    def _write_error(self, e: OSError) -> OSError:
+        return OSError(e.errno, f"writing {self.path.name} failed: {e.strerror} (folder {self.path.parent}); "
+                       "the partial file was removed")
 
     @property
     def next_name(self) -> str | None:
@@ -120,7 +180,7 @@ class StreamingSafetensorsWriter:
         if tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
             raise ValueError(f"{name}: got {tuple(tensor.shape)} {tensor.dtype}, header says {spec.shape} {spec.dtype}")
         data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._file.write(memoryview(data))  # type: ignore[union-attr]
+        self._write_bytes(memoryview(data))
         self.bytes_written += data.nbytes
         self._next += 1
 
@@ -133,20 +193,27 @@ class StreamingSafetensorsWriter:
             self._abort()
             return
         try:
-            self._file.flush()  # type: ignore[union-attr]
-            os.fsync(self._file.fileno())  # type: ignore[union-attr]
+            self._flush()
+            if os.name == "nt":  # an open file cannot be renamed there (and nothing is locked)
+                self._file.close()  # type: ignore[union-attr]
+            os.replace(self._tmp, self.path)  # type: ignore[arg-type]  # renamed while still locked
+            self._tmp = None
             self._file.close()  # type: ignore[union-attr]
-            os.replace(self._tmp, self.path)  # type: ignore[arg-type]
         except BaseException:
             self._abort()
             raise
         _fsync_dir(self.path.parent)
 
     def _abort(self) -> None:
+        """Remove the temp file, then close it (in that order: the lock keeps another run off it until it is gone).
+        Closing may fail again on a full disk (the buffered tail cannot be flushed); the file is removed anyway."""
+        if self._tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._tmp.unlink()
+            self._tmp = None
         if self._file is not None and not self._file.closed:
-            self._file.close()
-        if self._tmp is not None and self._tmp.exists():
-            self._tmp.unlink()
+            with contextlib.suppress(OSError):
+                self._file.close()
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -277,6 +344,6 @@ def fp8_recipe(dtype: torch.dtype, output_format: str) -> dict[str, str]:
             "rounding": "round to nearest, saturating cast", "dequantize": "weight.float() * weight_scale"}
 
 
-__all__ = ["OUTPUT_FORMATS", "StreamingSafetensorsWriter", "safetensors_header", "check_destination",
+__all__ = ["OUTPUT_FORMATS", "StreamingSafetensorsWriter", "safetensors_header", "check_destination", "temp_path",
            "save_safetensors", "save_canonical", "order_entries", "comfy_quant_tensor", "comfy_quant_conf",
            "comfy_quant_metadata", "ours_metadata", "layer_entries", "layer_tensors", "fp8_recipe"]
