@@ -252,8 +252,11 @@ def source_state_dict(layout: str = "comfyui", fp8: str | None = None, config: H
 
 def write_checkpoint(path: str | Path, layout: str = "comfyui", fmt: str = "safetensors", wrapper: str | None = None,
                      prefix: str = "", fp8: str | None = None, config: HunyuanConfig | None = None, seed: int = 0,
-                     dtype: torch.dtype = torch.bfloat16) -> dict[str, torch.Tensor]:
+                     dtype: torch.dtype = torch.bfloat16, rmsnorm_weight: bool = False) -> dict[str, torch.Tensor]:
     """Write a tiny random checkpoint and return the canonical reference state dict.
+
+    ``rmsnorm_weight`` (ComfyUI layout only) names the q/k RMS norms ``...query_norm.weight`` as ComfyUI 0.29+ saves
+    them, instead of ``.scale``.
 
     ``wrapper`` (``.pt`` only): ``"module"`` (DeepSpeed, with bookkeeping entries), ``"ema"`` (``module`` holds
     *different* decoy weights, ``ema`` the reference: load with ``prefer="ema"``), ``"state_dict"``.
@@ -268,7 +271,11 @@ def write_checkpoint(path: str | Path, layout: str = "comfyui", fmt: str = "safe
         raise ValueError("the official FP8 flavour is a .pt file with a _map.pt")
     if fp8 == "ours" and fmt != "safetensors":
         raise ValueError("our format is safetensors (it needs header metadata)")
+    if rmsnorm_weight and layout != "comfyui":
+        raise ValueError("the .weight spelling of the q/k norms is ComfyUI's; other layouts have their own names")
     src, ref, fp8_map = source_state_dict(layout, fp8, config, seed, dtype)
+    if rmsnorm_weight:
+        src = {re.sub(r"(\.norm\.(query|key)_norm)\.scale$", r"\1.weight", k): v for k, v in src.items()}
     src = {prefix + k: v for k, v in src.items()}
     metadata: dict[str, str] = {}
     if fp8 == "ours":

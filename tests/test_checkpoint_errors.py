@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,12 +18,17 @@ from safetensors.torch import save_file
 from hyvideo_fp8.hunyuan.checkpoint import (
     CheckpointError,
     CorruptCheckpointError,
+    InvalidValuesError,
+    OutputBusyError,
     OutputExistsError,
     UnsafePickleError,
     convert_checkpoint,
+    inspect_checkpoint,
     load_canonical_state_dict,
 )
 from hyvideo_fp8.hunyuan.config import NotHunyuanVideoError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class _Evil:
@@ -205,3 +214,262 @@ def test_failure_mid_write_leaves_destination_untouched(tmp_path, monkeypatch):
     assert len(calls) == 5
     assert dst.read_bytes() == b"old version"
     assert _files(tmp_path) == {"src.safetensors", "dst.safetensors"}
+
+
+# --- headers the safetensors library would reject, or that crashed the parser -------------------------------------
+
+def _raw_safetensors(path, header: bytes, data: bytes = b"\0" * 8) -> None:
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+
+
+def test_metadata_that_is_not_a_string_map(tmp_path):
+    path = tmp_path / "m.safetensors"
+    tensor = b'"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}'
+    for meta in (b"[1, 2]", b'"text"', b'{"k": 3}'):
+        _raw_safetensors(path, b'{"__metadata__": ' + meta + b", " + tensor + b"}")
+        _expect_clean_failure(tmp_path, path, CorruptCheckpointError, "__metadata__ must map strings to strings")
+
+
+def test_deeply_nested_header(tmp_path):
+    path = tmp_path / "deep.safetensors"
+    _raw_safetensors(path, b'{"a": ' + b"[" * 200_000 + b"]" * 200_000 + b"}")
+    _expect_clean_failure(tmp_path, path, CorruptCheckpointError, "JSON nested too deeply")
+
+
+def test_tensors_with_gaps_overlaps_or_trailing_bytes(tmp_path):
+    path, raw = _good_safetensors(tmp_path)
+    path.write_bytes(raw + b"\0" * 16)
+    _expect_clean_failure(tmp_path, path, CorruptCheckpointError, "16 bytes after its last tensor")
+    path = tmp_path / "overlap.safetensors"
+    _raw_safetensors(path, b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
+                           b'"b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}', b"\0" * 12)
+    _expect_clean_failure(tmp_path, path, CorruptCheckpointError, "starts at data byte 4, expected 8")
+    _raw_safetensors(path, b'{"a": {"dtype": "F32", "shape": [2.5], "data_offsets": [0, 8]}}')
+    _expect_clean_failure(tmp_path, path, CorruptCheckpointError, "bad safetensors header entry 'a'")
+
+
+@pytest.mark.parametrize("zipped", [False, True], ids=["legacy-pickle", "zip"])
+def test_pytorch_file_named_safetensors_is_read_as_what_it_is(tmp_path, zipped):
+    """Extensions lie: a torch.save file called .safetensors is read with the (weights-only) pickle reader."""
+    src, ref, _ = source_state_dict("tencent")
+    path = tmp_path / "really_a_pickle.safetensors"
+    torch.save({"module": src}, path, _use_new_zipfile_serialization=zipped)
+    sd, info = load_canonical_state_dict(path)
+    assert info.file_format == "pt" and sorted(sd) == sorted(ref)
+    evil = tmp_path / "evil.safetensors"
+    torch.save({"x": _Evil(str(tmp_path / "PWNED"))}, evil, _use_new_zipfile_serialization=zipped)
+    with pytest.raises(UnsafePickleError, match="refusing to unpickle"):
+        load_canonical_state_dict(evil)
+    assert not (tmp_path / "PWNED").exists()
+
+
+# --- inputs that are not regular files ----------------------------------------------------------------------------
+
+def _not_a_file(tmp_path, kind):
+    if kind == "folder":
+        (tmp_path / "folder.safetensors").mkdir()
+        return tmp_path / "folder.safetensors", CheckpointError, "is a folder, not a file"
+    if kind == "fifo":
+        os.mkfifo(tmp_path / "pipe.safetensors")
+        return tmp_path / "pipe.safetensors", CheckpointError, r"is a FIFO \(named pipe\)"
+    if kind == "device":
+        return "/dev/zero", CheckpointError, "is a character device"
+    if kind == "symlink-loop":
+        os.symlink("loop.safetensors", tmp_path / "loop.safetensors")
+        return tmp_path / "loop.safetensors", CheckpointError, "symlink that cannot be followed .*symlink loop"
+    os.symlink("gone.safetensors", tmp_path / "dangling.safetensors")
+    return tmp_path / "dangling.safetensors", FileNotFoundError, "symlink to 'gone.safetensors', which does not exist"
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device", "symlink-loop", "dangling-symlink"])
+def test_input_that_is_not_a_regular_file(tmp_path, kind):
+    path, exc, match = _not_a_file(tmp_path, kind)
+    _expect_clean_failure(tmp_path, path, exc, match)
+    with pytest.raises(exc, match=match):
+        inspect_checkpoint(path)
+
+
+# --- values: garbage that used to load and convert with exit code 0 -----------------------------------------------
+
+def _write(tmp_path, src, name="v.safetensors", metadata=None):
+    path = tmp_path / name
+    save_file({k: v.contiguous() for k, v in src.items()}, str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "all-nan", "fp16-inf", "fp32-nan"])
+def test_nonfinite_weights_are_refused(tmp_path, case):
+    dtype = {"fp16-inf": torch.float16, "fp32-nan": torch.float32}.get(case, torch.bfloat16)
+    src, _, _ = source_state_dict("comfyui", dtype=dtype)
+    name = "double_blocks.1.img_mlp.0.weight" if case != "all-nan" else "single_blocks.0.linear2.bias"
+    t = src[name].clone()
+    if case == "all-nan":
+        t[:] = float("nan")
+    else:
+        t[3, 5] = float("inf") if "inf" in case else float("nan")
+    src[name] = t
+    path = _write(tmp_path, src)
+    bad = t.numel() if case == "all-nan" else 1
+    _expect_clean_failure(tmp_path, path, InvalidValuesError, rf"'{name}' holds {bad:,} NaN/Inf values")
+
+
+def test_fp8_nan_byte_is_refused(tmp_path):
+    src, _, _ = source_state_dict("comfyui", fp8="scaled_fp8")
+    name = "double_blocks.0.txt_attn.proj.weight"
+    bits = src[name].view(torch.uint8).clone()
+    bits[1, 2] = 0xFF  # e4m3fn NaN (its only non-finite codes are S.1111.111)
+    src[name] = bits.view(torch.float8_e4m3fn)
+    path = _write(tmp_path, src)
+    _expect_clean_failure(tmp_path, path, InvalidValuesError, f"'{name}' holds 1 NaN codes")
+
+
+@pytest.mark.parametrize("value,match", [(0.0, "entry 0; .*zero makes the layer all zeros"),
+                                         (-0.01, "entry -0.01; .*a negative one flips"),
+                                         (float("nan"), "holds 1 NaN/Inf values"),
+                                         (float("inf"), "holds 1 NaN/Inf values")])
+def test_bad_fp8_scales_are_refused_by_load_convert_and_inspect(tmp_path, value, match):
+    src, _, _ = source_state_dict("comfyui", fp8="scaled_fp8")
+    src["double_blocks.1.img_mlp.2.scale_weight"] = torch.tensor(value)
+    path = _write(tmp_path, src)
+    _expect_clean_failure(tmp_path, path, InvalidValuesError, match)
+    with pytest.raises(InvalidValuesError, match=match):
+        inspect_checkpoint(path)
+
+
+def test_streamed_loader_refuses_nan_as_it_reads(tmp_path):
+    from hyvideo_fp8.hunyuan.checkpoint import open_canonical
+    from hyvideo_fp8.hunyuan.loader import load_transformer
+    from hyvideo_fp8.hunyuan.policies import get_preset
+
+    src, _, _ = source_state_dict("comfyui")
+    src["final_layer.linear.weight"] = src["final_layer.linear.weight"].clone()
+    src["final_layer.linear.weight"][0, 0] = float("nan")
+    path = _write(tmp_path, src)
+    with open_canonical(path) as ckpt, pytest.raises(InvalidValuesError, match="'final_layer.linear.weight' holds 1"):
+        load_transformer(ckpt.lazy_state_dict(), get_preset("fp8-balanced"), consume=True)
+
+
+# --- the source changing under the converter; temp files --------------------------------------------------------
+
+def test_source_truncated_while_converting_is_an_error_not_sigbus(tmp_path):
+    """Tensors are read with plain reads, so a source cut short mid-conversion fails with a message (a memory map
+    would kill the process with SIGBUS), and the partial output is removed."""
+    src = tmp_path / "src.safetensors"
+    write_checkpoint(src)
+    size = src.stat().st_size
+
+    def cut(done, total):
+        if done == 3:
+            os.truncate(src, size // 2)
+
+    with pytest.raises(CorruptCheckpointError, match="truncated or replaced while it was being read"):
+        convert_checkpoint(src, tmp_path / "out.safetensors", "fp8-max", progress=cut)
+    assert _files(tmp_path) == {"src.safetensors"}
+
+
+def test_source_rewritten_while_converting_is_an_error(tmp_path):
+    src = tmp_path / "src.safetensors"
+    write_checkpoint(src)
+
+    def touch(done, total):
+        if done == total:
+            os.utime(src, ns=(0, 0))
+
+    with pytest.raises(CorruptCheckpointError, match="changed while it was being converted"):
+        convert_checkpoint(src, tmp_path / "out.safetensors", "fp8-max", progress=touch)
+    assert _files(tmp_path) == {"src.safetensors"}
+
+
+def test_interrupt_mid_write_removes_the_temp_file(tmp_path):
+    src = tmp_path / "src.safetensors"
+    write_checkpoint(src)
+    dst = tmp_path / "dst.safetensors"
+    dst.write_bytes(b"old version")
+
+    def stop(done, total):
+        assert (tmp_path / ".dst.safetensors.partial").exists()
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        convert_checkpoint(src, dst, "fp8-max", overwrite=True, progress=stop)
+    assert dst.read_bytes() == b"old version"
+    assert _files(tmp_path) == {"src.safetensors", "dst.safetensors"}
+
+
+def test_stale_temp_file_of_a_killed_run_is_reused(tmp_path):
+    """A run killed outright leaves .<name>.partial; the next run recognises it (nobody holds its lock), writes over
+    it and renames it: afterwards there is the output and no temp file."""
+    src = tmp_path / "src.safetensors"
+    write_checkpoint(src)
+    stale = tmp_path / ".out.safetensors.partial"
+    stale.write_bytes(b"\xff" * 100_000)
+    convert_checkpoint(src, tmp_path / "out.safetensors", "fp8-max")
+    assert _files(tmp_path) == {"src.safetensors", "out.safetensors"}
+    sd, _ = load_canonical_state_dict(tmp_path / "out.safetensors")
+    assert len(sd) > 0
+
+
+def test_a_live_conversion_to_the_same_destination_is_not_disturbed(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    src = tmp_path / "src.safetensors"
+    write_checkpoint(src)
+    busy = tmp_path / ".out.safetensors.partial"
+    with open(busy, "wb") as held:
+        held.write(b"being written")
+        held.flush()
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with pytest.raises(OutputBusyError, match="another conversion is writing .*out.safetensors right now"):
+            convert_checkpoint(src, tmp_path / "out.safetensors", "fp8-max")
+        assert busy.read_bytes() == b"being written"
+    assert _files(tmp_path) == {"src.safetensors", ".out.safetensors.partial"}
+
+
+def test_output_mode_follows_the_umask(tmp_path):
+    src = tmp_path / "src.safetensors"
+    write_checkpoint(src)
+    old = os.umask(0o027)
+    try:
+        convert_checkpoint(src, tmp_path / "out.safetensors", "fp8-max")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out.safetensors").stat().st_mode) == 0o640
+
+
+_DISK_FULL = """
+import resource, signal, sys
+sys.path.insert(0, {root!r})
+from pack_path import load_pack
+load_pack()
+from hyvideo_fp8.hunyuan.checkpoint import convert_checkpoint
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as a full disk fails them
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+try:
+    convert_checkpoint({src!r}, {dst!r}, "fp8-max")
+except OSError as e:
+    print("OSError:", e)
+"""
+
+
+def test_disk_full_mid_write_leaves_nothing(tmp_path):
+    """The write fails part way (the file-size limit stands in for a full disk), and closing the temp file fails
+    again on its unflushed tail: the temp file is removed all the same."""
+    src = tmp_path / "src.safetensors"
+    write_checkpoint(src)
+    code = _DISK_FULL.format(root=str(ROOT), limit=200_000, src=str(src), dst=str(tmp_path / "out.safetensors"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "OSError: [Errno 27] writing out.safetensors failed: File too large" in r.stdout
+    assert "the partial file was removed" in r.stdout
+    assert _files(tmp_path) == {"src.safetensors"}
+
+
+def test_not_enough_free_space_is_found_before_writing(tmp_path, monkeypatch):
+    from hyvideo_fp8.hunyuan.checkpoint import writer
+
+    src = tmp_path / "src.safetensors"
+    write_checkpoint(src)
+    real = writer.shutil.disk_usage
+    monkeypatch.setattr(writer.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    with pytest.raises(OSError, match=r"needs 0.00 GiB but its folder .* has 0.00 GiB free: free space"):
+        convert_checkpoint(src, tmp_path / "out.safetensors", "fp8-max")
+    assert _files(tmp_path) == {"src.safetensors"}

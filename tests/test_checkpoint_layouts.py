@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from checkpoint_factory import assert_same_state_dict, random_canonical, source_state_dict, write_checkpoint
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from hyvideo_fp8.fp8.quantize import dequantize
 from hyvideo_fp8.hunyuan.checkpoint import CheckpointError, load_canonical_state_dict
@@ -31,6 +33,31 @@ def test_every_layout_format_and_flavour_loads_exactly(tmp_path, layout, fmt, fp
     assert info.config == tiny_config()
     if fp8 == "scaled_fp8":  # the factory writes one static input scale (0.5) on the refiner's qkv
         assert info.input_scales == {"txt_in.individual_token_refiner.blocks.0.self_attn.qkv": 0.5}
+
+
+@pytest.mark.parametrize("fp8", [None, "unscaled", "scaled_fp8", "comfy_quant", "ours"])
+def test_comfyui_029_rmsnorm_weight_spelling_loads_like_scale(tmp_path, fp8):
+    """ComfyUI 0.29+ saves the q/k norms as ``query_norm.weight``; 0.3.64 and older as ``.scale``: same tensors."""
+    old, new = tmp_path / "scale.safetensors", tmp_path / "weight.safetensors"
+    ref = write_checkpoint(old, fp8=fp8, prefix="model.diffusion_model.", seed=21)
+    write_checkpoint(new, fp8=fp8, prefix="model.diffusion_model.", seed=21, rmsnorm_weight=True)
+    with safe_open(str(new), "pt") as f:
+        assert "model.diffusion_model.double_blocks.0.img_attn.norm.query_norm.weight" in f.keys()
+        assert "model.diffusion_model.single_blocks.0.norm.key_norm.weight" in f.keys()
+    sd_old, info_old = load_canonical_state_dict(old)
+    sd_new, info_new = load_canonical_state_dict(new)
+    assert_same_state_dict(sd_new, ref)
+    assert_same_state_dict(sd_new, sd_old)
+    assert (info_new.layout, info_new.fp8_flavour) == (info_old.layout, info_old.fp8_flavour) == ("comfyui", fp8)
+
+
+def test_both_rmsnorm_spellings_in_one_file_are_refused(tmp_path):
+    src, _, _ = source_state_dict("comfyui")
+    name = "double_blocks.0.img_attn.norm.query_norm"
+    src[f"{name}.weight"] = src[f"{name}.scale"].clone()
+    save_file(src, str(tmp_path / "both.safetensors"))
+    with pytest.raises(CheckpointError, match="holds 'double_blocks.0.img_attn.norm.query_norm.scale' twice"):
+        load_canonical_state_dict(tmp_path / "both.safetensors")
 
 
 @pytest.mark.parametrize("wrapper", [None, "module", "state_dict"])

@@ -20,6 +20,7 @@ from .errors import CheckpointError
 from .fp8_formats import ScaledSource, normalize_fp8
 from .layouts import Rule, detect_layout, find_prefix, not_hunyuan_error, other_model_error, plan_canonical
 from .readers import TensorSource, TensorSpec, open_checkpoint
+from .values import check_values
 
 SCALE_SUFFIX = ".weight_scale"
 
@@ -231,10 +232,14 @@ def load_canonical_state_dict(path: str | os.PathLike, *, prefer: str = "module"
     """Read any supported HunyuanVideo checkpoint into canonical tensors plus a :class:`CheckpointInfo`.
 
     ``prefer`` picks DeepSpeed ``module`` (default) or ``ema`` weights when a file has both; ``fp8_map`` points at
-    Tencent's scale map when it is not next to the weights as ``<name>_map.pt``.
+    Tencent's scale map when it is not next to the weights as ``<name>_map.pt``. A tensor holding NaN/Inf, or an FP8
+    scale that is not a positive finite number, raises :class:`.errors.InvalidValuesError`.
     """
     with open_canonical(path, prefer=prefer, fp8_map=fp8_map) as ckpt:
-        return ckpt.state_dict(), ckpt.info
+        state_dict = ckpt.state_dict()
+        for name, tensor in state_dict.items():
+            check_values(name, tensor, Path(path).name)
+        return state_dict, ckpt.info
 
 
 __all__ = ["CheckpointInfo", "CanonicalCheckpoint", "LazyStateDict", "open_canonical", "load_canonical_state_dict"]
