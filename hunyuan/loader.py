@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..fp8.formats import high_precision_dtype, is_fp8
 from ..fp8.quantize import dequantize
+from .checkpoint.values import check_values
 from .config import HunyuanConfig, canonical_shapes, detect_config
 from .layers import LayerNorm, RMSNorm
 from .model import HunyuanVideoTransformer, _upcast
@@ -137,7 +138,8 @@ def load_transformer(state_dict: MutableMapping[str, Tensor] | Mapping[str, Tens
             source is freed layer by layer. With ``open_canonical(path).lazy_state_dict()`` each tensor is
             read from the file only then: loading holds the model plus one tensor, never the whole file.
     Raises ``NotHunyuanVideoError`` for another model's dict and ``StateDictError`` naming missing,
-    unexpected or mis-shaped keys; both are raised before any weight is converted.
+    unexpected or mis-shaped keys; both are raised before any weight is converted. A tensor holding
+    NaN/Inf, or an FP8 scale that is not a positive finite number, raises ``InvalidValuesError``.
     """
     shapes = getattr(state_dict, "shapes", None)  # a lazy mapping (checkpoint.LazyStateDict) knows them unread
     shapes = dict(shapes) if shapes is not None else {k: tuple(v.shape) for k, v in state_dict.items()}
@@ -149,7 +151,9 @@ def load_transformer(state_dict: MutableMapping[str, Tensor] | Mapping[str, Tens
     def take(key: str) -> Tensor | None:
         if key not in state_dict:
             return None
-        return state_dict.pop(key) if consume else state_dict[key]
+        tensor = state_dict.pop(key) if consume else state_dict[key]
+        check_values(key, tensor, "state dict")  # NaN/Inf or a bad FP8 scale: refused as each tensor streams in
+        return tensor
 
     _fill(model, take, policy, device, param_dtype, norm_dtype)
     return model.eval()

@@ -25,6 +25,10 @@ DEFAULT_SHIFT = 7.0
 DEFAULT_GUIDANCE = 6.0
 TIMESTEP_SCALE = 1000.0
 
+class NonFiniteStepError(FloatingPointError):
+    """A sampling step produced NaN/Inf; the message names the step."""
+
+
 ProgressCallback = Callable[[int, int, torch.Tensor], None]
 """``callback(step, total, x0)``: ``step`` is the 0-based index of the step just finished, ``x0`` the model's
 current estimate of the clean latent (fp32, model latent space). Raise from it to interrupt sampling."""
@@ -215,6 +219,12 @@ def sample(
             options["sigmas"] = sigmas[i : i + 1].to(device)
             out = model(xin.to(dtype), t, ctx, vec, guidance=g, attention_mask=mask, transformer_options=options)
             v = out.float()
+            if not bool(torch.isfinite(v).all()):
+                raise NonFiniteStepError(
+                    f"sampling step {i + 1} of {steps} (sigma {sigma:.4f}) gave NaN/Inf from the model: stopped "
+                    "rather than decode a black video. The weights or activations overflow in this precision: try a "
+                    "policy with more high-precision layers (fp8-balanced, bf16) or check the checkpoint with "
+                    "tools.py inspect")
             if use_cfg:
                 v_pos, v_neg = v.chunk(2)
                 v = v_neg + cfg * (v_pos - v_neg)
@@ -225,6 +235,6 @@ def sample(
 
 
 __all__ = [
-    "DEFAULT_SHIFT", "DEFAULT_GUIDANCE", "TIMESTEP_SCALE", "TextCondition", "time_shift", "flow_sigmas",
-    "precision_plan", "initial_noise", "model_compute_dtype", "default_high_precision", "sample",
+    "DEFAULT_SHIFT", "DEFAULT_GUIDANCE", "TIMESTEP_SCALE", "NonFiniteStepError", "TextCondition", "time_shift",
+    "flow_sigmas", "precision_plan", "initial_noise", "model_compute_dtype", "default_high_precision", "sample",
 ]

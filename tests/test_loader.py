@@ -170,3 +170,30 @@ def test_streamed_load_reads_each_tensor_once_and_equals_the_eager_load(tmp_path
     assert sd_a.keys() == sd_b.keys()
     for k in sd_a:
         assert torch.equal(sd_a[k].view(torch.uint8), sd_b[k].view(torch.uint8)), k
+
+
+@pytest.mark.parametrize("case", ["nan-weight", "inf-bias", "nan-fp8-code", "zero-scale", "negative-scale"])
+def test_nonfinite_values_and_bad_scales_are_refused_while_loading(case):
+    from hyvideo_fp8.hunyuan.checkpoint import InvalidValuesError
+
+    sd = _fp8_state_dict(per_tensor=False)
+    layer = "double_blocks.1.img_mlp.0"
+    if case == "nan-weight":
+        name = "img_in.proj.weight"
+        sd[name] = sd[name].clone()
+        sd[name].view(-1)[7] = float("nan")
+    elif case == "inf-bias":
+        name = f"{layer}.bias"
+        sd[name] = sd[name].clone()
+        sd[name][0] = float("inf")
+    elif case == "nan-fp8-code":
+        name = f"{layer}.weight"
+        bits = sd[name].view(torch.uint8).clone()
+        bits[0, 0] = 0x7F
+        sd[name] = bits.view(torch.float8_e4m3fn)
+    else:
+        name = f"{layer}.weight_scale"
+        sd[name] = sd[name].clone()
+        sd[name][3] = 0.0 if case == "zero-scale" else -1.0
+    with pytest.raises(InvalidValuesError, match=f"state dict: (FP8 scale )?'{name}' "):
+        load_transformer(sd, get_preset("fp8-weight-only"))
