@@ -55,6 +55,19 @@ def hybrid_wrapper(hybrid: Sequence[int], high_precision: Callable[[torch.nn.Mod
     return wrapper
 
 
+def run_diffusion_model_wrappers(forward: Callable, *args, **kwargs):
+    """ComfyUI's DIFFUSION_MODEL wrappers (EasyCache, LazyCache, ...) around our forward, as the native HunyuanVideo
+    runs them around its own: positional ``(x, timestep, context, y, guidance, attention_mask, transformer_options)``,
+    ``transformer_options`` last, the transformer as ``executor.class_obj``."""
+    import comfy.patcher_extension as ext
+
+    transformer_options = args[-1]
+    wrappers = ext.get_all_wrappers(ext.WrappersMP.DIFFUSION_MODEL, transformer_options)
+    if not wrappers:
+        return forward(*args, **kwargs)
+    return ext.WrapperExecutor.new_class_executor(forward, forward.__self__, wrappers).execute(*args, **kwargs)
+
+
 def _keep_resident(patcher, device_to, lowvram_model_memory, force_patch_weights, full_load) -> None:
     """Our layers cannot stream weights per op (ComfyUI's lowvram mode): make a partial load a complete one.
 
@@ -88,6 +101,7 @@ def wrap_transformer(
     model_config.set_inference_dtype(dtype, None)
     offload_device = mm.unet_offload_device()
     base = comfy.model_base.HunyuanVideo(model_config, device=offload_device)
+    transformer.forward_wrapper = run_diffusion_model_wrappers
     base.diffusion_model = transformer
     patcher = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=offload_device)
     patcher.model_options[PACK_KEY] = {"hybrid": tuple(hybrid), "config": cfg.to_dict(), **(info or {})}

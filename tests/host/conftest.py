@@ -34,6 +34,11 @@ from api_client import ComfyClient  # noqa: E402
 
 CFG = tiny_config()
 BF16_MODEL = "hyvideo_tiny_bf16.safetensors"
+# ComfyUI's stock detection fixes the head dim at 128, the RoPE axes at (16, 56, 56) and the pooled vector at 768:
+# the smallest model its UNETLoader builds, for side-by-side runs with the stock loader on the same file.
+STOCK_CFG = tiny_config(hidden_size=128, num_heads=1, axes_dim=(16, 56, 56), vec_in_dim=768, depth=1,
+                        depth_single_blocks=2)
+STOCK_MODEL = "hyvideo_tiny_stock_bf16.safetensors"
 FP8_MODEL = "hyvideo_tiny_fp8_ours.safetensors"
 VAE = "hyvideo_tiny_vae.safetensors"
 STARTUP_TIMEOUT_S = 180
@@ -89,7 +94,7 @@ class Host:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def tiny_prompt(self, workflow: str, steps: int = 3, model: str = BF16_MODEL) -> dict:
+    def tiny_prompt(self, workflow: str, steps: int = 3, model: str = BF16_MODEL, cfg=CFG) -> dict:
         """A shipped API workflow at test size: test conditioning instead of the text encoder, tiny files, 5
         frames of 32x32, ``steps`` steps."""
         prompt = copy.deepcopy(json.loads((REPO / "workflows" / workflow).read_text()))
@@ -99,8 +104,8 @@ class Host:
             kind, inputs = entry["class_type"], entry["inputs"]
             if kind == "CLIPTextEncode":
                 entry["class_type"] = "HyVideoFP8TestConditioning"
-                entry["inputs"] = {"seed": 1, "tokens": 7, "context_dim": CFG.context_in_dim,
-                                   "pooled_dim": CFG.vec_in_dim, "padding": 2}
+                entry["inputs"] = {"seed": 1, "tokens": 7, "context_dim": cfg.context_in_dim,
+                                   "pooled_dim": cfg.vec_in_dim, "padding": 2}
             elif kind == "HyVideoFP8Loader":
                 inputs["model_name"] = model
             elif kind == "EmptyHunyuanLatentVideo":
@@ -155,6 +160,7 @@ def host(comfy_path: Path, tmp_path_factory) -> Any:
     (models / "loras").mkdir()
     write_checkpoint(models / "diffusion_models" / BF16_MODEL, layout="comfyui", config=CFG, seed=11)
     write_checkpoint(models / "diffusion_models" / FP8_MODEL, layout="comfyui", fp8="ours", config=CFG, seed=12)
+    write_checkpoint(models / "diffusion_models" / STOCK_MODEL, layout="comfyui", config=STOCK_CFG, seed=13)
     made = subprocess.run([sys.executable, "-c", _VAE_SCRIPT, str(models / "vae" / VAE)], cwd=root,
                           env={**_CHILD_ENV, "PYTHONPATH": str(comfy_path)}, capture_output=True, text=True,
                           timeout=300)
