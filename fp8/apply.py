@@ -1,8 +1,7 @@
-"""Putting a policy into a model: build or swap linear layers, and switch their compute mode at run time."""
+"""Putting a policy into a model: build its linear layers, report them, and switch their compute mode at run time."""
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,14 +15,13 @@ from .linear import FP8Linear
 from .policy import PrecisionPolicy
 from .quantize import dequantize, quantize_rowwise
 
-__all__ = ["QuantizationReport", "make_linear", "quantize_model_", "set_compute_mode", "compute_override"]
-
-logger = logging.getLogger("hyvideo_fp8")
+__all__ = ["QuantizationReport", "quantization_report", "make_linear", "compute_override"]
 
 
 @dataclass
 class QuantizationReport:
-    """What ``quantize_model_`` did: layers per effective compute mode and the layers that fell back."""
+    """The linear layers of a loaded model: how many compute in each effective mode, and which fp8 layers fell back
+    to weight-only (``hunyuan.loader`` logs its one-line ``summary``)."""
 
     counts: dict[str, int] = field(default_factory=dict)
     fallbacks: list[tuple[str, str]] = field(default_factory=list)  # (layer name, reason)
@@ -42,6 +40,20 @@ def _effective_mode(layer: nn.Module) -> str:
         return layer.effective_mode.value
     return "bf16" if layer.weight.dtype == torch.bfloat16 else "fp32" if layer.weight.dtype == torch.float32 \
         else str(layer.weight.dtype)
+
+
+def quantization_report(model: nn.Module) -> QuantizationReport:
+    """Count ``model``'s linear layers by effective compute mode and list the fp8 ones that fell back."""
+    report = QuantizationReport()
+    counts: Counter[str] = Counter()
+    for name, layer in model.named_modules():
+        if not (isinstance(layer, FP8Linear) or type(layer) is nn.Linear):
+            continue
+        counts[_effective_mode(layer)] += 1
+        if isinstance(layer, FP8Linear) and layer.mode is ComputeMode.FP8 and layer.fallback_reason is not None:
+            report.fallbacks.append((name, layer.fallback_reason))
+    report.counts = dict(counts)
+    return report
 
 
 def make_linear(
@@ -84,42 +96,6 @@ def make_linear(
     if bias is not None:
         layer.bias = nn.Parameter(bias.detach().to(dtype), requires_grad=False)
     return layer
-
-
-def quantize_model_(model: nn.Module, policy: PrecisionPolicy, block_order: Sequence[str] = ()) -> QuantizationReport:
-    """Replace every ``nn.Linear`` of ``model`` in place as ``policy`` says; returns a report (also logged).
-
-    Layers are swapped one at a time and the original is released right away, so peak memory is the converted
-    model plus one layer. Already-converted ``FP8Linear`` layers are left alone.
-    """
-    # Exact nn.Linear only: subclasses (e.g. MultiheadAttention's out_proj) are read directly by their owners.
-    names = [n for n, m in model.named_modules() if type(m) is nn.Linear]
-    if "" in names:
-        raise ValueError("quantize_model_ replaces child modules in place; wrap a bare nn.Linear in a container")
-    report = QuantizationReport()
-    counts: Counter[str] = Counter()
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        old = getattr(parent, child)
-        new = make_linear(name, old.weight, old.bias, policy, block_order)
-        setattr(parent, child, new)
-        del old  # the last reference to the high-precision weight goes here
-        counts[_effective_mode(new)] += 1
-        if isinstance(new, FP8Linear) and new.mode is ComputeMode.FP8 and new.fallback_reason is not None:
-            report.fallbacks.append((name, new.fallback_reason))
-    report.counts = dict(counts)
-    logger.info(report.summary())
-    return report
-
-
-def set_compute_mode(model: nn.Module, mode: ComputeMode | str) -> int:
-    """Set the compute mode of every ``FP8Linear`` in ``model``; returns how many layers were set."""
-    mode = compute_mode(mode)
-    layers = [m for m in model.modules() if isinstance(m, FP8Linear)]
-    for layer in layers:
-        layer.mode = mode
-    return len(layers)
 
 
 @contextmanager

@@ -1,26 +1,25 @@
-"""Fused producers of FP8 GEMM inputs (and the attention prologue): Triton on CUDA, the torch reference elsewhere.
+"""Fused producers of FP8 GEMM inputs (and the attention prologue): Triton kernels, or the torch references.
 
-Eager per-token quantization costs 37-170 % of the FP8 GEMM it feeds (a full extra read and write of the
-activation), which makes unfused W8A8 slower than bf16. These entry points compute the producing op and emit
+Eager per-token quantization is a full extra read and write of the activation in front of the FP8 GEMM it feeds,
+which makes unfused W8A8 slower than bf16. These entry points compute the producing op and emit
 e4m3fn values with per-token fp32 scales in one pass. The references below define the numerics: the intermediate
 stays in fp32 and is quantized exactly as ``quantize_rowwise`` does (``scale = max(amax, SCALE_FLOOR) / 448``,
 saturating cast). The kernels match them up to fp32 summation order.
 
-Set ``HYVIDEO_FP8_FUSED=0`` (or ``fused.USE_TRITON = False``) to force the reference everywhere.
+Which implementation runs is the kernel plan's choice (``fp8.kernel_plan``: ``producers``, ``prologue``,
+``quant_prologue``), passed as ``kernel``; without one, the plan of the input's device decides
+(``HYVIDEO_FP8_FUSED=0`` makes that the reference everywhere). An input the Triton kernels cannot take (a row wider
+than they hold in registers, a head layout the prologue does not fit) runs the reference.
 """
 
 from __future__ import annotations
-
-import functools
-import importlib.util
-import os
 
 import torch
 import torch.nn.functional as F
 
 from .attention.quantize_qkv import QuantizedQ, quantize_q_torch
 from .custom_ops import register_custom_op
-from .hardware import MIN_CAPABILITY
+from .kernel_plan import Kernel, device_plan
 from .quantize import quantize_rowwise
 from .triton import (
     MAX_ROW_BLOCK,
@@ -35,33 +34,19 @@ from .triton import (
 )
 
 __all__ = [
-    "FUSED_ENV", "USE_TRITON", "triton_available", "uses_triton",
     "layernorm_modulate_quant", "gelu_tanh_quant", "concat_gelu_quant", "qk_norm_rope", "qk_norm_rope_quant_q",
     "layernorm_modulate_quant_reference", "gelu_tanh_quant_reference", "concat_gelu_quant_reference",
     "qk_norm_rope_reference", "qk_norm_rope_quant_q_reference",
 ]
 
-FUSED_ENV = "HYVIDEO_FP8_FUSED"
-USE_TRITON: bool = os.environ.get(FUSED_ENV, "1").strip() != "0"
 
-
-
-@functools.cache
-def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-@functools.cache
-def _capability(index: int) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
-
-
-def uses_triton(t: torch.Tensor, fp8_output: bool = True) -> bool:
-    """Whether the fused entry points send a tensor like ``t`` to the Triton kernels."""
-    if not (USE_TRITON and isinstance(t, torch.Tensor) and t.is_cuda and triton_available()):
-        return False
-    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
-    return not fp8_output or _capability(index) >= MIN_CAPABILITY  # Triton's e4m3fn cast needs Ada / Hopper
+def _runs_triton(kernel: Kernel | str | None, t: torch.Tensor, part: str) -> bool:
+    """Whether the plan (``kernel``, or the plan of ``t``'s device for ``part``) says Triton."""
+    if kernel is None:
+        if not isinstance(t, torch.Tensor):
+            return False  # the reference's input checks say what is wrong
+        kernel = getattr(device_plan(t.device), part)
+    return Kernel(kernel) is Kernel.TRITON
 
 
 def _fits_row(channels: int) -> bool:
@@ -148,32 +133,34 @@ def qk_norm_rope_quant_q_reference(
 # ---------------------------------------------------------------- dispatch
 
 def layernorm_modulate_quant(
-    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float = 1e-6, kernel: Kernel | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """LayerNorm (no affine) + adaLN modulation -> e4m3fn ``[B, L, C]`` and per-token fp32 scales ``[B, L, 1]``.
 
     Input of the qkv / fc1 / linear1 FP8 GEMMs. ``x`` ``[B, L, C]``; ``shift``/``scale`` ``[B, 1, C]``.
     """
-    if uses_triton(x) and x.dim() == 3 and _fits_row(x.shape[-1]):
+    if _runs_triton(kernel, x, "producers") and x.dim() == 3 and _fits_row(x.shape[-1]):
         from .triton.norm_modulate_quant import layernorm_modulate_quant_triton
 
         return layernorm_modulate_quant_triton(x, shift, scale, eps)
     return layernorm_modulate_quant_reference(x, shift, scale, eps)
 
 
-def gelu_tanh_quant(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gelu_tanh_quant(x: torch.Tensor, kernel: Kernel | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """GELU (tanh) -> e4m3fn ``[B, L, C]`` and per-token fp32 scales ``[B, L, 1]``: the fc2 input."""
-    if uses_triton(x) and x.dim() == 3 and _fits_row(x.shape[-1]):
+    if _runs_triton(kernel, x, "producers") and x.dim() == 3 and _fits_row(x.shape[-1]):
         from .triton.gelu_quant import gelu_tanh_quant_triton
 
         return gelu_tanh_quant_triton(x)
     return gelu_tanh_quant_reference(x)
 
 
-def concat_gelu_quant(attn_out: torch.Tensor, mlp_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def concat_gelu_quant(attn_out: torch.Tensor, mlp_act: torch.Tensor,
+                      kernel: Kernel | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``[attn_out | gelu_tanh(mlp_act)]`` -> e4m3fn ``[B, L, C1 + C2]`` with one fp32 scale per token: the
     single-stream block's linear2 input, without materialising the bf16 concatenation."""
-    if (uses_triton(attn_out) and isinstance(mlp_act, torch.Tensor) and attn_out.dim() == 3 and mlp_act.dim() == 3
+    if (_runs_triton(kernel, attn_out, "producers") and isinstance(mlp_act, torch.Tensor)
+            and attn_out.dim() == 3 and mlp_act.dim() == 3
             and _fits_row(attn_out.shape[-1]) and _fits_row(mlp_act.shape[-1])):
         from .triton.gelu_quant import concat_gelu_quant_triton
 
@@ -181,10 +168,9 @@ def concat_gelu_quant(attn_out: torch.Tensor, mlp_act: torch.Tensor) -> tuple[to
     return concat_gelu_quant_reference(attn_out, mlp_act)
 
 
-def _prologue_uses_triton(qkv: torch.Tensor, q_weight: torch.Tensor) -> bool:
-    """Whether the attention prologues take their Triton kernel for this qkv and head layout."""
-    if not (uses_triton(qkv, fp8_output=False) and qkv.dim() == 3 and isinstance(q_weight, torch.Tensor)
-            and q_weight.dim()):  # fmt: skip
+def _prologue_fits(qkv: torch.Tensor, q_weight: torch.Tensor) -> bool:
+    """Whether the attention prologues' Triton kernel takes this qkv and head layout."""
+    if not (qkv.dim() == 3 and isinstance(q_weight, torch.Tensor) and q_weight.dim()):
         return False
     D = q_weight.shape[0]
     return bool(D) and prologue_fits(qkv.shape[-1] // (3 * D), D)
@@ -192,14 +178,14 @@ def _prologue_uses_triton(qkv: torch.Tensor, q_weight: torch.Tensor) -> bool:
 
 def qk_norm_rope(
     qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-    n_rope_tokens: int, eps: float = 1e-6,
+    n_rope_tokens: int, eps: float = 1e-6, kernel: Kernel | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused qkv ``[B, L, 3*H*D]`` -> RMS-normed, rotated q, k and plain v, each ``[B, H, L, D]``, ready for SDPA.
 
     ``q_weight``/``k_weight`` ``[D]``; ``cos``/``sin`` fp32 ``[n_rope_tokens, D/2]`` for the leading image tokens
     (pair i of every head rotated by the angle of column i). Computed in fp32, written in qkv's dtype.
     """
-    if _prologue_uses_triton(qkv, q_weight):
+    if _runs_triton(kernel, qkv, "prologue") and _prologue_fits(qkv, q_weight):
         from .triton.qk_norm_rope import qk_norm_rope_triton
 
         return qk_norm_rope_triton(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps)
@@ -209,11 +195,13 @@ def qk_norm_rope(
 def qk_norm_rope_quant_q(
     qkv: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     n_rope_tokens: int, eps: float, q_out: QuantizedQ, kv_out: torch.Tensor, row0: int,
+    kernel: Kernel | str | None = None,
 ) -> None:
     """:func:`qk_norm_rope` in front of FP8 attention: q goes straight into the attention's int8 query buffers
     ``q_out`` (``fp8.attention.quantize_qkv.empty_quantized_q``), k and v into ``kv_out`` ``[2, B, H, L_total, D]``,
-    both at rows ``row0 .. row0 + L``. One Triton pass on CUDA (bf16/fp16); the torch reference elsewhere."""
-    if qkv.dtype in QUANT_Q_PROLOGUE_DTYPES and _prologue_uses_triton(qkv, q_weight):
+    both at rows ``row0 .. row0 + L``. One Triton pass (bf16/fp16 qkv), or the torch reference."""
+    if (_runs_triton(kernel, qkv, "prologue") and qkv.dtype in QUANT_Q_PROLOGUE_DTYPES
+            and _prologue_fits(qkv, q_weight)):  # fmt: skip
         from .triton.qk_norm_rope import qk_norm_rope_quant_q_triton
 
         return qk_norm_rope_quant_q_triton(qkv, q_weight, k_weight, cos, sin, n_rope_tokens, eps, q_out, kv_out, row0)
@@ -229,21 +217,23 @@ def _fake_quant(x: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Ten
     return x.new_empty(shape, dtype=torch.float8_e4m3fn), x.new_empty((*x.shape[:-1], 1), dtype=torch.float32)
 
 
-def _ln_mod_quant_op(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor,
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return layernorm_modulate_quant(x, shift, scale, eps)
+def _ln_mod_quant_op(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float,
+                     kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return layernorm_modulate_quant(x, shift, scale, eps, kernel)
 
 
-def _gelu_quant_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return gelu_tanh_quant(x)
+def _gelu_quant_op(x: torch.Tensor, kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return gelu_tanh_quant(x, kernel)
 
 
-def _concat_gelu_quant_op(attn_out: torch.Tensor, mlp_act: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    return concat_gelu_quant(attn_out, mlp_act)
+def _concat_gelu_quant_op(attn_out: torch.Tensor, mlp_act: torch.Tensor,
+                          kernel: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return concat_gelu_quant(attn_out, mlp_act, kernel)
 
 
 layernorm_modulate_quant_op = register_custom_op("layernorm_modulate_quant", _ln_mod_quant_op,
-                                                 lambda x, shift, scale, eps: _fake_quant(x, x.shape[-1]))
-gelu_tanh_quant_op = register_custom_op("gelu_tanh_quant", _gelu_quant_op, lambda x: _fake_quant(x, x.shape[-1]))
+                                                 lambda x, shift, scale, eps, kernel: _fake_quant(x, x.shape[-1]))
+gelu_tanh_quant_op = register_custom_op("gelu_tanh_quant", _gelu_quant_op,
+                                        lambda x, kernel: _fake_quant(x, x.shape[-1]))
 concat_gelu_quant_op = register_custom_op("concat_gelu_quant", _concat_gelu_quant_op,
-                                          lambda a, m: _fake_quant(a, a.shape[-1] + m.shape[-1]))
+                                          lambda a, m, kernel: _fake_quant(a, a.shape[-1] + m.shape[-1]))

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from .formats import ComputeMode, compute_mode
-
-__all__ = ["fp8_compute_support", "resolve_mode", "fp8_supported_on", "max_shared_memory_per_block"]
+__all__ = ["fp8_compute_support", "max_shared_memory_per_block", "MIN_CAPABILITY"]
 
 MIN_CAPABILITY = (8, 9)  # Ada (sm_89) and Hopper (sm_90) have FP8 tensor cores
-
-_SUPPORT_CACHE: dict[tuple[str, int | None], tuple[bool, str]] = {}
 
 
 def fp8_compute_support(
@@ -38,26 +34,6 @@ def fp8_compute_support(
         return False, (f"this GPU ({sm}, {device_name}) has no FP8 tensor cores (needs sm_89 Ada or sm_90 Hopper): "
                        "use the fp8-weight-only policy")
     return True, f"{device_name} ({sm}) has FP8 tensor cores"
-
-
-def fp8_supported_on(device: torch.device) -> tuple[bool, str]:
-    """Cached :func:`fp8_compute_support` for a real device (cheap enough to call in a forward)."""
-    key = (device.type, device.index)
-    hit = _SUPPORT_CACHE.get(key)
-    if hit is None:
-        hit = _SUPPORT_CACHE[key] = fp8_compute_support(device)
-    return hit
-
-
-def resolve_mode(
-    mode: ComputeMode | str, device: torch.device | str, capability: tuple[int, int] | None = None
-) -> tuple[ComputeMode, str | None]:
-    """Downgrade ``fp8`` to ``fp8-weight-only`` where FP8 compute is unavailable; returns ``(mode, reason or None)``."""
-    mode = compute_mode(mode)
-    if mode is not ComputeMode.FP8:
-        return mode, None
-    ok, reason = fp8_compute_support(device, capability)
-    return (mode, None) if ok else (ComputeMode.FP8_WEIGHT_ONLY, reason)
 
 
 def max_shared_memory_per_block(capability: tuple[int, int]) -> int:

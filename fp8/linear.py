@@ -22,7 +22,7 @@ from .formats import (
     is_fp8,
 )
 from .gemm import scaled_gemm
-from .hardware import fp8_supported_on
+from .kernel_plan import Kernel, gemm_kernel
 from .quantize import dequantize, quantize_rowwise, quantize_static, quantize_tensorwise
 
 __all__ = ["ComputeMode", "FP8Linear", "ACTIVATION_SCALINGS", "ACTIVATION_DTYPE"]
@@ -33,7 +33,6 @@ ACTIVATION_SCALINGS = ("per-token", "per-tensor")
 # Activations are always e4m3fn: it has the precision, and CUDA's _scaled_mm rejects e5m2 x e5m2.
 ACTIVATION_DTYPE = torch.float8_e4m3fn
 _COMPUTE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-_DEVICES_REPORTED: set[torch.device] = set()
 
 
 def _as_compute_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -70,8 +69,9 @@ class FP8Linear(nn.Module):
 
     Modes (``mode`` may be reassigned at any time):
         fp8: W8A8. The input is quantized per token (or per tensor) on the fly, saturating, and multiplied with
-            ``torch._scaled_mm``. Layers whose K or N is not a multiple of 16, or devices without FP8 tensor cores,
-            fall back to weight-only; ``fallback_reason`` says why and one ``[hyvideo_fp8]`` line is logged.
+            ``torch._scaled_mm``. Layers whose K or N is not a multiple of 16 fall back to weight-only
+            (``fallback_reason`` says why, one ``[hyvideo_fp8]`` line is logged), and so do all layers on a device
+            whose kernel plan has no FP8 GEMM (``fp8.kernel_plan.gemm_kernel``: no FP8 tensor cores).
         fp8-weight-only: dequantize the weight to ``compute_dtype`` and run F.linear (saves memory, not time).
         bf16 / fp32: dequantize to that dtype and run F.linear (the high-precision reference).
     Output dtype is ``compute_dtype``, except in fp32 mode (fp32).
@@ -183,8 +183,8 @@ class FP8Linear(nn.Module):
 
     @property
     def effective_mode(self) -> ComputeMode:
-        """The mode the next forward actually runs (fp8 becomes weight-only after a fallback)."""
-        if self._mode is ComputeMode.FP8 and self.fallback_reason is not None:
+        """The mode the next forward on the weight's device runs (fp8 becomes weight-only after a fallback)."""
+        if self._mode is ComputeMode.FP8 and not self.runs_w8a8(self.weight.device):
             return ComputeMode.FP8_WEIGHT_ONLY
         return self._mode
 
@@ -225,22 +225,11 @@ class FP8Linear(nn.Module):
 
     # --- compute --------------------------------------------------------------------------------------------------
 
-    def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The weight as ``weight.float() * weight_scale`` in ``dtype`` (default: the compute dtype)."""
-        return dequantize(self.weight, self.weight_scale, dtype or self.compute_dtype)
-
-    def _fp8_runs_on(self, device: torch.device) -> bool:
-        """Whether fp8 mode computes W8A8 on ``device``; records (and logs once per device) a device fallback."""
-        if self._mode is not ComputeMode.FP8:
-            return False
-        if self.fallback_reason is None and device.type != "cpu":
-            ok, reason = fp8_supported_on(device)
-            if not ok:  # one line per device, not one per layer
-                self.fallback_reason, self._fallback_logged = reason, True
-                if device not in _DEVICES_REPORTED:
-                    _DEVICES_REPORTED.add(device)
-                    logger.warning("[hyvideo_fp8] %s; FP8 layers compute weight-only", reason)
-        return self.fallback_reason is None
+    def runs_w8a8(self, device: torch.device) -> bool:
+        """Whether a forward on ``device`` is the W8A8 GEMM: fp8 mode, a shape the GEMM takes, and a device whose
+        kernel plan has an FP8 GEMM."""
+        return (self._mode is ComputeMode.FP8 and self.fallback_reason is None
+                and gemm_kernel(device) is not Kernel.NONE)  # fmt: skip
 
     @property
     def accepts_quantized(self) -> bool:
@@ -248,7 +237,7 @@ class FP8Linear(nn.Module):
         producer (e4m3fn values + per-token fp32 scales) instead of calling the layer on a high-precision input."""
         if self.weight.device.type not in ("cpu", "cuda") or self.activation_scaling != "per-token":
             return False
-        return self._fp8_runs_on(self.weight.device)
+        return self.runs_w8a8(self.weight.device)
 
     def _rows(self, rows: slice | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, int]:
         """``(weight, weight_scale, bias, n)`` restricted to the output channels ``rows`` (views, no copy)."""
@@ -271,7 +260,7 @@ class FP8Linear(nn.Module):
         compute from the high-precision input, which a quantized one cannot replace.
         """
         label = self.name or "FP8Linear"
-        if not self._fp8_runs_on(x_q.device):
+        if not self.runs_w8a8(x_q.device):
             raise RuntimeError(f"{label} computes {self.effective_mode.value}, not fp8: forward_quantized needs a "
                                "W8A8 layer; call the layer on the high-precision input (check accepts_quantized)")
         if x_q.dtype != ACTIVATION_DTYPE:
@@ -294,7 +283,7 @@ class FP8Linear(nn.Module):
                              f"got input of shape {tuple(x.shape)}")
         mode = self._mode
         weight, weight_scale, bias, n = self._rows(rows)
-        if self._fp8_runs_on(x.device):
+        if self.runs_w8a8(x.device):
             return self._forward_fp8(x, weight, weight_scale, bias, n)
         high = mode in (ComputeMode.BF16, ComputeMode.FP32)
         dtype = HIGH_PRECISION_DTYPES[mode.value] if high else self.compute_dtype

@@ -17,14 +17,17 @@ from typing import Any, NamedTuple
 
 from .formats import FP8_FORMATS, HIGH_PRECISION_DTYPES, MODE_NAMES, ComputeMode
 
-__all__ = ["Rule", "PrecisionPolicy", "load_policy", "POLICY_VERSION"]
+__all__ = ["Rule", "AttentionRule", "PrecisionPolicy", "load_policy", "POLICY_VERSION", "ATTENTION_KERNELS"]
 
 POLICY_VERSION = 1
 
+ATTENTION_KERNELS = ("sdpa", "fp8")
+# Read from older policy files and dropped: the softmax always runs in fp32, and "fp32" was its only allowed value.
+_RETIRED_FIELDS = {"softmax_dtype": "fp32"}
+
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "attention": ("sdpa", "fp8"),
+    "attention": ATTENTION_KERNELS,
     "norm_dtype": ("fp32", "bf16"),
-    "softmax_dtype": ("fp32",),
     "compute_dtype": tuple(HIGH_PRECISION_DTYPES),
     "fp8_format": tuple(FP8_FORMATS),
     "activation_scaling": ("per-token", "per-tensor"),
@@ -36,6 +39,13 @@ class Rule(NamedTuple):
 
     pattern: str
     mode: ComputeMode
+
+
+class AttentionRule(NamedTuple):
+    """``(pattern, kernel)``: a glob over block name prefixes (e.g. ``txt_in.*``) and its attention kernel."""
+
+    pattern: str
+    kernel: str
 
 
 def _mode(value: Any, field: str) -> ComputeMode:
@@ -56,13 +66,29 @@ def _rule(value: Any, index: int) -> Rule:
     return Rule(pattern, _mode(mode, f"rules[{index}].mode"))
 
 
+def _attention_rule(value: Any, index: int) -> AttentionRule:
+    where = f"attention_rules[{index}]"
+    if isinstance(value, Mapping):
+        value = (value.get("pattern"), value.get("kernel")) if set(value) == {"pattern", "kernel"} else None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise ValueError(f"policy field '{where}' must be a [pattern, kernel] pair, got {value!r}")
+    pattern, kernel = value
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(f"policy field '{where}' pattern must be a non-empty string, got {pattern!r}")
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"policy field '{where}' kernel is {kernel!r}; allowed: {list(ATTENTION_KERNELS)}")
+    return AttentionRule(pattern, kernel)
+
+
 @dataclass(frozen=True)
 class PrecisionPolicy:
     """Per-layer precision decisions for a model.
 
     ``rules`` are tried in order, the first matching glob wins, unmatched layers get ``default_mode``. The first and
     last ``high_precision_boundary_blocks`` blocks (given as name prefixes in execution order) compute entirely in
-    ``compute_dtype`` with SDPA attention, which protects the most error-sensitive blocks of video DiTs.
+    ``compute_dtype`` with SDPA attention, which protects the most error-sensitive blocks of video DiTs. A block's
+    attention kernel is likewise the first matching ``attention_rules`` glob over its name prefix, else
+    ``attention``. The softmax always runs in fp32.
     ``error_budget`` is the accepted relative L2 error of one step's output against the bf16 reference.
     W8A8 layers with at most ``fast_accum_max_k`` input features accumulate entirely in the tensor cores' fast
     (reduced-precision) accumulator instead of promoting partial sums to fp32: faster, and its extra error stays
@@ -75,8 +101,8 @@ class PrecisionPolicy:
     rules: tuple[Rule, ...] = ()
     default_mode: ComputeMode = ComputeMode.BF16
     attention: str = "sdpa"
+    attention_rules: tuple[AttentionRule, ...] = ()
     norm_dtype: str = "fp32"
-    softmax_dtype: str = "fp32"
     compute_dtype: str = "bf16"
     fp8_format: str = "e4m3fn"
     activation_scaling: str = "per-token"
@@ -97,6 +123,11 @@ class PrecisionPolicy:
         if isinstance(self.rules, (str, bytes)) or not isinstance(self.rules, Sequence):
             raise ValueError(f"policy field 'rules' must be a list of [pattern, mode] pairs, got {self.rules!r}")
         object.__setattr__(self, "rules", tuple(_rule(r, i) for i, r in enumerate(self.rules)))
+        if isinstance(self.attention_rules, (str, bytes)) or not isinstance(self.attention_rules, Sequence):
+            raise ValueError("policy field 'attention_rules' must be a list of [pattern, kernel] pairs, "
+                             f"got {self.attention_rules!r}")
+        object.__setattr__(self, "attention_rules",
+                           tuple(_attention_rule(r, i) for i, r in enumerate(self.attention_rules)))
         object.__setattr__(self, "default_mode", _mode(self.default_mode, "default_mode"))
         for field, allowed in _CHOICES.items():
             if getattr(self, field) not in allowed:
@@ -148,14 +179,21 @@ class PrecisionPolicy:
         return 0 < in_features <= self.fast_accum_max_k
 
     def attention_for(self, module_name: str, block_order: Sequence[str] = ()) -> str:
-        """Attention kernel ("sdpa" or "fp8") for the block that owns ``module_name``."""
-        return "sdpa" if self.in_boundary_block(module_name, block_order) else self.attention
+        """Attention kernel ("sdpa" or "fp8") for the block that owns ``module_name``: boundary blocks, then the first
+        matching attention rule, then ``attention``."""
+        if self.in_boundary_block(module_name, block_order):
+            return "sdpa"
+        for rule in self.attention_rules:
+            if fnmatchcase(module_name, rule.pattern):
+                return rule.kernel
+        return self.attention
 
     # --- serialisation --------------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["rules"] = [[r.pattern, r.mode.value] for r in self.rules]
+        d["attention_rules"] = [[r.pattern, r.kernel] for r in self.attention_rules]
         d["default_mode"] = self.default_mode.value
         return d
 
@@ -163,6 +201,11 @@ class PrecisionPolicy:
     def from_dict(cls, d: Mapping[str, Any]) -> PrecisionPolicy:
         if not isinstance(d, Mapping):
             raise ValueError(f"a precision policy must be a JSON object, got {type(d).__name__}")
+        d = dict(d)
+        for field, only in _RETIRED_FIELDS.items():
+            value = d.pop(field, only)
+            if value != only:
+                raise ValueError(f"policy field '{field}' is {value!r}; allowed: [{only!r}]")
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(known))
         if unknown:

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..fp8.attention import fp8_attention, fp8_attention_quantized_q
-from ..fp8.attention.quantize_qkv import QuantizedQ
+from ..fp8.attention import QuantizedQ, fp8_attention, fp8_attention_quantized_q
+from ..fp8.kernel_plan import KernelPlan
 
 ATTENTION_MODES = ("sdpa", "fp8")
 
@@ -63,28 +63,30 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, key_padding_mask: Tensor | None = None,
-              mode: str = "sdpa") -> Tensor:
+              mode: str = "sdpa", plan: KernelPlan | None = None) -> Tensor:
     """Softmax attention, ``q, k, v [B, H, L, D]`` -> ``[B, L, H*D]``.
 
     Args:
         key_padding_mask: ``[B, Lk]``, 1/True = valid key, 0/False = padding. Pass None when
             nothing is padded, so flash/cuDNN kernels stay eligible.
         mode: "sdpa" (torch SDPA, fp32 softmax inside the backend) or "fp8" (the pack's FP8 attention).
+        plan: the model's kernel plan, which says how FP8 attention runs (default: the plan of q's device).
     """
     if mode == "sdpa":
         bias = key_bias(key_padding_mask, q.dtype) if key_padding_mask is not None else None
         out = _sdpa(q, k, v, bias)
     elif mode == "fp8":
-        out = fp8_attention(q, k, v, key_padding_mask=key_padding_mask)
+        out = fp8_attention(q, k, v, key_padding_mask=key_padding_mask, plan=plan)
     else:
         raise ValueError(f"unknown attention mode {mode!r}; expected one of {ATTENTION_MODES}")
     return _merge_heads(out)
 
 
-def attention_quantized_q(q: QuantizedQ, k: Tensor, v: Tensor, *, key_padding_mask: Tensor | None = None) -> Tensor:
+def attention_quantized_q(q: QuantizedQ, k: Tensor, v: Tensor, *, key_padding_mask: Tensor | None = None,
+                          plan: KernelPlan | None = None) -> Tensor:
     """FP8 attention on queries the quantizing prologue wrote (``fp8.fused.qk_norm_rope_quant_q``): ``k, v``
     ``[B, H, L, D]`` -> ``[B, L, H*D]``, as ``attention(..., mode="fp8")``."""
-    return _merge_heads(fp8_attention_quantized_q(q, k, v, key_padding_mask=key_padding_mask))
+    return _merge_heads(fp8_attention_quantized_q(q, k, v, key_padding_mask=key_padding_mask, plan=plan))
 
 
 def _merge_heads(out: Tensor) -> Tensor:
@@ -92,4 +94,4 @@ def _merge_heads(out: Tensor) -> Tensor:
     return out.transpose(1, 2).reshape(b, L, h * d)
 
 
-__all__ = ["ATTENTION_MODES", "attention", "cuda_sdpa_priority", "key_bias"]
+__all__ = ["ATTENTION_MODES", "attention", "attention_quantized_q", "cuda_sdpa_priority", "key_bias"]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..fp8.kernel_plan import Kernel, KernelPlan
 from .attention import attention
 from .joint_qkv import JointQKV
 from .layers import (
@@ -35,8 +36,14 @@ class BlockInputs:
     rope: RopeTables  # image-token rotations and the q/k prologue (fused or eager)
     key_padding_mask: Tensor | None  # [B, N_img + N_txt] bool, True = valid; None when no text is padded
     norm_dtype: torch.dtype
+    plan: KernelPlan  # which implementation runs each part on this device (fp8.kernel_plan)
     fused_producers: bool = False  # feed W8A8 layers from the fused FP8 producers (fp8.fused)
     token_chunk: int = 0  # token-wise steps run over chunks of this many tokens when longer; 0: never chunk
+
+    @property
+    def producers(self) -> Kernel:
+        """The fused producers' implementation, ``Kernel.NONE`` when the model has them off."""
+        return self.plan.producers if self.fused_producers else Kernel.NONE
 
 
 def token_ranges(n: int, chunk: int) -> list[tuple[int, int]]:
@@ -80,10 +87,11 @@ class TokenRefinerBlock(nn.Module):
                                  nn.Linear(mlp_hidden, hidden, device=device, dtype=dtype))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden, device=device, dtype=dtype))
 
-    def forward(self, x: Tensor, c: Tensor, mask: Tensor | None, norm_dtype: torch.dtype, attn_mode: str) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, mask: Tensor | None, norm_dtype: torch.dtype, attn_mode: str,
+                plan: KernelPlan | None = None) -> Tensor:
         gate_attn, gate_mlp = self.adaLN_modulation(c)[:, None, :].chunk(2, dim=-1)
         q, k, v = split_heads(self.self_attn.qkv(self.norm1(x, norm_dtype)), self.heads)
-        a = attention(q, k, v.to(q.dtype), key_padding_mask=mask, mode=attn_mode)
+        a = attention(q, k, v.to(q.dtype), key_padding_mask=mask, mode=attn_mode, plan=plan)
         x = torch.addcmul(x, self.self_attn.proj(a), gate_attn)
         return torch.addcmul(x, self.mlp(self.norm2(x, norm_dtype)), gate_mlp)
 
@@ -109,7 +117,7 @@ class TokenRefiner(nn.Module):
         self.individual_token_refiner = IndividualTokenRefiner(hidden, heads, depth, device=device, dtype=dtype)
 
     def forward(self, x: Tensor, timestep: Tensor, mask: Tensor | None, norm_dtype: torch.dtype,
-                attn_modes: list[str]) -> Tensor:
+                attn_modes: list[str], plan: KernelPlan | None = None) -> Tensor:
         t = self.t_embedder(timestep_embedding(timestep).to(x.dtype))
         if mask is None:
             pooled = x.sum(dim=1) / x.shape[1]
@@ -119,7 +127,7 @@ class TokenRefiner(nn.Module):
         c = t + self.c_embedder(pooled)
         x = self.input_embedder(x)
         for block, mode in zip(self.individual_token_refiner.blocks, attn_modes):
-            x = block(x, c, mask, norm_dtype, mode)
+            x = block(x, c, mask, norm_dtype, mode, plan)
         return x
 
 
@@ -143,7 +151,7 @@ class DoubleStreamBlock(nn.Module):
         """qkv linear + q/k norm (+ RoPE) of one stream, chunk by chunk, into its token range of ``joint``."""
         norm = attn.norm
         for s, e in token_ranges(x.shape[1], ctx.token_chunk):
-            qkv = modulated_linear(attn.qkv, x[:, s:e], mod[0], mod[1], ctx.norm_dtype, ctx.fused_producers)
+            qkv = modulated_linear(attn.qkv, x[:, s:e], mod[0], mod[1], ctx.norm_dtype, ctx.producers)
             joint.write(qkv, norm.query_norm.scale, norm.key_norm.scale, s, rotate, start + s)
             del qkv
 
@@ -151,7 +159,7 @@ class DoubleStreamBlock(nn.Module):
                        ctx: BlockInputs) -> Tensor:
         """Attention projection, then the MLP, each added to ``x`` in place with its gate, chunk by chunk (both are
         token-wise, so doing one chunk completely before the next is exact)."""
-        nd, fp = ctx.norm_dtype, ctx.fused_producers
+        nd, fp = ctx.norm_dtype, ctx.producers
         for s, e in token_ranges(x.shape[1], ctx.token_chunk):
             xc = x[:, s:e]
             xc.addcmul_(attn.proj(a[:, s:e]), mod[2])
@@ -164,7 +172,8 @@ class DoubleStreamBlock(nn.Module):
         (b, n_img, hidden), n_txt = img.shape, txt.shape[1]
         # Joint attention runs over cat(img, txt) (image tokens first, Tencent order): both streams write their
         # q, k, v straight into one joint sequence instead of being concatenated afterwards.
-        joint = JointQKV(ctx.rope, attn_mode, b, self.heads, n_img + n_txt, hidden // self.heads, img.device)
+        joint = JointQKV(ctx.rope, attn_mode, ctx.plan, b, self.heads, n_img + n_txt, hidden // self.heads,
+                         img.device)
         self._project_qkv(joint, 0, self.img_attn, img, im, ctx, rotate=True)
         self._project_qkv(joint, n_img, self.txt_attn, txt, tm, ctx, rotate=False)
         a = joint.attend(ctx.key_padding_mask)
@@ -194,12 +203,12 @@ class SingleStreamBlock(nn.Module):
         (4 x hidden) is alive during attention; the price is a second LayerNorm + modulation pass over x."""
         shift, scale, gate = self.modulation(vec)
         b, L, _ = x.shape
-        nd, fp = ctx.norm_dtype, ctx.fused_producers
+        nd, fp = ctx.norm_dtype, ctx.producers
         qkv_rows, mlp_rows = slice(0, 3 * self.hidden), slice(3 * self.hidden, None)
         norm = self.norm
 
         ranges = token_ranges(L, ctx.token_chunk)
-        joint = JointQKV(ctx.rope, attn_mode, b, self.heads, L, self.hidden // self.heads, x.device)
+        joint = JointQKV(ctx.rope, attn_mode, ctx.plan, b, self.heads, L, self.hidden // self.heads, x.device)
         for s, e in ranges:
             qkv = modulated_linear(self.linear1, x[:, s:e], shift, scale, nd, fp, rows=qkv_rows)
             joint.write(qkv, norm.query_norm.scale, norm.key_norm.scale, s, rotate=True, row0=s)

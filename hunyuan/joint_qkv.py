@@ -2,9 +2,10 @@
 by the q/k prologue, then attended.
 
 Two layouts. SDPA and the eager paths take 16/32-bit q, k, v: a ``[3, B, H, L, D]`` buffer, or the prologue's own
-output when one write covers the whole sequence (no copy). FP8 attention behind the fused (Triton) prologue takes
-int8 queries, quantized by the prologue itself (``fp8.fused.qk_norm_rope_quant_q``), and a ``[2, B, H, L, D]`` k/v
-buffer: q is written once and never read back in 16 bits, and the streams land in place instead of being copied.
+output when one write covers the whole sequence (no copy). Where the kernel plan has a quantizing prologue
+(``quant_prologue``: FP8 attention runs as GPU kernels on 16-bit activations), FP8 attention takes int8 queries,
+quantized by the prologue itself (``fp8.fused.qk_norm_rope_quant_q``), and a ``[2, B, H, L, D]`` k/v buffer: q is
+written once and never read back in 16 bits, and the streams land in place instead of being copied.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..fp8.attention import triton_backend_support
-from ..fp8.attention.quantize_qkv import empty_quantized_q
-from ..fp8.triton import QUANT_Q_PROLOGUE_DTYPES
+from ..fp8.attention import empty_quantized_q
+from ..fp8.kernel_plan import Kernel, KernelPlan
 from .attention import attention, attention_quantized_q
 from .rope import RopeTables
 
@@ -22,14 +22,12 @@ from .rope import RopeTables
 class JointQKV:
     """Where a block's prologue writes q, k, v (``write``) and what its attention reads (``attend``, once)."""
 
-    def __init__(self, rope: RopeTables, mode: str, batch: int, heads: int, seq_len: int, head_dim: int,
-                 device: torch.device) -> None:  # fmt: skip
-        self.rope, self.mode, self.heads = rope, mode, heads
+    def __init__(self, rope: RopeTables, mode: str, plan: KernelPlan, batch: int, heads: int, seq_len: int,
+                 head_dim: int, device: torch.device) -> None:  # fmt: skip
+        self.rope, self.mode, self.plan, self.heads = rope, mode, plan, heads
         self.shape = (batch, heads, seq_len, head_dim)
         self.device = device
-        # FP8 attention quantizes its queries in the prologue where both run as GPU kernels
-        self.quantized = (mode == "fp8" and rope.fused and rope.out_dtype in QUANT_Q_PROLOGUE_DTYPES
-                          and triton_backend_support(device, head_dim)[0])  # fmt: skip
+        self.quantized = mode == "fp8" and rope.fused and plan.quant_prologue is not Kernel.NONE
         self._q = self._kv = self._parts = self._buffer = None
         if self.quantized:
             self._q = empty_quantized_q(batch, heads, seq_len, head_dim, head_dim**-0.5, device)
@@ -40,9 +38,9 @@ class JointQKV:
         tokens) into rows ``row0 .. row0 + n`` of the joint sequence."""
         if self.quantized:
             self.rope.qk_prologue_quantized(qkv.to(self._kv.dtype), q_scale, k_scale, rope_start, rotate, self._q,
-                                            self._kv, row0)  # fmt: skip
+                                            self._kv, row0, self.plan.quant_prologue)  # fmt: skip
             return
-        parts = self.rope.qk_prologue(qkv, self.heads, q_scale, k_scale, rope_start, rotate)
+        parts = self.rope.qk_prologue(qkv, self.heads, q_scale, k_scale, rope_start, rotate, self.plan.prologue)
         n = parts[0].shape[2]
         if row0 == 0 and n == self.shape[2]:
             self._parts = parts
@@ -57,10 +55,10 @@ class JointQKV:
         if self.quantized:
             q, k, v = self._q, self._kv[0], self._kv[1]
             self._q = self._kv = None
-            return attention_quantized_q(q, k, v, key_padding_mask=key_padding_mask)
+            return attention_quantized_q(q, k, v, key_padding_mask=key_padding_mask, plan=self.plan)
         q, k, v = self._parts if self._parts is not None else self._buffer.unbind(0)
         self._parts = self._buffer = None
-        return attention(q, k, v, key_padding_mask=key_padding_mask, mode=self.mode)
+        return attention(q, k, v, key_padding_mask=key_padding_mask, mode=self.mode, plan=self.plan)
 
 
 __all__ = ["JointQKV"]

@@ -4,7 +4,8 @@ Parameter names follow ComfyUI's native model (``comfy/ldm/flux/layers.py`` and
 ``comfy/ldm/hunyuan_video/model.py``) so state dicts and LoRA keys line up. The
 element-wise steps (LayerNorm+modulate, GELU, RMS norm) are separate functions, and
 ``modulated_linear`` / ``gelu_linear`` / ``concat_gelu_linear`` pick per layer between
-them and the fused FP8 producers (``fp8.fused``) that feed a W8A8 GEMM directly.
+them and the fused FP8 producers (``fp8.fused``) that feed a W8A8 GEMM directly, run by the
+implementation the kernel plan gives them (``producers``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 
 from ..fp8 import fused
 from ..fp8.custom_ops import compiling_or_eager
+from ..fp8.kernel_plan import Kernel
 
 NORM_EPS = 1e-6
 
@@ -119,10 +121,11 @@ _gelu_tanh_quant = compiling_or_eager(fused.gelu_tanh_quant_op, fused.gelu_tanh_
 _concat_gelu_quant = compiling_or_eager(fused.concat_gelu_quant_op, fused.concat_gelu_quant)
 
 
-def takes_fp8_input(layer: nn.Module, fused_producers: bool) -> bool:
-    """Whether to feed ``layer`` from a fused producer: it computes W8A8 per token (policy, hardware and shape
-    allow) and the model has the fused producers on. nn.Linear and weight-only / high-precision modes never do."""
-    return fused_producers and bool(getattr(layer, "accepts_quantized", False))
+def takes_fp8_input(layer: nn.Module, producers: Kernel) -> bool:
+    """Whether to feed ``layer`` from a fused producer: the plan has producers (``Kernel.NONE``: the model's fused
+    producers are off, or nothing computes W8A8 here) and the layer computes W8A8 per token (policy, device and
+    shape allow). nn.Linear and weight-only / high-precision modes never do."""
+    return producers is not Kernel.NONE and bool(getattr(layer, "accepts_quantized", False))
 
 
 def linear_rows(layer: nn.Module, x: Tensor, rows: slice | None = None) -> Tensor:
@@ -135,31 +138,32 @@ def linear_rows(layer: nn.Module, x: Tensor, rows: slice | None = None) -> Tenso
 
 
 def modulated_linear(layer: nn.Module, x: Tensor, shift: Tensor, scale: Tensor, norm_dtype: torch.dtype,
-                     fused_producers: bool, rows: slice | None = None) -> Tensor:
+                     producers: Kernel, rows: slice | None = None) -> Tensor:
     """``layer(LayerNorm(x) * (1 + scale) + shift)`` (output channels ``rows`` only, if given): the qkv, fc1 and
     linear1 inputs.
 
     Fused: LayerNorm, modulation and per-token quantization in fp32 in one pass, straight into the FP8 GEMM.
     """
-    if takes_fp8_input(layer, fused_producers):
-        return layer.forward_quantized(*_layernorm_modulate_quant(x, shift, scale, NORM_EPS), rows=rows)
+    if takes_fp8_input(layer, producers):
+        return layer.forward_quantized(*_layernorm_modulate_quant(x, shift, scale, NORM_EPS, producers.value),
+                                       rows=rows)
     return linear_rows(layer, norm_modulate(x, shift, scale, norm_dtype), rows)
 
 
-def gelu_linear(layer: nn.Module, h: Tensor, fused_producers: bool) -> Tensor:
-    """``layer(gelu_tanh(h))``: the fc2 input (K = 12288, where eager quantization cost more than the GEMM)."""
-    if takes_fp8_input(layer, fused_producers):
-        h_q, h_scale = _gelu_tanh_quant(h)
+def gelu_linear(layer: nn.Module, h: Tensor, producers: Kernel) -> Tensor:
+    """``layer(gelu_tanh(h))``: the fc2 input (K = 12288, the widest activation an eager quantization would read)."""
+    if takes_fp8_input(layer, producers):
+        h_q, h_scale = _gelu_tanh_quant(h, producers.value)
         del h  # the caller passes a temporary: free it before the GEMM allocates its output
         return layer.forward_quantized(h_q, h_scale)
     return layer(gelu_tanh(h))
 
 
-def concat_gelu_linear(layer: nn.Module, attn_out: Tensor, mlp_act: Tensor, fused_producers: bool) -> Tensor:
+def concat_gelu_linear(layer: nn.Module, attn_out: Tensor, mlp_act: Tensor, producers: Kernel) -> Tensor:
     """``layer(cat(attn_out, gelu_tanh(mlp_act)))``: the single block's linear2; fused, the concatenation is
     never written in high precision."""
-    if takes_fp8_input(layer, fused_producers):
-        return layer.forward_quantized(*_concat_gelu_quant(attn_out, mlp_act))
+    if takes_fp8_input(layer, producers):
+        return layer.forward_quantized(*_concat_gelu_quant(attn_out, mlp_act, producers.value))
     return layer(torch.cat((attn_out, gelu_tanh(mlp_act).to(attn_out.dtype)), dim=-1))
 
 

@@ -35,6 +35,7 @@ from ..fp8.formats import HIGH_PRECISION_DTYPES, high_precision_dtype
 from .blocks import BlockInputs, DoubleStreamBlock, LastLayer, SingleStreamBlock, TokenRefiner
 from .config import HunyuanConfig
 from .layers import MLPEmbedder, PatchEmbed, timestep_embedding
+from .plan import kernel_plan
 from .rope import RopeTables, rope_tables
 
 logger = logging.getLogger("hyvideo_fp8")
@@ -99,6 +100,7 @@ class HunyuanVideoTransformer(nn.Module):
         self.fused_producers = True
         self.token_chunk = DEFAULT_TOKEN_CHUNK
         self.block_swap = None  # set by hunyuan.offload.enable_block_swap
+        self.kernel_plans: dict = {}  # (device, compute dtype) -> fp8.kernel_plan.KernelPlan, see hunyuan.plan
         self._compile_pending = False
 
     @property
@@ -266,8 +268,9 @@ class HunyuanVideoTransformer(nn.Module):
             vec = vec + self.guidance_in(timestep_embedding(g, time_factor=1000.0).to(cdt))
 
         refiner_modes, double_modes, single_modes = self.attention_modes()
+        plan = kernel_plan(self, x.device, cdt)
         context, text_mask = self._text_mask(context.to(cdt), attention_mask)
-        txt = self.txt_in(context, timestep, text_mask, ndt, refiner_modes)
+        txt = self.txt_in(context, timestep, text_mask, ndt, refiner_modes, plan)
         del context
 
         n_img, n_txt = img.shape[1], txt.shape[1]
@@ -276,7 +279,7 @@ class HunyuanVideoTransformer(nn.Module):
         key_mask = None
         if text_mask is not None:
             key_mask = torch.cat([text_mask.new_ones(b, n_img), text_mask], dim=1)
-        ctx = BlockInputs(rope=rope, key_padding_mask=key_mask, norm_dtype=ndt,
+        ctx = BlockInputs(rope=rope, key_padding_mask=key_mask, norm_dtype=ndt, plan=plan,
                           fused_producers=self.fused_producers, token_chunk=self.token_chunk)
         del x
 

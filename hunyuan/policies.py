@@ -3,8 +3,9 @@
 Linear layers of the transformer (ComfyUI names): ``double_blocks.{i}.{img,txt}_{mod.lin, attn.qkv, attn.proj,
 mlp.0, mlp.2}``, ``single_blocks.{i}.{linear1, linear2, modulation.lin}``, ``txt_in.*`` (embedders and the token
 refiner), ``time_in.*``, ``guidance_in.*``, ``vector_in.*``, ``final_layer.{linear, adaLN_modulation.1}``.
-``img_in.proj`` is a Conv3d and never quantized. Error budgets are the accepted relative L2 error of one
-denoising step's output against the bf16 preset; they are initial values to be re-measured on the real model.
+``img_in.proj`` is a Conv3d and never quantized. The node's override groups (``LINEAR_GROUPS``) and the presets'
+rules use the same globs, defined here once. Error budgets are the accepted relative L2 error of one denoising
+step's output against the bf16 preset.
 """
 
 from __future__ import annotations
@@ -14,34 +15,36 @@ from pathlib import Path
 from typing import Any
 
 from ..fp8.formats import ComputeMode
-from ..fp8.policy import PrecisionPolicy, Rule
+from ..fp8.policy import AttentionRule, PrecisionPolicy, Rule
 from ..fp8.policy import load_policy as _load_policy
 
-__all__ = ["PRESETS", "DEFAULT_PRESET", "get_preset", "load_policy", "BLOCK_LINEARS", "MODULATION_LINEARS"]
+__all__ = ["PRESETS", "DEFAULT_PRESET", "get_preset", "load_policy", "BLOCK_LINEARS", "MODULATION_LINEARS",
+           "LINEAR_GROUPS", "REFINER_BLOCKS", "FAST_ACCUM_MAX_K"]
 
 FP8, WEIGHT_ONLY = ComputeMode.FP8, ComputeMode.FP8_WEIGHT_ONLY
 
-# The linears that carry essentially all of the transformer's FLOPs (9.06 B parameters).
-BLOCK_LINEARS: tuple[str, ...] = tuple(
-    f"double_blocks.*.{side}_{layer}"
-    for side in ("img", "txt")
-    for layer in ("attn.qkv", "attn.proj", "mlp.0", "mlp.2")
-) + ("single_blocks.*.linear1", "single_blocks.*.linear2")
+# Groups of linears a user may switch together (the policy node's override widgets).
+LINEAR_GROUPS: dict[str, tuple[str, ...]] = {
+    "attention_linears": tuple(f"double_blocks.*.{s}_attn.{n}" for s in ("img", "txt") for n in ("qkv", "proj")),
+    "mlp_linears": tuple(f"double_blocks.*.{s}_mlp.{n}" for s in ("img", "txt") for n in ("0", "2")),
+    "single_block_linears": ("single_blocks.*.linear1", "single_blocks.*.linear2"),
+    # applied to one conditioning vector per sample: a quarter of the weights, negligible FLOPs
+    "modulation_linears": ("double_blocks.*.img_mod.lin", "double_blocks.*.txt_mod.lin",
+                           "single_blocks.*.modulation.lin"),
+}
+# The linears that carry essentially all of the transformer's FLOPs.
+BLOCK_LINEARS: tuple[str, ...] = (LINEAR_GROUPS["attention_linears"] + LINEAR_GROUPS["mlp_linears"]
+                                  + LINEAR_GROUPS["single_block_linears"])
+MODULATION_LINEARS: tuple[str, ...] = LINEAR_GROUPS["modulation_linears"]
+# The token refiner's blocks: attention over the text alone (a few hundred tokens), where FP8 has no time to gain.
+REFINER_BLOCKS = "txt_in.*"
 
-# Applied to one conditioning vector per sample: 26 % of the weights, negligible FLOPs.
-MODULATION_LINEARS: tuple[str, ...] = (
-    "double_blocks.*.img_mod.lin", "double_blocks.*.txt_mod.lin", "single_blocks.*.modulation.lin",
-)
-
-# Error budgets: the worst one-step relative L2 error against bf16 measured by bench/bench_quality.py on the full 13B
-# config with random weights at 848x480x61f on an H200 (bench/results/quality-2026-11-29-h200: weight-only 0.125,
-# balanced 0.108, max 0.198, bf16 kernel noise floor 0.017), rounded up by about 10%. Random weights amplify
-# rounding through 60 blocks far more than trained ones (the bf16 flash-vs-cuDNN floor alone is 1.7%), so these are
-# upper bounds to re-measure on real checkpoints with `tools.py quality`.
-# Fast FP8 accumulation on every linear of HunyuanVideo (largest K: single_blocks.*.linear2, 15,360): on an H200 it
-# takes the GEMM from 1.67-1.97x to 1.93-2.10x bf16 and adds 1.1e-3 (K=3,072) to 3.0e-3 (K=15,360) relative L2
-# accumulation error, against 3.75e-2 from the FP8 quantization itself (bench/results/linear-2026-11-29-h200-
-# interleaved.md).
+# Error budgets: the worst one-step relative L2 error against bf16 that bench/bench_quality.py measured on the full
+# 13B config with random weights (bench/results/quality-2026-11-29-h200), rounded up. Random weights amplify rounding
+# through 60 blocks far more than trained ones, so these are upper bounds to re-measure on real checkpoints with
+# `tools.py quality`.
+# Fast FP8 accumulation covers every linear of HunyuanVideo (the largest K is single_blocks.*.linear2's 15,360); its
+# speed and its extra error next to the FP8 rounding are in bench/results/linear-2026-11-29-h200-interleaved.md.
 FAST_ACCUM_MAX_K = 15360
 
 PRESETS: dict[str, PrecisionPolicy] = {
@@ -66,10 +69,12 @@ PRESETS: dict[str, PrecisionPolicy] = {
         PrecisionPolicy(
             name="fp8-balanced",
             description="W8A8 FP8 on the attention and MLP block linears (per-token activations), FP8 attention; "
-                        "modulation, embedders, token refiner and final layer in bf16; first and last block in bf16.",
+                        "modulation, embedders, token refiner (attention included) and final layer in bf16; first "
+                        "and last block in bf16.",
             rules=tuple(Rule(p, FP8) for p in BLOCK_LINEARS),
             default_mode=ComputeMode.BF16,
             attention="fp8",
+            attention_rules=(AttentionRule(REFINER_BLOCKS, "sdpa"),),
             high_precision_boundary_blocks=1,
             error_budget=0.12,
             fast_accum_max_k=FAST_ACCUM_MAX_K,

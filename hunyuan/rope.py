@@ -15,10 +15,11 @@ import torch
 from torch import Tensor
 
 from ..fp8 import fused
-from ..fp8.attention.quantize_qkv import QuantizedQ
+from ..fp8.attention import QuantizedQ
+from ..fp8.kernel_plan import Kernel
 from .layers import NORM_EPS, rms_norm
 
-_qk_norm_rope = torch.compiler.disable(fused.qk_norm_rope)  # a Triton kernel on CUDA: opaque to torch.compile
+_qk_norm_rope = torch.compiler.disable(fused.qk_norm_rope)  # a Triton kernel on GPUs: opaque to torch.compile
 _qk_norm_rope_quant_q = torch.compiler.disable(fused.qk_norm_rope_quant_q)
 # The fused prologue computes in fp32 and writes one of these dtypes.
 FUSED_PROLOGUE_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -78,8 +79,8 @@ class RopeTables:
 
     Sequences are image tokens first, then text (the double block's text stream is text only). With ``fused`` the
     prologue is ``fp8.fused.qk_norm_rope`` (split, RMS norm in fp32, RoPE on the leading image tokens, one write
-    of ``[B, H, L, D]``; Triton on CUDA); otherwise the eager ``norm_rope`` in ``norm_dtype`` (ComfyUI's numerics,
-    any dtype incl. float64).
+    of ``[B, H, L, D]``), run by the kernel the plan names; otherwise the eager ``norm_rope`` in ``norm_dtype``
+    (ComfyUI's numerics, any dtype incl. float64).
     """
 
     def __init__(self, freqs: Tensor, n_txt: int, norm_dtype: torch.dtype, out_dtype: torch.dtype,
@@ -93,15 +94,16 @@ class RopeTables:
         else:
             self.joint = append_identity(freqs, n_txt)
 
-    def qk_prologue(self, qkv: Tensor, heads: int, q_scale: Tensor, k_scale: Tensor, start: int,
-                    rotate: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def qk_prologue(self, qkv: Tensor, heads: int, q_scale: Tensor, k_scale: Tensor, start: int, rotate: bool,
+                    kernel: Kernel) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v ``[B, H, L, D]`` from ``qkv [B, L, 3*H*D]`` holding tokens ``start .. start+L`` of the
         image-first sequence; ``rotate=False`` for a text-only stream. q and k are normalised (and rotated where
-        they are image tokens); v is passed through. All three in ``out_dtype``."""
+        they are image tokens); v is passed through. All three in ``out_dtype``. ``kernel``: the plan's
+        ``prologue``, for the fused prologue."""
         L = qkv.shape[1]
         if self.fused:
             n_rope, rows = self._rope_rows(start, L, rotate)
-            q, k, v = _qk_norm_rope(qkv, q_scale, k_scale, self.cos[rows], self.sin[rows], n_rope, NORM_EPS)
+            q, k, v = _qk_norm_rope(qkv, q_scale, k_scale, self.cos[rows], self.sin[rows], n_rope, NORM_EPS, kernel)
             return q.to(self.out_dtype), k.to(self.out_dtype), v.to(self.out_dtype)  # no-ops unless a mode override
         q, k, v = split_heads(qkv, heads)
         freqs = self.joint[start:start + L] if rotate else None
@@ -109,12 +111,13 @@ class RopeTables:
                 norm_rope(k, k_scale, freqs, self.norm_dtype, self.out_dtype), v.to(self.out_dtype))
 
     def qk_prologue_quantized(self, qkv: Tensor, q_scale: Tensor, k_scale: Tensor, start: int, rotate: bool,
-                              q_out: QuantizedQ, kv_out: Tensor, row0: int) -> None:  # fmt: skip
+                              q_out: QuantizedQ, kv_out: Tensor, row0: int, kernel: Kernel) -> None:  # fmt: skip
         """The fused prologue in front of FP8 attention (needs ``fused``): the tokens ``start .. start+L`` of
-        ``qkv`` become rows ``row0 ..`` of the int8 queries ``q_out`` and of the k/v buffer ``kv_out``."""
+        ``qkv`` become rows ``row0 ..`` of the int8 queries ``q_out`` and of the k/v buffer ``kv_out``.
+        ``kernel``: the plan's ``quant_prologue``."""
         n_rope, rows = self._rope_rows(start, qkv.shape[1], rotate)
         _qk_norm_rope_quant_q(qkv, q_scale, k_scale, self.cos[rows], self.sin[rows], n_rope, NORM_EPS, q_out, kv_out,
-                              row0)  # fmt: skip
+                              row0, kernel)  # fmt: skip
 
     def _rope_rows(self, start: int, n: int, rotate: bool) -> tuple[int, slice]:
         """How many of the tokens ``start .. start+n`` are image tokens to rotate, and their table rows."""

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from .attention_override import DEFAULT_MIN_TOKENS
 from .loader import CATEGORY
 
 
@@ -11,8 +12,8 @@ class HyVideoFP8AttentionPatch:
 
     DESCRIPTION = ("Runs the model's attention through the pack's FP8 attention (smoothed INT8 Q.K with fine-grained "
                    "scales, FP8 P.V, fp32 softmax) for ComfyUI's own HunyuanVideo loaded with 'Load Diffusion Model' "
-                   "or another loader. Attention is 80-87% of a 544p-720p step. Models from the HunyuanVideo FP8 "
-                   "Loader choose their attention in the precision policy instead.")
+                   "or another loader. Attention is most of a step's time at 544p and above. Models from the "
+                   "HunyuanVideo FP8 Loader choose their attention in the precision policy instead.")
     CATEGORY = CATEGORY
     FUNCTION = "patch"
     RETURN_TYPES = ("MODEL",)
@@ -22,7 +23,7 @@ class HyVideoFP8AttentionPatch:
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
             "model": ("MODEL", {"tooltip": "A HunyuanVideo MODEL loaded by ComfyUI's own loader."}),
-            "min_tokens": ("INT", {"default": 1024, "min": 0, "max": 1 << 20, "tooltip": (
+            "min_tokens": ("INT", {"default": DEFAULT_MIN_TOKENS, "min": 0, "max": 1 << 20, "tooltip": (
                 "Attention calls over fewer keys than this keep ComfyUI's kernel (the 256-token text refiner "
                 "gains nothing from FP8).")}),
         }}
@@ -30,13 +31,13 @@ class HyVideoFP8AttentionPatch:
     def patch(self, model, min_tokens: int):
         import comfy.model_management as mm
 
-        from ..fp8.attention import triton_backend_support
-        from ..fp8.attention.comfy_override import make_override
+        from ..fp8.kernel_plan import FAST, device_plan
+        from .attention_override import make_override
 
         device = mm.get_torch_device()
-        ok, reason = triton_backend_support(device, 128)
-        if not ok and device.type == "cuda":
-            raise ValueError(f"FP8 attention is not available here: {reason}")
+        plan = device_plan(device)
+        if device.type == "cuda" and plan.attention not in FAST:
+            raise ValueError("FP8 attention is not available here: " + "; ".join(plan.notes))
         patched = model.clone()
         options = patched.model_options.setdefault("transformer_options", {})
         options["optimized_attention_override"] = make_override(min_tokens)

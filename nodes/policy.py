@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from ..fp8.formats import MODE_NAMES
 from ..fp8.policy import PrecisionPolicy, Rule
-from ..hunyuan.policies import DEFAULT_PRESET, FAST_ACCUM_MAX_K, MODULATION_LINEARS, PRESETS
+from ..hunyuan.policies import DEFAULT_PRESET, FAST_ACCUM_MAX_K, LINEAR_GROUPS, PRESETS
 
 CATEGORY = "HunyuanVideo FP8"
 POLICY_TYPE = "HYVIDEO_FP8_POLICY"
@@ -20,17 +20,12 @@ KEEP = "preset"
 FAST_ACCUMULATION = {"on": FAST_ACCUM_MAX_K, "off": 0}  # -> PrecisionPolicy.fast_accum_max_k; KEEP: the preset's
 
 # Override groups: widget name -> module globs (ComfyUI internal names) it sets.
-GROUPS: dict[str, tuple[str, ...]] = {
-    "attention_linears": tuple(f"double_blocks.*.{s}_attn.{n}" for s in ("img", "txt") for n in ("qkv", "proj")),
-    "mlp_linears": tuple(f"double_blocks.*.{s}_mlp.{n}" for s in ("img", "txt") for n in ("0", "2")),
-    "single_block_linears": ("single_blocks.*.linear1", "single_blocks.*.linear2"),
-    "modulation_linears": MODULATION_LINEARS,
-}
+GROUPS = LINEAR_GROUPS
 _GROUP_HELP = {
     "attention_linears": "q/k/v and output projections of the 20 double-stream blocks",
     "mlp_linears": "MLP linears of the 20 double-stream blocks",
     "single_block_linears": "fused linear1/linear2 of the 40 single-stream blocks",
-    "modulation_linears": "adaLN modulation linears (26% of the weights, negligible FLOPs; sensitive)",
+    "modulation_linears": "adaLN modulation linears (a quarter of the weights, negligible FLOPs; sensitive)",
 }
 _MODE_HELP = ("fp8 = W8A8 FP8 matmul (Ada/Hopper); fp8-weight-only = FP8 storage, bf16 matmul (any GPU); "
               "bf16/fp32 = high precision; 'preset' keeps the preset's choice.")
@@ -117,7 +112,8 @@ class HyVideoFP8Policy:
                 f"{name}: {p.description}" for name, p in PRESETS.items())}),
             "attention": ([KEEP, "sdpa", "fp8"], {"default": KEEP, "tooltip": (
                 "Attention kernel: sdpa = PyTorch bf16 attention, fp8 = FP8 attention (the big speed lever at 720p); "
-                "'preset' keeps the preset's choice.")}),
+                "'preset' keeps the preset's choice. The preset's per-block exceptions (boundary blocks, the "
+                "token refiner in fp8-balanced) stay.")}),
         }
         for group in GROUPS:
             required[group] = (modes, {"default": KEEP, "tooltip": f"{_GROUP_HELP[group]}. {_MODE_HELP}"})
@@ -135,7 +131,7 @@ class HyVideoFP8Policy:
         # Optional, so workflow files saved before this widget existed still load with the preset's choice.
         optional = {"fast_accumulation": ([KEEP, *FAST_ACCUMULATION], {"default": KEEP, "tooltip": (
             "FP8 GEMMs accumulate in the tensor cores' fast, reduced-precision accumulator instead of promoting to "
-            "fp32: about 15% faster GEMMs on an H200 for ~0.1-0.3% extra error (FP8 rounding itself is ~4%). "
+            "fp32: faster GEMMs for a small extra error, well below the FP8 rounding itself. "
             "'preset' keeps the preset's choice (on for fp8-balanced and fp8-max).")})}
         return {"required": required, "optional": optional}
 

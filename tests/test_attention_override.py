@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hyvideo_fp8.fp8.attention.comfy_override import key_padding_from_mask, make_override
+from hyvideo_fp8.nodes.attention_override import key_padding_from_mask, make_override
 
 
 def comfy_sdpa(q, k, v, heads, mask=None, skip_reshape=False, skip_output_reshape=False, **kwargs):

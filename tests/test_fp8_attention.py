@@ -280,6 +280,7 @@ def test_triton_path_is_one_opaque_op_for_torch_compile():
     with FakeTensorMode():
         q = torch.empty(2, 300, 3, 64, dtype=torch.bfloat16).transpose(1, 2)  # [B, H, L, D] view, as the model has
         mask = torch.empty(2, 300, dtype=torch.bool)
-        out = torch.ops.hyvideo_fp8.fp8_attention(q, q, q, mask, 0.125)
+        out = torch.ops.hyvideo_fp8.fp8_attention(q, q, q, mask, 0.125, "gluon", "triton")
         assert out.shape == (2, 3, 300, 64) and out.dtype == torch.bfloat16 and out.is_contiguous()
-        assert torch.ops.hyvideo_fp8.fp8_attention(q.float(), q.float(), q.float(), None, 0.1).dtype == torch.float32
+        assert torch.ops.hyvideo_fp8.fp8_attention(q.float(), q.float(), q.float(), None, 0.1, "triton",
+                                                   "torch").dtype == torch.float32

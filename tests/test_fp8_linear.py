@@ -6,12 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from hyvideo_fp8.fp8 import linear as linear_module
-from hyvideo_fp8.fp8.apply import compute_override, make_linear, quantize_model_, set_compute_mode
-from hyvideo_fp8.fp8.hardware import fp8_compute_support, resolve_mode
+from hyvideo_fp8.fp8 import kernel_plan
+from hyvideo_fp8.fp8.apply import QuantizationReport, compute_override, make_linear, quantization_report
+from hyvideo_fp8.fp8.hardware import fp8_compute_support
+from hyvideo_fp8.fp8.kernel_plan import Kernel, make_plan
 from hyvideo_fp8.fp8.linear import ComputeMode, FP8Linear
 from hyvideo_fp8.fp8.policy import PrecisionPolicy
-from hyvideo_fp8.fp8.quantize import quantize_rowwise, quantize_tensorwise, saturating_cast
+from hyvideo_fp8.fp8.quantize import dequantize, quantize_rowwise, quantize_tensorwise, saturating_cast
+
+
+def dequantized(layer: FP8Linear, dtype: torch.dtype) -> torch.Tensor:
+    return dequantize(layer.weight, layer.weight_scale, dtype)
 
 
 def rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -77,7 +82,7 @@ def test_high_precision_modes_use_the_same_fp8_weights(mode, dtype):
     x = torch.randn(37, 256, dtype=torch.float16)  # any float input dtype
     out = layer(x)
     assert out.dtype == dtype
-    exact = reference(x, layer.dequantized_weight(torch.float32), b)  # the FP8 weight, dequantized, in float64
+    exact = reference(x, dequantized(layer, torch.float32), b)  # the FP8 weight, dequantized, in float64
     assert rel_l2(out, exact) <= (0.006 if dtype == torch.bfloat16 else 1e-6)  # measured 0.003 / 1e-7
 
 
@@ -128,26 +133,27 @@ def test_unsupported_gpu_gets_a_clear_message_and_weight_only():
     ok, reason = fp8_compute_support("cuda", capability=(8, 6), device_name="NVIDIA RTX A6000")
     assert not ok
     assert "sm_86" in reason and "NVIDIA RTX A6000" in reason and "fp8-weight-only" in reason
-    mode, why = resolve_mode("fp8", "cuda", capability=(8, 0))
-    assert mode is ComputeMode.FP8_WEIGHT_ONLY and "sm_80" in why
-    assert resolve_mode("fp8", "cuda", capability=(9, 0)) == (ComputeMode.FP8, None)
-    assert resolve_mode("fp8", "cuda", capability=(8, 9)) == (ComputeMode.FP8, None)
-    assert resolve_mode("bf16", "cuda", capability=(7, 5)) == (ComputeMode.BF16, None)
+    for capability, gemm in (((8, 0), Kernel.NONE), ((8, 9), Kernel.TORCH), ((9, 0), Kernel.TORCH)):
+        plan = make_plan("cuda", capability=capability, device_name="GPU", triton_problem="")
+        assert plan.gemm is gemm
+    assert any("sm_80" in note and "fp8-weight-only" in note
+               for note in make_plan("cuda", capability=(8, 0), device_name="GPU", triton_problem="").notes)
     assert fp8_compute_support("cpu")[0]
     ok, reason = fp8_compute_support("mps")
     assert not ok and "fp8-weight-only" in reason
 
 
 def test_layers_on_a_gpu_without_fp8_fall_back_at_run_time(monkeypatch, caplog):
-    """Simulated on the meta device: the device check reports once per device, each layer records the reason."""
+    """Simulated on the meta device: the kernel plan's GEMM check reports once per device, and every fp8 layer there
+    computes weight-only."""
     reason = "this GPU (sm_86, NVIDIA RTX A6000) has no FP8 tensor cores: use the fp8-weight-only policy"
-    monkeypatch.setattr(linear_module, "fp8_supported_on", lambda device: (False, reason))
-    monkeypatch.setattr(linear_module, "_DEVICES_REPORTED", set())
+    monkeypatch.setattr(kernel_plan, "fp8_compute_support", lambda device: (False, reason))
+    monkeypatch.setattr(kernel_plan, "_GEMM_KERNELS", {})
     layers = [FP8Linear.from_float(*layer_data(k=64, n=48), "fp8").to("meta") for _ in range(2)]
     with caplog.at_level(logging.WARNING, logger="hyvideo_fp8"):
         for layer in layers:
             out = layer(torch.empty(5, 64, device="meta"))
-            assert out.shape == (5, 48) and layer.fallback_reason == reason
+            assert out.shape == (5, 48) and not layer.accepts_quantized
             assert layer.effective_mode is ComputeMode.FP8_WEIGHT_ONLY
     assert [r.getMessage() for r in caplog.records] == [f"[hyvideo_fp8] {reason}; FP8 layers compute weight-only"]
 
@@ -163,7 +169,7 @@ def test_from_quantized_accepts_scale_layouts(scale_shape):
     assert layer.weight_scale.shape == (48,) and layer.weight_scale.dtype == torch.float32
     assert not layer.weight.requires_grad
     exact = q.float() * s.reshape(-1, 1)  # a per-tensor scale expands exactly
-    assert torch.equal(layer.dequantized_weight(torch.float32), exact)
+    assert torch.equal(dequantized(layer, torch.float32), exact)
 
 
 def test_constructor_errors():
@@ -239,13 +245,21 @@ def run(model: nn.ModuleDict, x: torch.Tensor) -> torch.Tensor:
     return model["head"](model["blocks"](x))
 
 
-def test_quantize_model_reproduces_float_output_and_reports():
+def quantize(model: nn.Module, policy: PrecisionPolicy) -> QuantizationReport:
+    """Every nn.Linear of ``model`` rebuilt by ``make_linear`` (what the loader does layer by layer), then reported."""
+    for name, layer in [(n, m) for n, m in model.named_modules() if type(m) is nn.Linear]:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, make_linear(name, layer.weight, layer.bias, policy))
+    return quantization_report(model)
+
+
+def test_policy_built_layers_reproduce_float_output_and_are_reported():
     model = tiny_model()
     x = outlier_input(2, 37, 64).double()
     with torch.no_grad():
         ref = run(model, x)
     policy = PrecisionPolicy(rules=(("blocks.*", "fp8"),), default_mode="fp32", compute_dtype="fp32")
-    report = quantize_model_(model, policy)
+    report = quantize(model, policy)
     assert isinstance(model["blocks"][0].fc1, FP8Linear)
     assert type(model["head"]) is nn.Linear and model["head"].weight.dtype == torch.float32
     assert report.counts == {"fp8": 4, "fp8-weight-only": 4, "fp32": 1}
@@ -268,11 +282,11 @@ def test_make_linear_follows_policy_and_checkpoint_format():
     assert torch.equal(fp8.weight.view(torch.uint8), q.view(torch.uint8))  # kept as is, not re-quantized
     hp = make_linear("c.x", q, b, policy, weight_scale=s.reshape(48))  # FP8 checkpoint, bf16 layer: dequantized
     assert type(hp) is nn.Linear and hp.weight.dtype == torch.bfloat16 and not hp.weight.requires_grad
-    torch.testing.assert_close(hp.weight, fp8.dequantized_weight(torch.bfloat16))
+    torch.testing.assert_close(hp.weight, dequantized(fp8, torch.bfloat16))
     q5, s5 = quantize_rowwise(w, "e5m2")  # other format than the policy's: re-quantized to e4m3fn
     re = make_linear("b.x", q5, b, policy, weight_scale=s5)
     assert re.weight.dtype == torch.float8_e4m3fn and re.mode is ComputeMode.FP8_WEIGHT_ONLY
-    assert rel_l2(re.dequantized_weight(torch.float32), w) <= 0.07  # measured 0.048-0.050 (e5m2, then e4m3fn)
+    assert rel_l2(dequantized(re, torch.float32), w) <= 0.07  # measured 0.048-0.050 (e5m2, then e4m3fn)
     unscaled = make_linear("a.y", saturating_cast(w), None, policy)  # unscaled FP8 file: scale 1
     assert torch.equal(unscaled.weight_scale, torch.ones(48))
     with pytest.raises(ValueError, match="weight_scale was given but the weight is torch.float32"):
@@ -300,7 +314,7 @@ def test_fast_accumulation_follows_the_policy_into_every_fp8_gemm(monkeypatch):
 
 def test_compute_override_restores_modes_even_on_error():
     model = tiny_model().float()
-    quantize_model_(model, PrecisionPolicy(rules=(("blocks.0.*", "fp8"), ("*", "fp8-weight-only"))))
+    quantize(model, PrecisionPolicy(rules=(("blocks.0.*", "fp8"), ("*", "fp8-weight-only"))))
     before = {n: m.mode for n, m in model.named_modules() if isinstance(m, FP8Linear)}
     assert set(before.values()) == {ComputeMode.FP8, ComputeMode.FP8_WEIGHT_ONLY}
     with compute_override(model, "bf16"):
@@ -311,8 +325,6 @@ def test_compute_override_restores_modes_even_on_error():
     assert {n: m.mode for n, m in model.named_modules() if isinstance(m, FP8Linear)} == before
     with pytest.raises(ValueError, match="unknown compute mode"), compute_override(model, "fp16"):
         pass
-    assert set_compute_mode(model, "fp8") == len(before)
-    assert {m.mode for m in model.modules() if isinstance(m, FP8Linear)} == {ComputeMode.FP8}
 
 
 def test_weight_patch_hooks_merge_a_lora_into_the_real_weight_and_restore_exactly():
@@ -325,7 +337,7 @@ def test_weight_patch_hooks_merge_a_lora_into_the_real_weight_and_restore_exactl
     assert ((real - w).norm() / w.norm()).item() < 0.03  # the real weight, not the codes (measured ~0.02)
     delta = (torch.randn(48, 4) @ torch.randn(4, 64)) * 1e-3  # a rank-4 LoRA
     layer.set_weight(real + delta)
-    merged = layer.dequantized_weight(torch.float32)
+    merged = dequantized(layer, torch.float32)
     assert ((merged - (w + delta)).norm() / (w + delta).norm()).item() < 0.03  # measured ~0.02
     assert torch.isfinite(merged).all()
     layer.set_weight(layer.convert_weight(codes.float()), inplace_update=True)  # unpatch from the FP8 backup

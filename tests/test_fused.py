@@ -23,6 +23,7 @@ import torch
 from hyvideo_fp8.fp8 import fused
 from hyvideo_fp8.fp8.attention.quantize_qkv import empty_quantized_q
 from hyvideo_fp8.fp8.formats import SCALE_FLOOR
+from hyvideo_fp8.fp8.kernel_plan import FUSED_ENV, Kernel, device_plan
 
 if importlib.util.find_spec("triton") and "triton" not in sys.modules and not torch.cuda.is_available():
     # Without a GPU, Triton can only interpret; the switch must be set before triton is first imported.
@@ -232,18 +233,28 @@ def test_bad_inputs_raise_clear_errors(case):
 
 
 def test_env_var_forces_reference():
+    """HYVIDEO_FP8_FUSED=0 makes the kernel plan of an sm_90 GPU run the producers' and prologue's references."""
     root = Path(__file__).resolve().parent.parent
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from pack_path import load_pack; load_pack(); "
-            "from hyvideo_fp8.fp8 import fused; print(fused.USE_TRITON)")
-    for value, expected in (("0", "False"), ("1", "True")):
-        env = {**os.environ, fused.FUSED_ENV: value}
+            "from hyvideo_fp8.fp8.kernel_plan import make_plan; "
+            "p = make_plan('cuda', capability=(9, 0), device_name='H100', triton_problem=''); "
+            "print(p.producers.value, p.prologue.value)")
+    for value, expected in (("0", "torch torch"), ("1", "triton triton")):
+        env = {**os.environ, FUSED_ENV: value}
         done = subprocess.run([sys.executable, "-c", code, str(root)], env=env, capture_output=True, text=True,
                               check=True)
         assert done.stdout.strip() == expected
 
 
-def test_cpu_tensors_use_the_reference():
-    assert not fused.uses_triton(torch.zeros(1))
+def test_cpu_tensors_use_the_reference(monkeypatch):
+    """Without a kernel named, the plan of the input's device decides: the reference on the CPU (no launch)."""
+    from hyvideo_fp8.fp8.triton import gelu_quant
+
+    monkeypatch.setattr(gelu_quant, "gelu_tanh_quant_triton", lambda x: pytest.fail("launched a Triton kernel"))
+    assert device_plan("cpu").producers is Kernel.TORCH
+    x = activations(1, 3, 64, torch.float32)
+    assert all(torch.equal(a.float(), b.float()) for a, b in zip(fused.gelu_tanh_quant(x),
+                                                                 fused.gelu_tanh_quant_reference(x)))
 
 
 # ---------------------------------------------------------------- Triton kernels under the CPU interpreter
@@ -475,10 +486,15 @@ def test_triton_bad_out_buffer_is_rejected_untouched(kernels):
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_public_entry_points_route_to_the_kernels(kernels, monkeypatch):
-    """With the kernels selected (as on an sm_89+ GPU) every public function reaches its launcher and agrees with
-    the reference; HYVIDEO_FP8_FUSED=0 (USE_TRITON False) is covered by test_env_var_forces_reference."""
+    """With the Triton kernels named (as an sm_89+ GPU's plan does) every public function reaches its launcher and
+    agrees with the reference; HYVIDEO_FP8_FUSED=0 is covered by test_env_var_forces_reference."""
+    from hyvideo_fp8.fp8.triton import gelu_quant, norm_modulate_quant, qk_norm_rope
+
     launched = []
-    monkeypatch.setattr(fused, "uses_triton", lambda t, fp8_output=True: launched.append(t.shape) or True)
+    for module in (gelu_quant, norm_modulate_quant, qk_norm_rope):
+        for name in [n for n in vars(module) if n.endswith("_triton")]:
+            launcher = getattr(module, name)
+            monkeypatch.setattr(module, name, lambda *a, _f=launcher, **kw: launched.append(_f) or _f(*a, **kw))
     dev = kernels.device
     x = activations(1, 3, 256, torch.bfloat16)
     m = torch.randn(1, 1, 256, dtype=torch.bfloat16)
@@ -490,7 +506,7 @@ def test_public_entry_points_route_to_the_kernels(kernels, monkeypatch):
         (fused.qk_norm_rope, (qkv, q_w, k_w, cos, sin, 3), fused.qk_norm_rope_reference),
     ]
     for public, args, reference in cases:
-        got = public(*(a.to(dev) if isinstance(a, torch.Tensor) else a for a in args))
+        got = public(*(a.to(dev) if isinstance(a, torch.Tensor) else a for a in args), kernel=Kernel.TRITON)
         for g, r in zip(got, reference(*args)):
             fp8 = g.dtype == E4M3
             g, r = g.cpu().float(), r.float()
@@ -513,9 +529,9 @@ def test_quantizing_producers_compile_without_graph_breaks():
     shift, scale = torch.randn(1, 1, 64) * 0.1, torch.randn(1, 1, 64) * 0.1
 
     def chain(x, a, shift, scale):
-        q1, s1 = _layernorm_modulate_quant(x * 2, shift, scale, 1e-6)
-        q2, s2 = _gelu_tanh_quant(x + 1)
-        q3, s3 = _concat_gelu_quant(a, x)
+        q1, s1 = _layernorm_modulate_quant(x * 2, shift, scale, 1e-6, "torch")
+        q2, s2 = _gelu_tanh_quant(x + 1, "torch")
+        q3, s3 = _concat_gelu_quant(a, x, "torch")
         return q1.float() * s1, q2.float() * s2, q3.float() * s3
 
     compiled = torch.compile(chain, fullgraph=True)(x, a, shift, scale)

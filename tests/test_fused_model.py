@@ -10,7 +10,7 @@ import torch
 
 from hyvideo_fp8.fp8.apply import compute_override
 from hyvideo_fp8.fp8.linear import FP8Linear
-from hyvideo_fp8.fp8.quantize import quantize_rowwise
+from hyvideo_fp8.fp8.quantize import dequantize, quantize_rowwise
 from hyvideo_fp8.hunyuan.config import tiny_config
 from hyvideo_fp8.hunyuan.loader import load_transformer, random_state_dict
 from hyvideo_fp8.hunyuan.policies import get_preset
@@ -92,7 +92,7 @@ def test_forward_quantized_equals_forward_on_the_same_quantized_input():
     assert torch.equal(out, layer(x))  # FP8Linear's own fp8 path quantizes exactly like this
     rows = layer.forward_quantized(x_q, x_scale, rows=slice(16, 48))
     assert torch.equal(rows, layer(x, rows=slice(16, 48)))
-    exact = x.double() @ layer.dequantized_weight(torch.float64).T + layer.bias.double()
+    exact = x.double() @ dequantize(layer.weight, layer.weight_scale, torch.float64).T + layer.bias.double()
     out32 = layer.forward_quantized(x_q, x_scale, out_dtype=torch.float32)
     assert out32.dtype == torch.float32
     assert rel(out32, exact) < 0.02  # activation quantization only: measured 5.8e-03
@@ -219,11 +219,14 @@ def test_compile_blocks_gives_the_same_output(caplog, preset):
 
 
 def test_fp8_attention_takes_its_queries_from_the_prologue(sd, monkeypatch):
-    """Where FP8 attention runs as GPU kernels behind the fused prologue, the prologue quantizes the queries itself
-    (``JointQKV``'s quantized layout: int8 q, k/v written in place). Forced on the CPU, that path runs the torch
-    references and must give exactly the output of the plain path (16-bit q, k, v, then ``fp8_attention``)."""
+    """Where the kernel plan has a quantizing prologue (FP8 attention as GPU kernels), the prologue quantizes the
+    queries itself (``JointQKV``'s quantized layout: int8 q, k/v written in place). Planned on the CPU, that path runs
+    the torch references and must give exactly the output of the plain path (16-bit q, k, v, then ``fp8_attention``)."""
+    from dataclasses import replace
+
     from hyvideo_fp8.fp8 import fused
-    from hyvideo_fp8.hunyuan import joint_qkv, rope
+    from hyvideo_fp8.fp8.kernel_plan import Kernel
+    from hyvideo_fp8.hunyuan import rope
 
     model = load_transformer(dict(sd), get_preset("fp8-max"), dtype=torch.bfloat16)
     inputs = make_inputs(torch.bfloat16)
@@ -234,7 +237,9 @@ def test_fp8_attention_takes_its_queries_from_the_prologue(sd, monkeypatch):
         writes.append(qkv.shape[1])
         return fused.qk_norm_rope_quant_q(qkv, *args)
 
-    monkeypatch.setattr(joint_qkv, "triton_backend_support", lambda device, head_dim: (True, "ok"))
+    (key, plan), = model.kernel_plans.items()
+    assert plan.quant_prologue is Kernel.NONE  # on the CPU the attention quantizes its own queries
+    model.kernel_plans[key] = replace(plan, quant_prologue=Kernel.TORCH)
     monkeypatch.setattr(rope, "_qk_norm_rope_quant_q", quantizing_prologue)
     quantized = run(model, inputs, fused=True)
     n_img, n_txt = 2 * 3 * 4, 5  # latent 2x6x8, patch (1, 2, 2); 5 text tokens

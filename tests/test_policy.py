@@ -74,7 +74,7 @@ def test_presets_contents():
         p = get_preset(preset)
         assert {k: p.mode_for(n) for k, n in names.items()} == modes, preset
         assert p.description and p.name == preset
-        assert (p.norm_dtype, p.softmax_dtype, p.compute_dtype) == ("fp32", "fp32", "bf16")
+        assert (p.norm_dtype, p.compute_dtype) == ("fp32", "bf16")
     assert get_preset("fp8-balanced").mode_for("double_blocks.0.img_mlp.0", BLOCK_ORDER) is hp  # boundary block
     # measured on the full 13B random model (bench/results/quality-2026-11-29-h200), rounded up ~10%
     assert [PRESETS[n].error_budget for n in PRESETS] == [0.0, 0.14, 0.12, 0.22]
@@ -95,7 +95,8 @@ def test_json_round_trip_is_exact(name):
     assert PrecisionPolicy.from_dict(json.loads(text)) == p
     assert json.loads(text)["version"] == 1
     custom = p.with_overrides(name="mine", error_budget=0.123456789, high_precision_boundary_blocks=3,
-                              rules=(("a.*", "fp8"),), fp8_format="e5m2", activation_scaling="per-tensor")
+                              rules=(("a.*", "fp8"),), fp8_format="e5m2", activation_scaling="per-tensor",
+                              attention_rules=(("txt_in.*", "fp8"), ("double_blocks.0.*", "sdpa")))
     again = PrecisionPolicy.from_json(custom.to_json())
     assert again == custom and again.to_json() == custom.to_json()
 
@@ -129,12 +130,42 @@ def test_unknown_fields_are_rejected():
     ("rules", [["double_blocks.*"]], r"'rules\[0\]' must be a \[pattern, mode\] pair"),
     ("rules", "double_blocks.*", "'rules' must be a list"),
     ("rules", [["", "fp8"]], "pattern must be a non-empty string"),
+    ("attention_rules", [["txt_in.*", "flash"]], r"'attention_rules\[0\]' kernel is 'flash'; allowed"),
+    ("attention_rules", [["txt_in.*"]], r"'attention_rules\[0\]' must be a \[pattern, kernel\] pair"),
+    ("attention_rules", "txt_in.*", "'attention_rules' must be a list"),
 ])
 def test_bad_values_are_rejected_naming_field_and_allowed_values(field, value, message):
     d = PRESETS["fp8-balanced"].to_dict()
     d[field] = value
     with pytest.raises(ValueError, match=message):
         PrecisionPolicy.from_dict(d)
+
+
+def test_policies_written_with_the_retired_softmax_dtype_still_load():
+    """``softmax_dtype`` had one allowed value (the softmax is always fp32); files that carry it still load."""
+    d = PRESETS["fp8-balanced"].to_dict()
+    assert "softmax_dtype" not in d
+    assert PrecisionPolicy.from_dict({**d, "softmax_dtype": "fp32"}) == PRESETS["fp8-balanced"]
+
+
+def test_token_refiner_attention_follows_the_preset_descriptions():
+    """fp8-balanced keeps the token refiner in high precision, its attention included (a few hundred text tokens:
+    FP8 would add error and save no time); fp8-max runs FP8 attention everywhere; boundary blocks stay sdpa."""
+    from hyvideo_fp8.hunyuan.config import RELEASED
+    from hyvideo_fp8.hunyuan.model import HunyuanVideoTransformer
+
+    def modes(preset: str, **overrides) -> tuple[set[str], set[str], set[str]]:
+        model = HunyuanVideoTransformer(RELEASED, policy=get_preset(preset).with_overrides(**overrides),
+                                        device="meta")
+        return tuple(set(m) for m in model.attention_modes())
+
+    assert modes("fp8-balanced") == ({"sdpa"}, {"sdpa", "fp8"}, {"sdpa", "fp8"})
+    assert "token refiner (attention included)" in get_preset("fp8-balanced").description
+    assert modes("fp8-max") == ({"fp8"}, {"fp8"}, {"fp8"})
+    assert modes("fp8-balanced", attention="sdpa") == ({"sdpa"}, {"sdpa"}, {"sdpa"})
+    refiner = "txt_in.individual_token_refiner.blocks.1."
+    assert PrecisionPolicy(attention="fp8", attention_rules=(("txt_in.*", "sdpa"),)).attention_for(refiner) == "sdpa"
+    assert PrecisionPolicy(attention="sdpa", attention_rules=(("txt_in.*", "fp8"),)).attention_for(refiner) == "fp8"
 
 
 def test_load_policy_sources(tmp_path):

@@ -8,51 +8,27 @@ kernel (Ada and Hopper) and ``gluon_kernel.py`` the faster Hopper kernel, which 
 
 from __future__ import annotations
 
-import functools
-import logging
 import math
 
 import torch
 
 from ..custom_ops import compiling_or_eager, register_custom_op
-from ..hardware import MIN_CAPABILITY
+from ..kernel_plan import FAST, Kernel, KernelPlan, device_plan, gluon_failed, record_gluon_failure
 from .quantize_qkv import (
     QuantizedQ,
     QuantizedQKV,
+    empty_quantized_q,
     quantize_kv_torch,
     quantize_kv_triton,
     quantize_q_torch,
     quantize_q_triton,
-    triton_quantize_fits,
 )
 from .reference import attention_reference
 
-__all__ = ["fp8_attention", "fp8_attention_quantized_q", "triton_backend_support", "BACKENDS", "QuantizedQ",
-           "QuantizedQKV"]
+__all__ = ["fp8_attention", "fp8_attention_quantized_q", "BACKENDS", "QuantizedQ", "QuantizedQKV",
+           "empty_quantized_q"]
 
 BACKENDS = ("auto", "triton", "reference")
-
-logger = logging.getLogger("hyvideo_fp8")
-
-
-def triton_backend_support(device: torch.device, head_dim: int) -> tuple[bool, str]:
-    """``(supported, reason)`` for the Triton kernel on ``device`` with this head dim; the reason says what to do."""
-    if device.type != "cuda":
-        return False, f"the Triton FP8 attention kernel runs on CUDA GPUs, not {device.type}: use backend='reference'"
-    capability = torch.cuda.get_device_capability(device)
-    if capability < MIN_CAPABILITY:
-        name = torch.cuda.get_device_name(device)
-        return False, (
-            f"this GPU ({name}, sm_{capability[0]}{capability[1]}) has no FP8 tensor cores: "
-            "use attention mode 'sdpa' (or backend='reference', which is slow)"
-        )
-    try:
-        from .triton_kernel import SUPPORTED_HEAD_DIMS
-    except ImportError as e:
-        return False, f"Triton is not importable ({e}): install the Triton that matches your torch build"
-    if head_dim not in SUPPORTED_HEAD_DIMS:
-        return False, f"head dim {head_dim} is not supported by the Triton kernel (supported: {SUPPORTED_HEAD_DIMS})"
-    return True, "ok"
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None) -> None:
@@ -90,6 +66,7 @@ def fp8_attention(
     key_padding_mask: torch.Tensor | None = None,
     sm_scale: float | None = None,
     backend: str = "auto",
+    plan: KernelPlan | None = None,
 ) -> torch.Tensor:
     """Non-causal attention ``softmax(q k^T * sm_scale) v`` on FP8/INT8 tensor cores; ``[B, H, L, D]`` in and out.
 
@@ -99,8 +76,10 @@ def fp8_attention(
         key_padding_mask: optional bool ``[B, L]``, True = valid key. Padded keys get exactly zero weight, so the
             outputs of valid tokens equal those of the same call without the padding.
         sm_scale: softmax scale, default ``1 / sqrt(D)``.
-        backend: "triton" (CUDA sm_89+: the Gluon kernel on Hopper at head dim 128, the Triton kernel elsewhere),
-            "reference" (pure torch, any device, slow) or "auto" (Triton where supported, else the reference).
+        backend: "auto" (what the kernel plan says: the Gluon kernel on Hopper at head dim 128, the Triton kernel
+            on other sm_89+ GPUs, the torch emulation elsewhere), "triton" (the GPU kernels or an error saying why
+            not) or "reference" (the torch emulation, any device, slow).
+        plan: the model's kernel plan (``fp8.kernel_plan``); default: the plan of q's device.
 
     Returns:
         ``[B, H, L, D]`` in q's dtype.
@@ -113,10 +92,11 @@ def fp8_attention(
     if not (math.isfinite(sm_scale) and sm_scale > 0):
         raise ValueError(f"sm_scale must be a positive finite number, got {sm_scale}")
 
-    if not _use_triton(backend, q.device, D):
+    kernel, quantizers = _kernels(backend, plan, q.device, q.dtype, D)
+    if kernel not in FAST:
         qkv = QuantizedQKV.from_parts(quantize_q_torch(q, sm_scale), quantize_kv_torch(k, v, key_padding_mask), False)
         return attention_reference(qkv, q.dtype)
-    return _triton_path(q, k, v, key_padding_mask, sm_scale)
+    return _gpu_path(q, k, v, key_padding_mask, sm_scale, kernel.value, quantizers.value)
 
 
 def fp8_attention_quantized_q(
@@ -126,6 +106,7 @@ def fp8_attention_quantized_q(
     *,
     key_padding_mask: torch.Tensor | None = None,
     backend: str = "auto",
+    plan: KernelPlan | None = None,
 ) -> torch.Tensor:
     """:func:`fp8_attention` on queries that are already quantized, e.g. by the attention prologue that normalises and
     rotates them (``fp8.fused.qk_norm_rope_quant_q``): Q is then written once, as int8, and never read in bf16.
@@ -150,90 +131,71 @@ def fp8_attention_quantized_q(
     _check_tensors((("k", k), ("v", v)), key_padding_mask)
     if q.q.device != k.device or q.q_scale.device != k.device:
         raise ValueError(f"quantized q is on {q.q.device} but k is on {k.device}: put them on one device")
-    if not _use_triton(backend, k.device, D):
+    kernel, quantizers = _kernels(backend, plan, k.device, k.dtype, D)
+    if kernel not in FAST:
         return attention_reference(QuantizedQKV.from_parts(q, quantize_kv_torch(k, v, key_padding_mask), False),
                                    k.dtype)  # fmt: skip
-    return _triton_path_quantized_q(q.q, q.q_scale, k, v, key_padding_mask, q.sm_scale)
+    return _gpu_path_quantized_q(q.q, q.q_scale, k, v, key_padding_mask, q.sm_scale, kernel.value, quantizers.value)
 
 
-def _use_triton(backend: str, device: torch.device, head_dim: int) -> bool:
-    """Whether this call runs the GPU kernels; ``backend="triton"`` where they cannot run raises the reason."""
+def _kernels(backend: str, plan: KernelPlan | None, device: torch.device, dtype: torch.dtype,
+             head_dim: int) -> tuple[Kernel, Kernel]:  # fmt: skip
+    """(attention kernel, quantizers) of this call: the plan's, or the reference when asked for."""
     if backend == "reference":
-        return False
-    ok, reason = triton_backend_support(device, head_dim)
-    if backend == "triton" and not ok:
-        raise RuntimeError(reason)
-    return ok
-
-
-@functools.cache
-def _quantizers(dtype: torch.dtype, head_dim: int, capability: tuple[int, int]):
-    """The Triton Q and K/V quantizers, or the torch ones where their kernels do not fit shared memory (fp32 at
-    D = 128 on Ada); the attention kernel runs either way."""
-    if triton_quantize_fits(dtype, head_dim, capability):
-        return quantize_q_triton, quantize_kv_triton
-    logger.warning("[hyvideo_fp8] FP8 attention: %s inputs with head dim %d do not fit the Triton quantizer on this "
-                   "GPU (sm_%d%d): quantizing Q/K/V in torch (slower, more memory); bf16 compute avoids this",
-                   dtype, head_dim, *capability)
-    return quantize_q_torch, quantize_kv_torch
-
-
-_GLUON_WORKS: dict[tuple[int, int], bool] = {}  # per capability, once its first launch compiled (True) or failed
-
-
-def _use_gluon(capability: tuple[int, int], head_dim: int) -> bool:
-    from .gluon_kernel import gluon_supported
-
-    return _GLUON_WORKS.get(capability, True) and gluon_supported(capability, head_dim)[0]
+        return Kernel.EMULATED, Kernel.TORCH
+    if plan is None:
+        plan = device_plan(device, dtype, head_dim)
+    if backend == "triton" and plan.attention not in FAST:
+        if device.type != "cuda":
+            raise RuntimeError(f"the FP8 attention kernels run on CUDA GPUs, not {device.type}: "
+                               "use backend='reference'")
+        raise RuntimeError("the FP8 attention kernels cannot run here: " + "; ".join(plan.notes))
+    return plan.attention, plan.attention_quantizers
 
 
 def _attend(q: QuantizedQ, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
-            out_dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
+            out_dtype: torch.dtype, kernel: str, quantizers: str) -> torch.Tensor:
     """Quantize K and V in the order the kernel reads them, then run the Gluon kernel (Hopper) or the Triton one."""
     from .triton_kernel import attention_triton, config_for
 
     capability = torch.cuda.get_device_capability(k.device)
     out = torch.empty(k.shape, dtype=out_dtype, device=k.device)
-    _, quantize_kv = _quantizers(k.dtype, k.shape[-1], capability)
-    if _use_gluon(capability, k.shape[-1]):
+    quantize_kv = quantize_kv_triton if quantizers == Kernel.TRITON.value else quantize_kv_torch
+    if kernel == Kernel.GLUON.value and not gluon_failed(capability):
         from .gluon_kernel import attention_gluon
 
         qkv = QuantizedQKV.from_parts(q, quantize_kv(k, v, key_padding_mask, interleave_k=True), True)
-        if _GLUON_WORKS.get(capability):
+        try:  # Gluon is experimental: another Triton may reject the kernel at its first launch
             return attention_gluon(qkv, out)
-        try:  # first launch compiles: Gluon is experimental, and another Triton may reject the kernel
-            attention_gluon(qkv, out)
-            _GLUON_WORKS[capability] = True
-            return out
         except Exception as e:  # noqa: BLE001 (any compile/launch failure: the Triton kernel computes the same)
-            _GLUON_WORKS[capability] = False
-            logger.warning("[hyvideo_fp8] FP8 attention: the Gluon Hopper kernel failed (%s); using the Triton "
-                           "kernel from now on (about 10 %% slower)", repr(e)[:300])
+            record_gluon_failure(capability, e)
     qkv = QuantizedQKV.from_parts(q, quantize_kv(k, v, key_padding_mask), False)
     return attention_triton(qkv, out, config_for(capability))
 
 
-def _triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
-                      sm_scale: float) -> torch.Tensor:  # fmt: skip
-    quantize_q, _ = _quantizers(q.dtype, q.shape[-1], torch.cuda.get_device_capability(q.device))
-    return _attend(quantize_q(q, sm_scale), k, v, key_padding_mask, q.dtype)
+def _gpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None,
+                   sm_scale: float, kernel: str, quantizers: str) -> torch.Tensor:  # fmt: skip
+    quantize_q = quantize_q_triton if quantizers == Kernel.TRITON.value else quantize_q_torch
+    return _attend(quantize_q(q, sm_scale), k, v, key_padding_mask, q.dtype, kernel, quantizers)
 
 
-def _triton_attention_quantized_q(q8: torch.Tensor, q_scale: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                  key_padding_mask: torch.Tensor | None, sm_scale: float) -> torch.Tensor:
+def _gpu_attention_quantized_q(q8: torch.Tensor, q_scale: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                               key_padding_mask: torch.Tensor | None, sm_scale: float, kernel: str,
+                               quantizers: str) -> torch.Tensor:  # fmt: skip
     B, H, L, _ = k.shape
-    return _attend(QuantizedQ(q8, q_scale, sm_scale, B, H, L), k, v, key_padding_mask, k.dtype)
+    return _attend(QuantizedQ(q8, q_scale, sm_scale, B, H, L), k, v, key_padding_mask, k.dtype, kernel, quantizers)
 
 
-# Under torch.compile the Triton path is one opaque graph node (hyvideo_fp8::fp8_attention): Dynamo does not trace the
+# Under torch.compile the GPU path is one opaque graph node (hyvideo_fp8::fp8_attention): Dynamo does not trace the
 # data-dependent key packing, and Inductor does not re-launch our kernels through its own wrappers (it did on an
 # H200 and faulted with an illegal memory access).
-_triton_path = compiling_or_eager(
-    register_custom_op("fp8_attention", _triton_attention, lambda q, k, v, mask, scale: q.new_empty(q.shape)),
-    _triton_attention,
+_gpu_path = compiling_or_eager(
+    register_custom_op("fp8_attention", _gpu_attention,
+                       lambda q, k, v, mask, scale, kernel, quantizers: q.new_empty(q.shape)),
+    _gpu_attention,
 )
-_triton_path_quantized_q = compiling_or_eager(
-    register_custom_op("fp8_attention_quantized_q", _triton_attention_quantized_q,
-                       lambda q8, q_scale, k, v, mask, scale: k.new_empty(k.shape)),
-    _triton_attention_quantized_q,
+_gpu_path_quantized_q = compiling_or_eager(
+    register_custom_op("fp8_attention_quantized_q", _gpu_attention_quantized_q,
+                       lambda q8, q_scale, k, v, mask, scale, kernel, quantizers: k.new_empty(k.shape)),
+    _gpu_attention_quantized_q,
 )

@@ -51,7 +51,8 @@ except ImportError:  # CPU-only installs: the torch version below is all that is
 __all__ = [
     "QuantizedQ", "QuantizedQKV", "empty_quantized_q", "quantize_q_torch", "quantize_kv_torch", "quantize_qkv_torch",
     "quantize_q_triton", "quantize_kv_triton", "quantize_qkv_triton", "pack_keys", "hadamard", "Q_BLOCK", "K_BLOCK",
-    "HEAD_DIMS", "rotation_shared_bytes", "triton_quantize_fits", "interleave_keys", "deinterleave_keys",
+    "HEAD_DIMS", "KERNEL_HEAD_DIMS", "rotation_shared_bytes", "triton_quantize_fits", "interleave_keys",
+    "deinterleave_keys",
 ]  # fmt: skip
 
 LOG2E = 1.4426950408889634
@@ -60,7 +61,8 @@ FP8_E4M3_MAX = 448.0
 Q_BLOCK = 128  # Lq is padded to a multiple of this (the largest query tile the kernel uses)
 K_BLOCK = 128  # keys per K scale, and the padding of Lk; the kernel's key tile must divide it
 STATS_CHUNK = 512  # keys per program in the K-mean / V-amax reduction
-HEAD_DIMS = (32, 64, 128, 256)  # powers of two (Hadamard rotation); the Triton kernel takes 64 and 128
+HEAD_DIMS = (32, 64, 128, 256)  # powers of two (Hadamard rotation)
+KERNEL_HEAD_DIMS = (64, 128)  # the head dims the attention kernels are built for
 
 
 @dataclass

@@ -29,12 +29,12 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .quantize_qkv import K_BLOCK, Q_BLOCK, QuantizedQKV
+from .quantize_qkv import K_BLOCK, KERNEL_HEAD_DIMS, Q_BLOCK, QuantizedQKV
 from .reference import INT_TO_FLOAT_BIAS, INT_TO_FLOAT_BIAS_BITS, P_LOG2_SCALE
 
 __all__ = ["AttentionConfig", "DEFAULT_CONFIG", "ADA_CONFIG", "config_for", "attention_triton", "SUPPORTED_HEAD_DIMS"]
 
-SUPPORTED_HEAD_DIMS = (64, 128)
+SUPPORTED_HEAD_DIMS = KERNEL_HEAD_DIMS
 BIAS = tl.constexpr(INT_TO_FLOAT_BIAS)
 BIAS_BITS = tl.constexpr(INT_TO_FLOAT_BIAS_BITS)
 
