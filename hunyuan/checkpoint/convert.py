@@ -79,7 +79,11 @@ class ConversionReport:
         return (f"{Path(self.source).name} ({self.layout}, {self.source_fp8_flavour or 'high precision'}) -> "
                 f"{Path(self.destination).name} [{self.output_format}, policy {self.policy}]: {self.fp8_layers} FP8 "
                 f"linears, {self.high_precision_layers} high-precision linears, {self.tensors_written} tensors, "
-                f"{self.bytes_written / 2**30:.2f} GiB in {self.seconds:.1f} s{worst}")
+                f"{_size(self.bytes_written)} in {self.seconds:.1f} s{worst}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
