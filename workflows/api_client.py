@@ -121,6 +121,8 @@ class ComfyClient:
 
     def __init__(self, server: str = "127.0.0.1:8188", client_id: Optional[str] = None, timeout: float = 600.0):
         host, _, port = server.rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"server {server!r} must be HOST:PORT, e.g. 127.0.0.1:8188")
         self.host, self.port = host or "127.0.0.1", int(port)
         self.base = f"http://{self.host}:{self.port}"
         self.client_id = client_id or uuid.uuid4().hex
@@ -234,6 +236,21 @@ def apply_overrides(prompt: dict, overrides: list[str]) -> dict:
     return prompt
 
 
+def read_workflow(path: Path) -> dict:
+    """An API-format workflow from ``path``; a clear error for a missing file, bad JSON or a UI-format workflow."""
+    if not path.is_file():
+        raise FileNotFoundError(f"workflow {str(path)!r} " + ("is not a file" if path.exists() else "does not exist"))
+    try:
+        prompt = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"workflow {path.name} is not valid JSON ({e})") from None
+    if not isinstance(prompt, dict):
+        raise ValueError(f"workflow {path.name} is not a JSON object of nodes")
+    if "nodes" in prompt:
+        raise ValueError(f"{path} is a UI workflow; use its *_api.json twin (File > Export (API))")
+    return prompt
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workflow", type=Path, help="an API-format workflow JSON (File > Export (API))")
@@ -242,11 +259,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="change a widget value before queueing (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder to download the outputs into")
     args = parser.parse_args(argv)
-    prompt = json.loads(args.workflow.read_text())
-    if "nodes" in prompt:
-        raise SystemExit(f"{args.workflow} is a UI workflow; use its *_api.json twin (File > Export (API))")
-    apply_overrides(prompt, args.set)
-    client = ComfyClient(args.server)
+    try:
+        prompt = read_workflow(args.workflow)
+        apply_overrides(prompt, args.set)
+        client = ComfyClient(args.server)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     def show(message: dict) -> None:
         if message.get("type") == "progress":
@@ -260,6 +279,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ComfyError as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # refused, reset, unreachable, timed out (URLError is an OSError too)
+        reason = getattr(e, "reason", None) or e.strerror or e
+        print(f"error: cannot talk to ComfyUI at {client.host}:{client.port} ({reason}): start ComfyUI there or "
+              "pass --server HOST:PORT", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: stopped waiting (the prompt may still run on the server)", file=sys.stderr)
+        return 130
     finally:
         client.close()
     args.out.mkdir(parents=True, exist_ok=True)
