@@ -11,14 +11,15 @@ and policy back afterwards, keeping the replaced layers alive until then.
 
 Fresh weights (``run_quality(factory, ...)`` with ``factory(policy) -> model``; the CLI's ``--exact-reference``):
 every run builds its own model, so no run carries another's rounding; one load per run, one model at a time.
+
+``checkpoint_quality`` runs the report on a checkpoint file (``tools.py quality``, whose options live in
+``hunyuan/cli.py``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,10 +35,18 @@ from ..fp8.policy import PrecisionPolicy, Rule
 from .policies import PRESETS, load_policy
 from .quality_metrics import cosine, psnr, rel_l2, ssim
 from .quality_report import QualityReport, RunResult, verdict
-from .sampler import DEFAULT_GUIDANCE, DEFAULT_SHIFT, default_high_precision, initial_noise, precision_plan, sample
+from .sampler import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_SHIFT,
+    NonFiniteStepError,
+    default_high_precision,
+    initial_noise,
+    precision_plan,
+    sample,
+)
 
 __all__ = ["Candidate", "QualityInputs", "parse_candidate", "parse_candidates", "run_quality", "storage_policy",
-           "noise_floor", "run_quality_cli"]
+           "noise_floor", "parse_size", "checkpoint_quality", "CANDIDATE_OPTIONS"]
 
 FP8_MODES = (ComputeMode.FP8, ComputeMode.FP8_WEIGHT_ONLY)
 HIGH_MODES = (ComputeMode.BF16, ComputeMode.FP32)
@@ -188,9 +197,14 @@ def _sample_recorded(model: nn.Module, inputs: QualityInputs, noise: Tensor, hyb
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
-        latent = sample(model, noise.clone(), inputs.context, inputs.y, attention_mask=inputs.attention_mask,
-                        steps=inputs.steps, shift=inputs.shift, guidance=inputs.guidance, seed=inputs.seed,
-                        hybrid=hybrid, callback=callback, device=device)
+        try:
+            latent = sample(model, noise.clone(), inputs.context, inputs.y, attention_mask=inputs.attention_mask,
+                            steps=inputs.steps, shift=inputs.shift, guidance=inputs.guidance, seed=inputs.seed,
+                            hybrid=hybrid, callback=callback, device=device)
+        except NonFiniteStepError:
+            if recorder.nonfinite_step is None:
+                raise
+            latent = torch.full(noise.shape, float("nan"))  # the sampler stopped: the run is reported BROKEN
         _sync(device)
         wall = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -529,9 +543,10 @@ def _notes(fresh: bool, ref: RunResult, floor: RunResult | None, runs: list[RunR
     return notes
 
 
-# --- command line -------------------------------------------------------------------------------------------------
+# --- a checkpoint file -------------------------------------------------------------------------------------------
 
-def _parse_size(text: str) -> tuple[int, int, int]:
+def parse_size(text: str) -> tuple[int, int, int]:
+    """``WIDTHxHEIGHTxFRAMES`` in pixels, checked against what HunyuanVideo's VAE and patches take."""
     try:
         w, h, f = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -563,65 +578,49 @@ def _conditioning(path: str | None, config, seed: int, tokens: int) -> tuple[Ten
     return context, y, tensors.get("attention_mask"), f"from {path}"
 
 
-def run_quality_cli(argv: Sequence[str]) -> int:
-    """``tools.py quality``: exit 0 when every candidate passes, 1 when one fails or breaks, 2 on bad input."""
-    ap = argparse.ArgumentParser(prog="tools.py quality", description=(
-        "FP8 vs bf16 on a HunyuanVideo checkpoint: the same sampling under the bf16 reference, a kernel noise floor "
-        "and each candidate; per-step errors, final latent error, verdicts; report.txt/json and a PNG plot."))
-    ap.add_argument("checkpoint", help="any HunyuanVideo 1.0 transformer file the pack reads (bf16 or FP8)")
-    ap.add_argument("--policies", default="fp8-balanced,fp8-max", help=(
-        f"comma-separated candidates: preset names ({', '.join(PRESETS)}) or policy JSON files, each optionally "
-        f"with +key=value options ({CANDIDATE_OPTIONS}), e.g. fp8-max+hybrid=2/1,fp8-balanced+attention=sdpa"))
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--size", default="256x256x9", help="video WIDTHxHEIGHTxFRAMES in pixels (default 256x256x9)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--shift", type=float, default=DEFAULT_SHIFT)
-    ap.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
-    ap.add_argument("--cond", help="safetensors with 'context' [1, L, 4096], 'y' [1, 768], optional "
-                                   "'attention_mask' [1, L] (default: seeded random conditioning)")
-    ap.add_argument("--tokens", type=int, default=64, help="text tokens of the random conditioning")
-    ap.add_argument("--exact-reference", action="store_true", help=(
-        "load fresh weights for every run (reference, floor, each candidate) from the checkpoint kept in host "
-        "memory: no run carries another's rounding; slower (one load per run)"))
-    ap.add_argument("--no-floor", action="store_true", help="skip the kernel noise-floor run")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--out", default="out/quality", help="folder for report.txt, report.json, error_per_step.png")
-    args = ap.parse_args(list(argv))
-    try:
-        return _cli(args)
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def _cli(args: argparse.Namespace) -> int:
+def checkpoint_quality(
+    checkpoint: str,
+    candidates: str,
+    *,
+    size: str = "256x256x9",
+    steps: int = 20,
+    seed: int = 0,
+    shift: float = DEFAULT_SHIFT,
+    guidance: float = DEFAULT_GUIDANCE,
+    cond: str | None = None,
+    tokens: int = 64,
+    exact_reference: bool = False,
+    with_noise_floor: bool = True,
+    device: str | torch.device = "cpu",
+    on_run: Callable[[int, int, str], None] | None = None,
+) -> QualityReport:
+    """The report on a checkpoint file: ``candidates`` as :func:`parse_candidates` reads them, the video ``size``
+    as :func:`parse_size` does; ``cond`` a safetensors file with ``context``/``y`` (default: seeded random text
+    states). One model streamed from the file and shared by the runs, or (``exact_reference``) fresh weights per
+    run from one copy held in host memory. Bad input raises ``ValueError`` before anything is loaded."""
     from ..fp8.formats import FP8_DTYPES
     from .checkpoint.canonical import load_canonical_state_dict, open_canonical
     from .loader import load_transformer
 
-    candidates = parse_candidates(args.policies)
-    width, height, frames = _parse_size(args.size)
-    if not args.exact_reference:  # one shared model, streamed from the file: the model plus one tensor in memory
-        with open_canonical(args.checkpoint) as ckpt:
+    cands = parse_candidates(candidates)
+    width, height, frames = parse_size(size)
+    device = torch.device(device)
+    if not exact_reference:  # one shared model, streamed from the file: the model plus one tensor in memory
+        with open_canonical(checkpoint) as ckpt:
             info, cfg = ckpt.info, ckpt.info.config
             fp8_layers = [k[: -len(".weight")] for k, s in ckpt.specs.items()
                           if k.endswith(".weight") and len(s.shape) == 2 and s.dtype in FP8_DTYPES]
-            model = load_transformer(ckpt.lazy_state_dict(), storage_policy(fp8_layers, candidates),
-                                     torch.device(args.device), config=cfg, consume=True)
+            model = load_transformer(ckpt.lazy_state_dict(), storage_policy(fp8_layers, cands), device, config=cfg,
+                                     consume=True)
     else:  # a fresh model per run, built from one copy of the weights held in memory
-        sd, info = load_canonical_state_dict(args.checkpoint)
+        sd, info = load_canonical_state_dict(checkpoint)
         cfg = info.config
-        model = lambda policy: load_transformer(sd, policy, torch.device(args.device), config=cfg)  # noqa: E731
-    context, y, mask, cond_text = _conditioning(args.cond, cfg, args.seed, args.tokens)
-    inputs = QualityInputs(context, y, (context.shape[0], cfg.in_channels, (frames - 1) // 4 + 1, height // 8,
-                                        width // 8), mask, args.seed, args.steps, args.shift, args.guidance, cond_text)
-    setup = {"checkpoint": f"{args.checkpoint} ({info.layout} layout, "
+        model = lambda policy: load_transformer(sd, policy, device, config=cfg)  # noqa: E731
+    context, y, mask, cond_text = _conditioning(cond, cfg, seed, tokens)
+    latent = (context.shape[0], cfg.in_channels, (frames - 1) // 4 + 1, height // 8, width // 8)
+    inputs = QualityInputs(context, y, latent, mask, seed, steps, shift, guidance, cond_text)
+    setup = {"checkpoint": f"{checkpoint} ({info.layout} layout, "
                            f"{info.fp8_flavour + ' FP8' if info.fp8_flavour else 'high precision'})",
              "video": f"{width}x{height}, {frames} frames"}
-    report = run_quality(model, inputs, candidates, with_noise_floor=not args.no_floor, restore=False, setup=setup,
-                         on_run=lambda i, n, name: print(f"[hyvideo_fp8] quality run {i + 1}/{n}: {name}",
-                                                         file=sys.stderr))
-    paths = report.save(args.out)
-    print(report.to_text())
-    print("written: " + ", ".join(str(p) for p in paths.values()))
-    return 0 if all(c.verdict.startswith("PASS") for c in report.candidates) else 1
+    return run_quality(model, inputs, cands, with_noise_floor=with_noise_floor, restore=False, setup=setup,
+                       on_run=on_run)

@@ -1,4 +1,4 @@
-"""The quality report's data and its three renderings: text for people, JSON for tools, a PNG plot.
+"""The quality report's data and its three renderings: text for people, JSON for tools, a PNG plot (Pillow).
 
 Kept apart from the runs themselves (``hunyuan.quality``) so a saved JSON can be re-rendered and the verdict rules
 are in one readable place.
@@ -7,20 +7,23 @@ are in one readable place.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .quality_plot import FLOOR_COLOR, PALETTE, Series, line_plot, write_png
+from .files import write_atomic
+from .quality_plot import FLOOR_COLOR, PALETTE, Series, line_plot, png_bytes
 
 __all__ = ["RunResult", "QualityReport", "verdict", "REPORT_VERSION"]
 
 REPORT_VERSION = 1
+
+logger = logging.getLogger("hyvideo_fp8")
 
 
 @dataclass
@@ -172,23 +175,17 @@ class QualityReport:
         return line_plot(series, "rel. L2 error of the model output per step vs the bf16 reference (log)")
 
     def save(self, out_dir: str | os.PathLike) -> dict[str, Path]:
-        """Write ``report.json``, ``report.txt`` and ``error_per_step.png`` into ``out_dir`` (created if needed)."""
+        """Write ``report.json``, ``report.txt`` and ``error_per_step.png`` into ``out_dir`` (created if needed),
+        each atomically. Without Pillow the plot is left out with one warning; the returned paths say what was
+        written."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        paths = {"json": out / "report.json", "text": out / "report.txt", "plot": out / "error_per_step.png"}
-        _write_text(paths["json"], self.to_json())
-        _write_text(paths["text"], self.to_text())
-        write_png(paths["plot"], self.plot())
+        paths = {"json": write_atomic(out / "report.json", self.to_json().encode("utf-8")),
+                 "text": write_atomic(out / "report.txt", self.to_text().encode("utf-8"))}
+        try:
+            image = png_bytes(self.plot())
+        except ImportError as e:
+            logger.warning("[hyvideo_fp8] error_per_step.png not written: %s", e)
+        else:
+            paths["plot"] = write_atomic(out / "error_per_step.png", image)
         return paths
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Atomic write (temp file + rename): a crash never leaves half a report next to a complete one."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..hunyuan.quality import Candidate, QualityInputs, parse_candidates, run_quality
-from ..hunyuan.sampler import DEFAULT_GUIDANCE, DEFAULT_SHIFT
+from . import widgets
 from .comfy_model import PACK_KEY, our_transformer
 from .policy import CATEGORY, POLICY_TYPE, NodePolicy
 from .sampler import check_latent, text_condition
@@ -55,19 +55,16 @@ class HyVideoFP8QualityReport:
                 "model": ("MODEL", {"tooltip": "A model from the HunyuanVideo FP8 Loader. Loaded with the bf16 "
                                                "preset it gives an exact reference; loaded in FP8, the reference "
                                                "carries that FP8 weight rounding (the report says so)."}),
-                "positive": ("CONDITIONING", {"tooltip": "The prompt (CLIPTextEncode, DualCLIPLoader hunyuan_video)."}),
+                "positive": widgets.positive(),
                 "latent": ("LATENT", {"tooltip": "EmptyHunyuanLatentVideo: sets frames and size (keep it small)."}),
                 "candidates": ("STRING", {"default": "fp8-balanced\nfp8-max", "multiline": True, "tooltip": (
                     "One candidate per line (or comma-separated): a preset name or policy JSON file, optionally "
                     "with +hybrid=N/M, +attention=sdpa|fp8, +boundary=N, +budget=X; or a policy JSON object on "
                     "its own line. May be empty when policies are connected below.")}),
                 "steps": ("INT", {"default": 8, "min": 1, "max": 200, "tooltip": "Denoising steps of every run."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
-                                 "tooltip": "Noise seed shared by every run."}),
-                "shift": ("FLOAT", {"default": DEFAULT_SHIFT, "min": 0.01, "max": 100.0, "step": 0.01,
-                                    "tooltip": "Flow-matching time shift of every run (7.0 for the released model)."}),
-                "guidance": ("FLOAT", {"default": DEFAULT_GUIDANCE, "min": 0.0, "max": 100.0, "step": 0.1,
-                                       "tooltip": "Embedded guidance scale."}),
+                "seed": widgets.seed("Noise seed shared by every run."),
+                "shift": widgets.shift("Flow-matching time shift of every run (7.0 for the released model)."),
+                "guidance": widgets.guidance("Embedded guidance scale."),
                 "noise_floor": ("BOOLEAN", {"default": True, "tooltip": (
                     "Also run the bf16 reference with another attention kernel, so FP8 error can be told from "
                     "kernel noise (one more sampling).")}),

@@ -6,7 +6,8 @@ from typing import Any
 
 import torch
 
-from ..hunyuan.sampler import DEFAULT_GUIDANCE, DEFAULT_SHIFT, TextCondition, initial_noise, sample
+from ..hunyuan.sampler import TextCondition, initial_noise, sample
+from . import widgets
 from .comfy_model import PACK_KEY, our_transformer
 from .policy import CATEGORY
 
@@ -63,19 +64,15 @@ class HyVideoFP8Sampler:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model from the HunyuanVideo FP8 Loader."}),
-                "positive": ("CONDITIONING", {"tooltip": (
-                    "The prompt, encoded by CLIPTextEncode with a DualCLIPLoader of type hunyuan_video.")}),
+                "positive": widgets.positive(),
                 "latent": ("LATENT", {"tooltip": (
                     "From EmptyHunyuanLatentVideo: sets frames, size and batch. Sampling starts from pure noise.")}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
-                                 "tooltip": "Noise seed; the noise is drawn on the CPU, so a seed gives the same "
-                                            "video on any GPU (and the same noise as KSampler)."}),
+                "seed": widgets.seed("Noise seed; the noise is drawn on the CPU, so a seed gives the same video on any "
+                                     "GPU (and the same noise as KSampler).", control_after_generate=True),
                 "steps": ("INT", {"default": 30, "min": 1, "max": 1000, "tooltip": (
                     "Denoising steps (the official scripts use 50, ComfyUI's template 20).")}),
-                "shift": ("FLOAT", {"default": DEFAULT_SHIFT, "min": 0.01, "max": 100.0, "step": 0.01, "tooltip": (
-                    "Flow time shift; 7.0 for the released model. Lower (2-5) for small videos.")}),
-                "guidance": ("FLOAT", {"default": DEFAULT_GUIDANCE, "min": 0.0, "max": 100.0, "step": 0.1,
-                                       "tooltip": "Embedded guidance scale (6.0 default; replaces FluxGuidance)."}),
+                "shift": widgets.shift("Flow time shift; 7.0 for the released model. Lower (2-5) for small videos."),
+                "guidance": widgets.guidance("Embedded guidance scale (6.0 default; replaces FluxGuidance)."),
                 "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 100.0, "step": 0.1, "tooltip": (
                     "True classifier-free guidance with the negative prompt. 1 = off (the released model relies "
                     "on embedded guidance); above 1 doubles the cost of each step.")}),

@@ -1,11 +1,12 @@
-"""Quality report: metrics against float64 closed forms, the PNG writer, candidate parsing, and end-to-end runs on a
+"""Quality report: metrics against float64 closed forms, the plot, candidate parsing, and end-to-end runs on a
 tiny model (reference vs itself is exactly zero, a broken FP8 candidate is flagged, numbers reproduce, the shared
-MODEL is restored, the CLI writes its files)."""
+MODEL is restored, ``tools.py quality`` writes its files)."""
 
+import builtins
+import io
 import json
+import logging
 import math
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -21,10 +22,16 @@ from hyvideo_fp8.hunyuan.quality import (
     parse_candidate,
     parse_candidates,
     run_quality,
-    run_quality_cli,
 )
 from hyvideo_fp8.hunyuan.quality_metrics import cosine, psnr, rel_l2, ssim
-from hyvideo_fp8.hunyuan.quality_plot import PALETTE, Series, encode_png, line_plot
+from hyvideo_fp8.hunyuan.quality_plot import PALETTE, PILLOW_MISSING, Series, line_plot, png_bytes
+
+
+def run_quality_cli(argv: list[str]) -> int:
+    """``tools.py quality ARGS`` in this process."""
+    from hyvideo_fp8.hunyuan.cli import main
+
+    return main(["quality", *argv])
 
 CFG = tiny_config()
 LATENT = (1, CFG.in_channels, 2, 4, 4)
@@ -102,23 +109,11 @@ def test_ssim_matches_naive_window_loop():
 # --- plot ---------------------------------------------------------------------------------------------------------
 
 def _decode_png(data: bytes) -> np.ndarray:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, size = 8, b"", None
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos:pos + 4])
-        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
-        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
-        if kind == b"IHDR":
-            size = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    w, h, depth, color = size[:4]
-    assert (depth, color) == (8, 2)
-    raw = np.frombuffer(zlib.decompress(idat), dtype=np.uint8).reshape(h, 1 + 3 * w)
-    assert (raw[:, 0] == 0).all()
-    return raw[:, 1:].reshape(h, w, 3)
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.format == "PNG" and img.mode == "RGB"
+        return np.asarray(img).copy()
 
 
 def test_plot_png_round_trip_and_draws_every_series():
@@ -127,11 +122,30 @@ def test_plot_png_round_trip_and_draws_every_series():
                     "title 0123")
     assert img.shape == (420, 800, 3) and img.dtype == np.uint8
     assert (img == PALETTE[0]).all(axis=2).sum() > 100 and (img == PALETTE[1]).all(axis=2).sum() > 50
-    np.testing.assert_array_equal(_decode_png(encode_png(img)), img)
+    np.testing.assert_array_equal(_decode_png(png_bytes(img)), img)
     with pytest.raises(ValueError, match="at least one series"):
         line_plot([], "t")
     with pytest.raises(ValueError, match=r"\[H, W, 3\] uint8"):
-        encode_png(img.astype(np.float32))
+        png_bytes(img.astype(np.float32))
+
+
+def test_without_pillow_the_report_is_written_and_the_plot_left_out(tmp_path, monkeypatch, caplog):
+    real_import = builtins.__import__
+
+    def no_pillow(name, *args, **kwargs):
+        if name == "PIL" or name.startswith("PIL."):
+            raise ImportError("No module named 'PIL'")
+        return real_import(name, *args, **kwargs)
+
+    _, model = _bf16_model()
+    report = run_quality(model, _inputs(), [Candidate(PRESETS["fp8-weight-only"])], with_noise_floor=False)
+    monkeypatch.setattr(builtins, "__import__", no_pillow)
+    with pytest.raises(ImportError, match="pip install pillow"):
+        report.plot()
+    with caplog.at_level(logging.WARNING, logger="hyvideo_fp8"):
+        paths = report.save(tmp_path)
+    assert sorted(paths) == ["json", "text"] and PILLOW_MISSING in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.txt"]
 
 
 # --- candidates ---------------------------------------------------------------------------------------------------
