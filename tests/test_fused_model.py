@@ -14,15 +14,9 @@ from hyvideo_fp8.fp8.quantize import dequantize, quantize_rowwise
 from hyvideo_fp8.hunyuan.config import tiny_config
 from hyvideo_fp8.hunyuan.loader import load_transformer, random_state_dict
 from hyvideo_fp8.hunyuan.policies import get_preset
-from tests.test_model import strong_state_dict
+from tests.tiny_model import CFG, rel
 
-CFG = tiny_config()
 PRODUCER_FED = ("attn.qkv", "mlp.0", "mlp.2", "linear1", "linear2")  # the layers the fused producers feed
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
 
 
 def make_inputs(dtype: torch.dtype, b: int = 2, seed: int = 3) -> dict[str, torch.Tensor]:
@@ -32,11 +26,6 @@ def make_inputs(dtype: torch.dtype, b: int = 2, seed: int = 3) -> dict[str, torc
     y = torch.randn(b, CFG.vec_in_dim, generator=g, dtype=torch.float64)
     return dict(x=x.to(dtype), timestep=torch.rand(b, generator=g) * 1000, context=ctx.to(dtype), y=y.to(dtype),
                 guidance=torch.full((b,), 6.0))
-
-
-@pytest.fixture(scope="module")
-def sd():
-    return strong_state_dict(seed=5)
 
 
 @pytest.fixture(scope="module")

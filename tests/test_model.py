@@ -1,4 +1,9 @@
-"""HunyuanVideoTransformer on CPU with tiny configs: names, float64 agreement, FP8 policies, shapes, text masks."""
+"""HunyuanVideoTransformer on CPU with tiny configs: names, float64 agreement, FP8 policies, shapes, text masks.
+
+The float64 comparisons here run the pack's own code in another precision: they catch precision bugs, not formula
+bugs. The formulas are checked against equations written independently of this code in
+``tests/test_block_equations.py`` (CPU) and against ComfyUI's own model in ``tests/host`` (with a ComfyUI checkout).
+"""
 
 from __future__ import annotations
 
@@ -9,21 +14,10 @@ import torch.nn.functional as F
 from hyvideo_fp8.fp8.linear import FP8Linear
 from hyvideo_fp8.hunyuan.attention import attention
 from hyvideo_fp8.hunyuan.config import RELEASED, canonical_shapes, tiny_config
-from hyvideo_fp8.hunyuan.loader import load_transformer, random_state_dict
+from hyvideo_fp8.hunyuan.loader import load_transformer
 from hyvideo_fp8.hunyuan.model import HunyuanVideoTransformer
 from hyvideo_fp8.hunyuan.policies import get_preset
-
-CFG = tiny_config()
-
-
-def strong_state_dict(seed: int, cfg=CFG) -> dict[str, torch.Tensor]:
-    """Random weights large enough (std 0.1, norm scales 1 +- 0.2) that attention, RoPE and norms all matter."""
-    sd = random_state_dict(cfg, seed)
-    g = torch.Generator().manual_seed(seed)
-    for k, v in sd.items():
-        norm = k.endswith(".scale") or k.endswith(".norm1.weight") or k.endswith(".norm2.weight")
-        sd[k] = 1 + 0.2 * torch.randn(v.shape, generator=g) if norm else v * 5
-    return sd
+from tests.tiny_model import CFG, rel
 
 
 def make_inputs(b=1, t=2, h=4, w=6, n_txt=7, seed=0, dtype=torch.float32):
@@ -34,15 +28,6 @@ def make_inputs(b=1, t=2, h=4, w=6, n_txt=7, seed=0, dtype=torch.float32):
     ts = torch.rand(b, generator=g, dtype=torch.float64) * 1000
     return dict(x=x.to(dtype), timestep=ts.float(), context=ctx.to(dtype), y=y.to(dtype),
                 guidance=torch.full((b,), 6.0))
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-@pytest.fixture(scope="module")
-def sd():
-    return strong_state_dict(seed=5)
 
 
 @pytest.fixture(scope="module")
