@@ -3,7 +3,8 @@
 Q and K are INT8 (Q per token, K per 128 keys after subtracting K's mean over tokens), V is FP8 e4m3 per channel,
 P is FP8 e4m3 scaled by 2**8, and the softmax running max/sum and both accumulations are fp32.
 ``quantize_qkv.py`` describes the quantized layout, ``reference.py`` the arithmetic, ``triton_kernel.py`` the portable
-kernel (Ada and Hopper) and ``gluon_kernel.py`` the faster Hopper kernel, which the Triton backend uses where it can.
+kernel (Ada and Hopper) and ``gluon_kernel.py`` the faster Hopper kernel; which of them runs is the kernel plan's
+choice (``fp8.kernel_plan``).
 """
 
 from __future__ import annotations

@@ -21,10 +21,9 @@ Inside a warpgroup the kernel is serial (Q.K, wait, softmax, P.V, wait); the war
 softmax with another's MMAs. Overlapping them inside a warpgroup, FA3-style, needs ~210 registers per thread, i.e.
 two warpgroups per SM instead of three, and lost (bench/NOTES-attention.md).
 
-H200, L = 67,576 / 119,056, 24 heads: 912 / 920 TFLOP/s kernel alone, 1.56x / 1.59x cuDNN bf16 with Q/K/V
-quantization (bench/results/attention-2026-11-30-h200-schedule.md); 795 / 810 for the Triton kernel in the same run.
-Needs Triton's Gluon (3.6) and a Hopper GPU (wgmma); elsewhere :func:`gluon_supported` says why not and the Triton
-kernel runs.
+Its speed against cuDNN's bf16 attention and the Triton kernel is in bench/results/ (``attention-*``, written by
+bench/bench_attention.py). Needs Triton's Gluon (3.6) and a Hopper GPU (wgmma); elsewhere :func:`gluon_supported`
+says why not and the kernel plan (``fp8.kernel_plan``) picks the Triton kernel.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ WARPGROUPS = 3  # consumer warpgroups per CTA, sharing the K/V ring
 SUB_M = 64  # query rows per warpgroup
 BLOCK_M = WARPGROUPS * SUB_M  # query rows per CTA
 BLOCK_N = 128  # keys per tile
-STAGES = 3  # K/V ring slots (3 x 32 KB); 4 measured slower, 2 no faster
+STAGES = 3  # K/V ring slots (3 x 32 KB); the fastest ring depth (bench/NOTES-attention.md)
 HEAD_DIM = 128
 MAX_REGISTERS = 168  # 3 warpgroups x 128 threads x 168 registers fill the 64K register file without spills
 
@@ -116,7 +115,7 @@ if not _IMPORT_ERROR:
         m_new = gl.maximum(m_i, (gl.max(s, axis=1) - _BIAS) * rf)
         x = s * gl.expand_dims(rf, 1) - gl.expand_dims(_BIAS * rf + (m_new - P_SHIFT), 1)  # one FFMA a logit
         # the row rescale after the logits' arguments: ptxas then schedules warpgroup 0's loop (it also issues the
-        # TMA loads) so that the kernel runs 4-5 % faster on an H200 (same process, bench/NOTES-attention.md)
+        # TMA loads) better (bench/NOTES-attention.md)
         alpha = gl.exp2(m_i - m_new)
         p = gl.exp2(x)
         l_i = l_i * alpha + gl.sum(p, axis=1)

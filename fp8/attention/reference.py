@@ -11,8 +11,8 @@ as fp32, are exactly ``1.5 * 2**23 + ints`` (|ints| < 2**22), and one FMA per lo
 the max: ``fma(ints + bias, rf, -(fma(bias, rf, max - 8)))``. The reference rounds the same way. That offset carries
 one fp32 rounding per row and tile, so a tile's weights are scaled by ``2**d`` with ``|d|`` about ``rf`` (one integer
 step of Q.K in log2 units; ~1e-4 at HunyuanVideo's scales), far below the rounding of P to e4m3. Carrying the rounded
-max on instead (exact, with ``rf`` cut to 22 bits) measured 4 % slower on an H200 than this, and 1.5 % slower than
-the plain int-to-float conversion (bench/NOTES-attention.md).
+max on instead (exact, with ``rf`` cut to 22 bits) was slower than this and than the plain int-to-float conversion
+(bench/NOTES-attention.md).
 """
 
 from __future__ import annotations

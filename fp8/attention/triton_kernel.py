@@ -9,9 +9,8 @@ key tile carries a mask, so the main loop has no per-element index arithmetic.
 
 Scheduling: Triton 3.6 waits on every wgmma right after issuing it, so a program never overlaps its own softmax with
 its own MMAs; overlap comes only from several programs sharing an SM. Hence the default of one warpgroup per program
-(BLOCK_M=64, 4 warps) and a 168-register cap so that three programs fit per SM (H200: 1.40x cuDNN bf16 at
-L=119,056, see bench/NOTES-attention.md); 8-warp programs are 20 % slower because the per-tile barriers lock their two
-warpgroups into the same phase.
+(BLOCK_M=64, 4 warps) and a 168-register cap so that three programs fit per SM (bench/NOTES-attention.md); 8-warp
+programs are slower because the per-tile barriers lock their two warpgroups into the same phase.
 
 Ada (sm_89) has no TMA: Triton lowers a tensor descriptor there to element-wise masked loads whose strides it does not
 know, i.e. one byte load per int8/FP8 element and no cp.async pipelining, and every tile shape then spills (offline
@@ -89,7 +88,7 @@ def _load_scale(ptrs):
 
     A ``tl.load`` of the per-tile K scale inside the key loop is pipelined through shared memory (cp.async + wait +
     shared load, ~24 instructions per key tile). Issued one tile ahead, this plain load's latency hides behind a whole
-    tile of work: 0.5-1.5 % faster on an H200 (L = 67,576 and 119,056, same run).
+    tile of work (bench/NOTES-attention.md).
     """
     return tl.inline_asm_elementwise(
         "ld.global.nc.f32 $0, [$1];", "=f,l", [ptrs], dtype=tl.float32, is_pure=True, pack=1

@@ -140,7 +140,6 @@ def next_power_of_2(n: int) -> int:
 def row_num_warps(block: int) -> int:
     """Warps for one row of ``block`` padded elements: about 32 values a thread, 4 to 8 warps.
 
-    Measured on an H200 at M = 118,800 (bench/results/fused-2026-11-29-h200.md): LayerNorm rows (4096) 0.415 ms at
-    4 warps vs 0.505 at 8; GELU (16384) 1.63 ms at 8 vs 1.98 at 16; concat (20480) 2.14 ms at 8 vs 2.25 at 16.
+    The fastest choice for HunyuanVideo's LayerNorm, GELU and concat rows in bench/results/fused-2026-11-29-h200.md.
     """
     return min(8, max(4, block // 1024))

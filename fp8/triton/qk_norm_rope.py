@@ -23,10 +23,8 @@ from . import MAX_HEAD_TILE, QUANT_Q_PROLOGUE_DTYPES, check_qkv, check_quant_q_o
 
 __all__ = ["qk_norm_rope_triton", "qk_norm_rope_quant_q_triton", "rms_norm_rope_heads"]
 
-# Tokens and warps per program of the quantizing prologue: a [2 * 32, 128] query tile for the rotation dot. H200
-# (bench/results/prologue-2026-11-29-h200.md, L = 67,576): 1.165 ms, against 1.321-1.401 for 4 tokens (8 or 16 warps)
-# and 1.356 for 1 token x 4 warps, and 1.077 for the plain prologue + Q quantizer it replaces (which leaves the double
-# block's copy into the joint sequence to do on top).
+# Tokens and warps per program of the quantizing prologue: a [2 * 32, 128] query tile for the rotation dot, the
+# fastest of the variants in bench/results/prologue-2026-11-29-h200.md.
 QUANT_TOKENS = 2
 QUANT_WARPS = 8
 
