@@ -8,6 +8,7 @@ builds random models (``build_random``) for benchmarks, generating each tensor o
 
 from __future__ import annotations
 
+import logging
 import zlib
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
@@ -15,12 +16,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..fp8.apply import quantization_report
 from ..fp8.formats import high_precision_dtype, is_fp8
 from ..fp8.quantize import dequantize
 from .checkpoint.values import check_values
 from .config import HunyuanConfig, canonical_shapes, detect_config
 from .layers import LayerNorm, RMSNorm
 from .model import HunyuanVideoTransformer, _upcast
+from .plan import kernel_plan
+
+logger = logging.getLogger("hyvideo_fp8")
 
 INIT_STD = 0.02
 _LINEAR_EXTRAS = (".weight_scale", ".input_scale")  # consumed with their layer; input_scale is not used
@@ -156,6 +161,14 @@ def load_transformer(state_dict: MutableMapping[str, Tensor] | Mapping[str, Tens
         return tensor
 
     _fill(model, take, policy, device, param_dtype, norm_dtype)
+    return _loaded(model, device, param_dtype)
+
+
+def _loaded(model: HunyuanVideoTransformer, device, compute_dtype: torch.dtype) -> HunyuanVideoTransformer:
+    """Log the one-line load summary (linear layers per compute mode) and, on a GPU, the kernel plan there."""
+    logger.info(quantization_report(model).summary())
+    if torch.device(device).type == "cuda":
+        kernel_plan(model, torch.device(device), compute_dtype)
     return model.eval()
 
 
@@ -200,7 +213,7 @@ def build_random(config: HunyuanConfig, policy=None, seed: int = 0, device="cpu"
 
     model = HunyuanVideoTransformer(config, policy=policy, device="meta")
     _fill(model, take, policy, device, param_dtype, norm_dtype)
-    return model.eval()
+    return _loaded(model, device, param_dtype)
 
 
 __all__ = ["StateDictError", "check_state_dict", "load_transformer", "random_tensor", "random_state_dict",
