@@ -12,7 +12,7 @@ next to cuDNN and flash bf16 SDPA at B=1, H=24, D=128. Results: ``attention.json
 
 When ``nvidia-cudnn-frontend`` is installed (optional, GPU only: ``pip install nvidia-cudnn-frontend``), cuDNN's
 per-tensor FP8 SDPA (``cudnn_fp8.py``) joins the accuracy checks and the timing, kernel alone and with its eager
-quantization, as the library route the issue asks to be measured against.
+quantization, as the library route to compare with.
 
 Kernels: the Gluon Hopper kernel (what fp8_attention runs on sm_90), the Triton kernel's shipped config (what it runs
 elsewhere, and on Hopper when Gluon is missing) and, with ``--kernels all``, the Triton runners-up of the 2026-11-29

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from common import environment, load_pack, markdown_table, write_result
 
 HIDDEN, MLP, HEADS, HEAD_DIM, TEXT_TOKENS = 3072, 12288, 24, 128, 256
-NOMINAL_BW = 4.3e12  # bytes/s, the H200 figure the brief compares against
+NOMINAL_BW = 4.3e12  # bytes/s, the H200's nominal HBM bandwidth, the yardstick of the bandwidth column
 SAMPLE_ROWS = 2048
 DEVICE = "cuda"  # --device cpu: dry run of the harness with TRITON_INTERPRET=1 (times meaningless)
 

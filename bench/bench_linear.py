@@ -1,4 +1,4 @@
-"""FP8 GEMMs (row-wise ``torch._scaled_mm``) vs a bf16 nn.Linear at HunyuanVideo's GEMM shapes (issue #2).
+"""FP8 GEMMs (row-wise ``torch._scaled_mm``) vs a bf16 nn.Linear at HunyuanVideo's GEMM shapes.
 
 Per shape, the variants are timed **interleaved**: every round calls each variant once (the order rotates from round
 to round), so clock and thermal drift hit all of them alike; median over the timed rounds after warm-up rounds, CUDA

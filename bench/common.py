@@ -1,6 +1,6 @@
 """Shared helpers for the GPU benchmarks: environment record, timing, result files.
 
-Each benchmark is one script run in one device call; it prints a short table last and writes the same
+Each benchmark is one script run in one process; it prints a short table last and writes the same
 table plus the raw numbers to ``bench/results/<name>-<date>-<gpu>.{md,json}``.
 """
 
