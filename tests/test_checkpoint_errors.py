@@ -473,3 +473,25 @@ def test_not_enough_free_space_is_found_before_writing(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=r"needs 0.00 GiB but its folder .* has 0.00 GiB free: free space"):
         convert_checkpoint(src, tmp_path / "out.safetensors", "fp8-max")
     assert _files(tmp_path) == {"src.safetensors"}
+
+
+def test_extreme_finite_weights_give_a_finite_reported_error(tmp_path):
+    """Huge (1e30) and all-zero weights are legal values: they convert, and the report's worst error is finite and
+    equals a float64 recomputation from the written file."""
+    from hyvideo_fp8.fp8.quantize import dequantize
+
+    src, _, _ = source_state_dict("comfyui", dtype=torch.float32)
+    src["double_blocks.0.img_mlp.0.weight"] = src["double_blocks.0.img_mlp.0.weight"] * 1e30
+    src["single_blocks.1.linear2.weight"] = torch.zeros_like(src["single_blocks.1.linear2.weight"])
+    path = _write(tmp_path, src)
+    report = convert_checkpoint(path, tmp_path / "out.safetensors", "fp8-max")
+    sd, _ = load_canonical_state_dict(tmp_path / "out.safetensors")
+    worst = report.worst_layer
+    ref = src[f"{worst}.weight"].double()
+    got = dequantize(sd[f"{worst}.weight"], sd[f"{worst}.weight_scale"], torch.float64)
+    assert 0 < report.max_rel_error < 0.035  # per-row e4m3
+    assert abs(report.max_rel_error - float((got - ref).norm() / ref.norm())) < 1e-9
+    huge = "double_blocks.0.img_mlp.0"
+    assert torch.isfinite(dequantize(sd[f"{huge}.weight"], sd[f"{huge}.weight_scale"], torch.float64)).all()
+    zero = "single_blocks.1.linear2"
+    assert not dequantize(sd[f"{zero}.weight"], sd[f"{zero}.weight_scale"], torch.float64).any()
