@@ -15,6 +15,9 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint.comfy_compat import loaders_note
+from .checkpoint.writer import OUTPUT_FORMATS
+
 DEMO_MAX_ERROR = 0.05  # FP8 vs bf16 final-latent error above which the demo reports a failure
 
 
@@ -159,7 +162,8 @@ def main(argv: list[str], epilog: str | None = None) -> int:
     c.add_argument("src")
     c.add_argument("dst")
     c.add_argument("--policy", default="fp8-balanced", help="preset name, JSON string or JSON file")
-    c.add_argument("--format", default="ours", choices=["ours", "comfy_quant"])
+    c.add_argument("--format", default="ours", choices=OUTPUT_FORMATS,
+                   help="; ".join(f"{fmt}: {loaders_note(fmt)}" for fmt in OUTPUT_FORMATS))
     c.add_argument("--overwrite", action="store_true")
     i = sub.add_parser("inspect", help="layout, config, dtypes, scale ranges and policy of a checkpoint")
     i.add_argument("path")

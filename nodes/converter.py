@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from ..hunyuan.checkpoint.comfy_compat import loaders_note
 from ..hunyuan.checkpoint.writer import OUTPUT_FORMATS
 from ..hunyuan.policies import PRESETS
 from .loader import resolve_node_policy
@@ -44,8 +45,8 @@ class HyVideoFP8Converter:
 
     DESCRIPTION = ("Writes an FP8 copy of a HunyuanVideo checkpoint (any supported layout) into "
                    "models/diffusion_models under a precision policy. Linears the policy keeps in high precision "
-                   "stay bf16. Load the result with the HunyuanVideo FP8 Loader (or, as comfy_quant, natively in "
-                   "newer ComfyUI).")
+                   "stay bf16. Load the result with the HunyuanVideo FP8 Loader; the scaled_fp8 and comfy_quant "
+                   "layouts also load in ComfyUI's own Load Diffusion Model, as the summary says for each version.")
     CATEGORY = CATEGORY
     FUNCTION = "convert"
     OUTPUT_NODE = True
@@ -64,8 +65,9 @@ class HyVideoFP8Converter:
                 "preset": (list(PRESETS), {"default": "fp8-balanced", "tooltip": (
                     "Which linears to store in FP8, when no policy is connected.")}),
                 "output_format": (list(OUTPUT_FORMATS), {"default": OUTPUT_FORMATS[0], "tooltip": (
-                    "ours: per-output-channel scales (best accuracy, this pack). comfy_quant: per-tensor scales in "
-                    "the layout newer ComfyUI loads natively.")}),
+                    "ours: per-output-channel scales (best accuracy). comfy_quant: per-tensor scales, ComfyUI's "
+                    "mixed-precision layout. scaled_fp8: ComfyUI's legacy per-tensor layout (every linear in FP8). "
+                    + " ".join(f"A {fmt} file {loaders_note(fmt)}." for fmt in OUTPUT_FORMATS))}),
                 "overwrite": ("BOOLEAN", {"default": False, "tooltip": (
                     "Replace an existing file of the same name (it is only replaced after a successful write).")}),
             },

@@ -106,7 +106,8 @@ def test_metadata_documents_the_file(tmp_path):
     report = convert_checkpoint(src, tmp_path / "o.safetensors", policy)
     with safe_open(str(tmp_path / "o.safetensors"), "pt") as f:
         meta = f.metadata()
-        assert f.get_tensor("double_blocks.1.img_mlp.0.weight").dtype == torch.float8_e5m2
+        assert f.get_tensor("hyvideo_fp8.double_blocks.1.img_mlp.0.weight").dtype == torch.float8_e5m2
+        assert all(k.startswith("hyvideo_fp8.") for k in f.keys())  # stock ComfyUI refuses it, never misreads it
     assert meta["hyvideo_fp8.format_version"] == "1"
     assert PrecisionPolicy.from_json(meta["hyvideo_fp8.policy"]) == policy
     assert meta["hyvideo_fp8.source_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest() == report.source_sha256

@@ -29,6 +29,7 @@ from ...fp8.quantize import dequantize, quantize_rowwise, quantize_tensorwise
 from ..config import HunyuanConfig
 from ..policies import load_policy
 from .canonical import SCALE_SUFFIX, CanonicalCheckpoint, open_canonical
+from .comfy_compat import loaders_note
 from .errors import CorruptCheckpointError
 from .fp8_formats import QUANT_METADATA_KEY
 from .readers import TensorSpec, check_input_file
@@ -38,11 +39,13 @@ from .writer import (
     StreamingSafetensorsWriter,
     check_destination,
     comfy_quant_metadata,
+    format_tensors,
     fp8_recipe,
     layer_entries,
     layer_tensors,
     order_entries,
     ours_metadata,
+    stored_name,
 )
 
 FP8_STORAGE_MODES = (ComputeMode.FP8, ComputeMode.FP8_WEIGHT_ONLY)
@@ -79,7 +82,8 @@ class ConversionReport:
         return (f"{Path(self.source).name} ({self.layout}, {self.source_fp8_flavour or 'high precision'}) -> "
                 f"{Path(self.destination).name} [{self.output_format}, policy {self.policy}]: {self.fp8_layers} FP8 "
                 f"linears, {self.high_precision_layers} high-precision linears, {self.tensors_written} tensors, "
-                f"{_size(self.bytes_written)} in {self.seconds:.1f} s{worst}")
+                f"{_size(self.bytes_written)} in {self.seconds:.1f} s{worst}. The file "
+                f"{loaders_note(self.output_format)}.")
 
 
 def _size(n: int) -> str:
@@ -112,7 +116,8 @@ def _plan(ckpt: CanonicalCheckpoint, policy: PrecisionPolicy, output_format: str
             continue
         if name.endswith(".weight") and len(spec.shape) == 2:
             layer = name[: -len(".weight")]
-            if policy.mode_for(layer, block_order) in FP8_STORAGE_MODES:
+            # ComfyUI's legacy scaled_fp8 builds every linear in FP8: a high-precision linear would be cast unscaled
+            if output_format == "scaled_fp8" or policy.mode_for(layer, block_order) in FP8_STORAGE_MODES:
                 jobs.append(_Job(layer, "fp8"))
                 entries += layer_entries(layer, spec.shape, dtype, output_format)
                 fp8_layers[layer] = dtype
@@ -123,6 +128,9 @@ def _plan(ckpt: CanonicalCheckpoint, policy: PrecisionPolicy, output_format: str
             continue
         jobs.append(_Job(name, "copy"))
         entries.append((name, spec))
+    if fp8_layers:
+        entries += [(n, TensorSpec(tuple(t.shape), t.dtype)) for n, t in format_tensors(output_format, dtype).items()]
+    entries = [(stored_name(n, output_format), spec) for n, spec in entries]
     return jobs, order_entries(entries), fp8_layers
 
 
@@ -224,11 +232,13 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
         if output_format == "comfy_quant":
             meta[QUANT_METADATA_KEY] = comfy_quant_metadata(fp8_layers)
         errors: dict[str, float] = {}
-        pending: dict[str, torch.Tensor] = {}
+        # written where the header puts them
+        pending = {stored_name(n, output_format): t for n, t in format_tensors(output_format, dtype).items()}
         with StreamingSafetensorsWriter(dst, entries, meta, overwrite=overwrite, sources=sources) as writer:
             get = _checked_getter(ckpt, src.name)
             for name, tensor in _produce(get, jobs, output_format, dtype, errors):
-                pending[name] = tensor  # only tensors moved to the file's tail wait here (tiny comfy_quant JSON)
+                # only tensors moved to the file's tail wait here (tiny comfy_quant JSON, the scaled_fp8 marker)
+                pending[stored_name(name, output_format)] = tensor
                 while writer.next_name in pending:
                     nxt = writer.next_name
                     writer.write(nxt, pending.pop(nxt))

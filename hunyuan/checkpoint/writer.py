@@ -17,6 +17,13 @@ Layouts:
 - ``comfy_quant``: what native new ComfyUI reads (``comfyui-host.md`` §5.2): per-tensor ``<layer>.weight_scale``
   ``[]``, a ``<layer>.comfy_quant`` uint8 tensor holding ``{"format": "float8_e4m3fn"}`` and the same layer list in
   the ``_quantization_metadata`` header.
+- ``scaled_fp8``: ComfyUI's legacy scaled FP8, read by old and new ComfyUI alike: per-tensor ``<layer>.scale_weight``
+  ``[]`` and a two-element ``scaled_fp8`` marker in the FP8 dtype (two elements: ComfyUI dequantizes and multiplies
+  in high precision rather than running FP8 matmuls with a unit input scale). ComfyUI builds every linear of such a
+  file in FP8, so the converter stores every linear in FP8 in this layout, whatever the policy keeps in bf16.
+Our layout's tensor names carry the prefix ``hyvideo_fp8.``: ComfyUI's stock loaders do not strip it, so they refuse
+such a file ("could not detect model type") rather than run its FP8 weights without their per-channel scales. Which
+ComfyUI runs which layout is in :mod:`.comfy_compat`.
 """
 
 from __future__ import annotations
@@ -37,7 +44,9 @@ from .errors import OutputBusyError, OutputExistsError
 from .fp8_formats import COMFY_FP8_FORMATS, OURS_VERSION, OURS_VERSION_KEY, QUANT_METADATA_KEY
 from .readers import SAFETENSORS_NAMES, TensorSpec
 
-OUTPUT_FORMATS = ("ours", "comfy_quant")
+OUTPUT_FORMATS = ("ours", "comfy_quant", "scaled_fp8")
+OURS_KEY_PREFIX = "hyvideo_fp8."
+SCALED_FP8_MARKER = "scaled_fp8"
 COMFY_QUANT_VERSION = "1.0"
 TEMP_SUFFIX = ".partial"
 _ALIGN = 8
@@ -276,6 +285,18 @@ def ours_metadata(*, policy_json: str, recipe: Mapping[str, object], config: Map
     return meta
 
 
+def stored_name(name: str, output_format: str) -> str:
+    """A canonical tensor name as the output layout stores it."""
+    return OURS_KEY_PREFIX + name if output_format == "ours" else name
+
+
+def format_tensors(output_format: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The file-level tensors a layout adds besides the model's (the ``scaled_fp8`` marker)."""
+    if output_format == "scaled_fp8":
+        return {SCALED_FP8_MARKER: torch.zeros(2, dtype=dtype)}
+    return {}
+
+
 def layer_entries(layer: str, shape: tuple[int, ...], dtype: torch.dtype, output_format: str
                   ) -> list[tuple[str, TensorSpec]]:
     """Output names/specs of one FP8 linear's weight and scale (plus ``comfy_quant`` in that layout)."""
@@ -286,6 +307,8 @@ def layer_entries(layer: str, shape: tuple[int, ...], dtype: torch.dtype, output
         conf = comfy_quant_tensor(dtype)
         return [(f"{layer}.weight", TensorSpec(shape, dtype)), (f"{layer}.weight_scale", TensorSpec((), torch.float32)),
                 (f"{layer}.comfy_quant", TensorSpec(tuple(conf.shape), torch.uint8))]
+    if output_format == "scaled_fp8":
+        return [(f"{layer}.weight", TensorSpec(shape, dtype)), (f"{layer}.scale_weight", TensorSpec((), torch.float32))]
     raise ValueError(f"unknown output format {output_format!r}; allowed: {OUTPUT_FORMATS}")
 
 
@@ -293,8 +316,8 @@ def layer_tensors(layer: str, weight: torch.Tensor, scale: torch.Tensor, output_
                   ) -> dict[str, torch.Tensor]:
     """One FP8 linear in the output layout.
 
-    ``ours`` expands a per-tensor scale over the rows (exact). ``comfy_quant`` needs one scale per tensor: a
-    per-channel scale is requantized with the tensor's abs-max (lossy only when the channel scales differ).
+    ``ours`` expands a per-tensor scale over the rows (exact). ``comfy_quant`` and ``scaled_fp8`` need one scale per
+    tensor: a per-channel scale is requantized with the tensor's abs-max (lossy only when the channel scales differ).
     """
     if weight.dtype not in FP8_DTYPES:
         raise ValueError(f"{layer}.weight must be FP8, got {weight.dtype}")
@@ -302,12 +325,14 @@ def layer_tensors(layer: str, weight: torch.Tensor, scale: torch.Tensor, output_
     if output_format == "ours":
         return {f"{layer}.weight": weight,
                 f"{layer}.weight_scale": scale.reshape(-1).expand(weight.shape[0]).contiguous()}
-    if output_format == "comfy_quant":
+    if output_format in ("comfy_quant", "scaled_fp8"):
         flat = scale.reshape(-1)
         if bool((flat == flat[0]).all()):
             q, s = weight, flat[0].clone()
         else:
             q, s = quantize_tensorwise(dequantize(weight, scale, torch.float32), weight.dtype)
+        if output_format == "scaled_fp8":
+            return {f"{layer}.weight": q, f"{layer}.scale_weight": s.reshape(())}
         return {f"{layer}.weight": q, f"{layer}.weight_scale": s.reshape(()),
                 f"{layer}.comfy_quant": comfy_quant_tensor(weight.dtype)}
     raise ValueError(f"unknown output format {output_format!r}; allowed: {OUTPUT_FORMATS}")
@@ -316,7 +341,7 @@ def layer_tensors(layer: str, weight: torch.Tensor, scale: torch.Tensor, output_
 def save_canonical(path: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], *, output_format: str = "ours",
                    metadata: Mapping[str, str] | None = None, overwrite: bool = False) -> int:
     """Write a canonical state dict (FP8 ``weight`` + ``weight_scale`` pairs, rest high precision) atomically in
-    our layout or ComfyUI's ``comfy_quant`` layout. Returns the file size."""
+    any output layout. Returns the file size."""
     out: dict[str, torch.Tensor] = {}
     fp8_layers: dict[str, torch.dtype] = {}
     for name, t in state_dict.items():
@@ -331,9 +356,12 @@ def save_canonical(path: str | os.PathLike, state_dict: Mapping[str, torch.Tenso
             fp8_layers[layer] = t.dtype
         else:
             out[name] = t
+    if fp8_layers:
+        out.update(format_tensors(output_format, next(iter(fp8_layers.values()))))
     meta = dict(metadata or {})
     if output_format == "comfy_quant":
         meta[QUANT_METADATA_KEY] = comfy_quant_metadata(fp8_layers)
+    out = {stored_name(name, output_format): t for name, t in out.items()}
     return save_safetensors(path, out, meta, overwrite=overwrite)
 
 
@@ -346,4 +374,5 @@ def fp8_recipe(dtype: torch.dtype, output_format: str) -> dict[str, str]:
 
 __all__ = ["OUTPUT_FORMATS", "StreamingSafetensorsWriter", "safetensors_header", "check_destination", "temp_path",
            "save_safetensors", "save_canonical", "order_entries", "comfy_quant_tensor", "comfy_quant_conf",
-           "comfy_quant_metadata", "ours_metadata", "layer_entries", "layer_tensors", "fp8_recipe"]
+           "comfy_quant_metadata", "ours_metadata", "layer_entries", "layer_tensors", "fp8_recipe", "stored_name",
+           "format_tensors", "OURS_KEY_PREFIX", "SCALED_FP8_MARKER"]

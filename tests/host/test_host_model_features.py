@@ -19,10 +19,10 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def native_prompt(prefix: str, stock: bool, preset: str = "bf16") -> dict:
+def native_prompt(host, prefix: str, stock: bool, preset: str = "bf16") -> dict:
     """The shipped native workflow at test size with SaveLatent; ``stock`` swaps our loader for UNETLoader."""
     prompt = save_latent_instead_of_video(
-        pytest.host.tiny_prompt(NATIVE, steps=STEPS, model=STOCK_MODEL, cfg=STOCK_CFG), prefix)
+        host.tiny_prompt(NATIVE, steps=STEPS, model=STOCK_MODEL, cfg=STOCK_CFG), prefix)
     prompt[find(prompt, "EmptyHunyuanLatentVideo")]["inputs"].update(width=64, height=64, length=9)
     loader, policy = find(prompt, "HyVideoFP8Loader"), find(prompt, "HyVideoFP8Policy")
     if stock:
@@ -47,11 +47,6 @@ def easycache(prompt: dict) -> dict:
         "reuse_threshold": 1.0, "start_percent": 0.15, "end_percent": 0.95, "verbose": False}})
 
 
-@pytest.fixture(autouse=True)
-def _host(host):
-    pytest.host = host
-
-
 def run_logged(host, prompt: dict) -> tuple[torch.Tensor, str]:
     """The saved latent and what the server logged while it ran."""
     before = len(host.log_text())
@@ -69,8 +64,8 @@ def test_easycache_skips_steps_on_our_model_as_on_the_stock_one(host):
     results = {}
     for stock in (True, False):
         name = "stock" if stock else "ours"
-        plain, _ = run_logged(host, native_prompt(f"latents/ec_plain_{name}", stock))
-        cached, log = run_logged(host, easycache(native_prompt(f"latents/ec_cached_{name}", stock)))
+        plain, _ = run_logged(host, native_prompt(host, f"latents/ec_plain_{name}", stock))
+        cached, log = run_logged(host, easycache(native_prompt(host, f"latents/ec_cached_{name}", stock)))
         results[name] = (skipped(log), rel(cached, plain))
     (stock_skip, stock_err), (our_skip, our_err) = results["stock"], results["ours"]
     assert stock_skip[1] == our_skip[1] == STEPS
@@ -82,7 +77,7 @@ def test_easycache_skips_steps_on_our_model_as_on_the_stock_one(host):
 
 
 def test_easycache_skips_steps_under_fp8(host):
-    _, log = run_logged(host, easycache(native_prompt("latents/ec_fp8", stock=False, preset="fp8-balanced")))
+    _, log = run_logged(host, easycache(native_prompt(host, "latents/ec_fp8", stock=False, preset="fp8-balanced")))
     done, total = skipped(log)
     assert total == STEPS and done >= 2
 
@@ -92,8 +87,8 @@ def test_skip_layer_guidance_skips_blocks(host, stock):
     """SkipLayerGuidanceDiT reruns the model with the given blocks replaced by the identity (ComfyUI's
     patches_replace "dit") and guides away from it: on ours as on the stock model, the output must move."""
     name = "stock" if stock else "ours"
-    plain, _ = run_logged(host, native_prompt(f"latents/slg_plain_{name}", stock))
-    slg = with_model_node(native_prompt(f"latents/slg_{name}", stock), {"class_type": "SkipLayerGuidanceDiT",
+    plain, _ = run_logged(host, native_prompt(host, f"latents/slg_plain_{name}", stock))
+    slg = with_model_node(native_prompt(host, f"latents/slg_{name}", stock), {"class_type": "SkipLayerGuidanceDiT",
                           "inputs": {"double_layers": "0", "single_layers": "0", "scale": 3.0,
                                      "start_percent": 0.0, "end_percent": 1.0, "rescaling_scale": 0.0}})
     guided, log = run_logged(host, slg)
@@ -103,8 +98,8 @@ def test_skip_layer_guidance_skips_blocks(host, stock):
 
 
 def test_torch_compile_model_runs_our_model(host):
-    plain, _ = run_logged(host, native_prompt("latents/compile_plain", stock=False))
-    compiled, log = run_logged(host, with_model_node(native_prompt("latents/compiled", stock=False),
+    plain, _ = run_logged(host, native_prompt(host, "latents/compile_plain", stock=False))
+    compiled, log = run_logged(host, with_model_node(native_prompt(host, "latents/compiled", stock=False),
                                                       {"class_type": "TorchCompileModel",
                                                        "inputs": {"backend": "inductor"}}))
     assert torch.isfinite(compiled).all()
