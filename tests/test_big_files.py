@@ -1,5 +1,6 @@
-"""Checkpoints larger than the memory a process may use: inspect, convert and load still work, because tensors are
-read by plain reads of their byte ranges (a memory map of the whole file needs address space for all of it).
+"""Checkpoints larger than the memory a process may use: inspect, convert and load still work (safetensors and zip
+.pt), because tensors are read by plain reads of their byte ranges (a memory map of the whole file needs address space
+for all of it).
 
 The file is sparse (a huge tensor of zeros outside the transformer costs no disk), and the address space is capped
 just above what the process already uses, below the file size, for the duration of the test.
@@ -86,11 +87,24 @@ def test_a_tensor_too_big_for_the_machine_names_the_machines_limit(tmp_path):
         assert torch.equal(source.get("first_stage_model.decoder.huge")[-8:], torch.zeros(8, dtype=torch.uint8))
 
 
-def test_a_pt_file_the_os_will_not_map_names_the_machines_limit(tmp_path):
-    """.pt files stay memory-mapped by torch: when the map is refused the error blames the machine, not the file."""
+def test_a_pt_file_larger_than_the_address_space_left(tmp_path):
+    """Zip .pt files are read the same way (storage offsets from a meta-device load, then plain reads)."""
     src, _, _ = source_state_dict("tencent", seed=6)
     path = tmp_path / "big.pt"
     torch.save({"module": src, "huge": torch.zeros(BIG, dtype=torch.uint8)}, path)
-    with _address_space_cap(HEADROOM), pytest.raises(MemoryError, match=r"memory-mapping big.pt needs 0\.\d GiB of "
+    with _address_space_cap(HEADROOM):
+        assert "layout:    tencent" in inspect_checkpoint(path)
+        report = convert_checkpoint(path, tmp_path / "fp8.safetensors", "fp8-max")
+        with open_canonical(path) as ckpt:
+            load_transformer(ckpt.lazy_state_dict(), get_preset("fp8-balanced"), consume=True)
+    assert report.fp8_layers == 49
+
+
+def test_a_legacy_pt_file_too_big_to_load_names_the_machines_limit(tmp_path):
+    """Pre-zip .pt files can only be loaded whole: when that is refused the error blames the machine, not the file."""
+    src, _, _ = source_state_dict("tencent", seed=7)
+    path = tmp_path / "legacy.pt"
+    torch.save({"module": src, "huge": torch.zeros(BIG, dtype=torch.uint8)}, path, _use_new_zipfile_serialization=False)
+    with _address_space_cap(HEADROOM), pytest.raises(MemoryError, match=r"loading legacy.pt needs 0\.\d GiB of "
                                                                         r"memory, which this machine refused"):
         inspect_checkpoint(path)

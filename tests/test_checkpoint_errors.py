@@ -367,6 +367,20 @@ def test_source_truncated_while_converting_is_an_error_not_sigbus(tmp_path):
     assert _files(tmp_path) == {"src.safetensors"}
 
 
+def test_pt_source_truncated_while_converting_is_an_error_not_sigbus(tmp_path):
+    src = tmp_path / "src.pt"
+    write_checkpoint(src, layout="tencent", fmt="pt", wrapper="module")
+    size = src.stat().st_size
+
+    def cut(done, total):
+        if done == 3:
+            os.truncate(src, size // 2)
+
+    with pytest.raises(CorruptCheckpointError, match="truncated or replaced while it was being read"):
+        convert_checkpoint(src, tmp_path / "out.safetensors", "fp8-max", progress=cut)
+    assert _files(tmp_path) == {"src.pt"}
+
+
 def test_source_rewritten_while_converting_is_an_error(tmp_path):
     src = tmp_path / "src.safetensors"
     write_checkpoint(src)

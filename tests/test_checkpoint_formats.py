@@ -170,3 +170,18 @@ def test_inspect_reports_everything(tmp_path):
     text = inspect_checkpoint(path)
     for needle in ("official", "tencent", "wrapper module", "29 layers", "hidden 64"):
         assert needle in text
+
+
+def test_pt_tensors_stored_as_strided_views_read_exactly(tmp_path):
+    """A .pt may store tensors as views of a shared storage (slices, transposes); each is read from its own bytes."""
+    from hyvideo_fp8.hunyuan.checkpoint.readers import open_checkpoint
+
+    base = torch.randn(6, 8)
+    tensors = {"whole": base, "rows": base[2:5], "cols": base[:, 3:7], "t": base.t(), "step": base[::2, ::3],
+               "empty": base[:0], "other": torch.arange(10, dtype=torch.bfloat16)}
+    torch.save({"state_dict": tensors}, tmp_path / "views.pt")
+    with open_checkpoint(tmp_path / "views.pt") as source:
+        assert source._tensors is None  # read from the file, not loaded by torch
+        for name, want in tensors.items():
+            got = source.get(name)
+            assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want), name

@@ -1,12 +1,15 @@
-"""File formats: safetensors (lazy, tensor by tensor) and PyTorch ``.pt`` (``weights_only``, memory-mapped).
+"""File formats: safetensors and PyTorch ``.pt`` (``weights_only``), both lazy, tensor by tensor.
 
 A reader turns a file into a :class:`TensorSource`: names, shapes and dtypes known up front, tensors fetched one at
 a time, so a 25 GB checkpoint never has to sit in RAM. Wrappers (DeepSpeed ``module``/``ema``, ``state_dict``, any
 single-key dict) are unwrapped here; key prefixes and layouts are :mod:`.layouts`' job.
 
-safetensors tensors are read with plain file reads of their byte ranges into fresh tensors, not through a memory
-map of the whole file: a private map of a file larger than RAM is refused by the OS, and a file truncated while it
-is mapped kills the process with SIGBUS, where a short read is an error we can explain.
+Tensors are read with plain file reads of their byte ranges into fresh tensors, not through a memory map of the
+whole file: a private map of a file larger than RAM is refused by the OS, and a file truncated while it is mapped
+kills the process with SIGBUS, where a short read is an error we can explain. For safetensors the ranges come from
+the header; for a zip ``.pt`` from ``torch.load`` onto the meta device (the weights-only unpickler, no tensor data
+read), which gives each storage's offset in the file. Legacy (pre-zip) ``.pt`` files, big-endian ones and torch
+builds without those offsets fall back to ``torch.load`` (memory-mapped where the format allows).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import os
 import pickle
 import stat
 import struct
+import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator, Mapping
@@ -58,7 +63,8 @@ class TensorSource:
 
     ``wrapper`` records the dict keys that were unwrapped (e.g. ``("module",)``), ``dropped`` the non-tensor entries
     that were skipped (DeepSpeed bookkeeping), ``metadata`` the safetensors ``__metadata__`` (empty for ``.pt``).
-    A safetensors source reads each tensor from its absolute byte range in ``_ranges`` through ``_file``.
+    A file-backed source reads each tensor from its absolute byte range in ``_ranges`` through ``_file``; a tensor
+    stored as a strided view (``.pt``) has its strides in ``_strides`` and its range spans the elements it covers.
     """
 
     path: Path
@@ -70,12 +76,13 @@ class TensorSource:
     _tensors: Mapping[str, torch.Tensor] | None = None
     _file: BinaryIO | None = None
     _ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _strides: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def keys(self) -> list[str]:
         return list(self.specs)
 
     def get(self, name: str) -> torch.Tensor:
-        """Read one tensor (a fresh CPU tensor for safetensors, a memory-mapped view for ``.pt``)."""
+        """Read one tensor (a fresh CPU tensor; a memory-mapped view for ``.pt`` files torch maps itself)."""
         if name not in self.specs:
             raise KeyError(f"{name!r} is not in {self.path.name}")
         if self._tensors is not None:
@@ -87,13 +94,15 @@ class TensorSource:
     def _read(self, name: str) -> torch.Tensor:
         spec = self.specs[name]
         begin, end = self._ranges[name]
+        stride = self._strides.get(name)
+        shape = spec.shape if stride is None else ((end - begin) // spec.dtype.itemsize,)
         try:
-            out = torch.empty(spec.shape, dtype=spec.dtype)
+            out = torch.empty(shape, dtype=spec.dtype)
         except (RuntimeError, MemoryError) as e:
             if not is_out_of_memory(e):
                 raise
-            raise allocation_error(f"reading {name!r} from {self.path.name}", spec.nbytes) from None
-        view = memoryview(out.reshape(-1).view(torch.uint8).numpy()) if spec.nbytes else memoryview(b"")
+            raise allocation_error(f"reading {name!r} from {self.path.name}", end - begin) from None
+        view = memoryview(out.reshape(-1).view(torch.uint8).numpy()) if end > begin else memoryview(b"")
         self._file.seek(begin)  # type: ignore[union-attr]
         pos = 0
         while pos < end - begin:
@@ -103,7 +112,7 @@ class TensorSource:
                     f"{self.path.name} ended at byte {begin + pos} while reading {name!r} (bytes {begin}-{end}): the "
                     "file was truncated or replaced while it was being read. Nothing was written from it")
             pos += n
-        return out
+        return out if stride is None else out.as_strided(spec.shape, stride).clone()
 
     def items(self) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.specs:
@@ -266,12 +275,19 @@ def open_safetensors(path: str | os.PathLike) -> TensorSource:
     return TensorSource(path, "safetensors", specs, metadata, _file=open(path, "rb", buffering=0), _ranges=ranges)
 
 
-def load_torch_weights(path: str | os.PathLike) -> object:
-    """``torch.load`` with ``weights_only=True`` (memory-mapped for zip files); never executes pickled code."""
+def load_torch_weights(path: str | os.PathLike, *, meta: bool = False) -> object:
+    """``torch.load`` with ``weights_only=True`` (memory-mapped for zip files); never executes pickled code.
+
+    ``meta=True`` loads every tensor onto the meta device: shapes, dtypes and, on torch builds that record it, each
+    storage's byte offset in the file (``_checkpoint_offset``), without reading or mapping any tensor data.
+    """
     path = check_input_file(path)
     with open(path, "rb") as f:
         is_zip = f.read(4) == _ZIP_MAGIC
     try:
+        if meta:
+            with open(path, "rb") as f:
+                return torch.load(io.BufferedReader(f), map_location="meta", weights_only=True)
         if path.name.endswith(".safetensors"):  # torch.load would hand a path with this name to safetensors
             with open(path, "rb") as f:
                 return torch.load(io.BufferedReader(f), map_location="cpu", weights_only=True)
@@ -286,7 +302,7 @@ def load_torch_weights(path: str | os.PathLike) -> object:
         raise CorruptCheckpointError(f"{path.name} is not a readable PyTorch checkpoint: {_first_line(e)}") from None
     except Exception as e:  # torch reports a damaged zip or pickle with many exception types
         if is_out_of_memory(e):
-            raise allocation_error(f"memory-mapping {path.name}", path.stat().st_size) from None
+            raise allocation_error(f"loading {path.name}", path.stat().st_size) from None
         raise CorruptCheckpointError(f"{path.name} is corrupt or truncated ({_first_line(e)}). "
                                      "Download it again") from None
 
@@ -331,8 +347,53 @@ def unwrap_state_dict(obj: object, prefer: str = "module", where: str = "checkpo
     return tensors, tuple(path), dropped
 
 
+def _little_endian_zip(path: Path) -> bool:
+    """A zip ``.pt`` whose tensor bytes need no swapping here (its ``byteorder`` record, if any, is this machine's)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            marks = [n for n in z.namelist() if n.endswith("/byteorder")]
+            return all(z.read(n).decode(errors="replace") == sys.byteorder for n in marks) and sys.byteorder == "little"
+    except (zipfile.BadZipFile, OSError, RuntimeError):
+        return False  # torch.load reports what is wrong with it
+
+
+def _file_ranges(tensors: Mapping[str, torch.Tensor], path: Path
+                 ) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, ...]]] | None:
+    """Each meta tensor's byte range in the file (and its strides when it is not one contiguous block), from its
+    storage's ``_checkpoint_offset``; None when this torch does not record the offsets."""
+    size = path.stat().st_size
+    ranges: dict[str, tuple[int, int]] = {}
+    strides: dict[str, tuple[int, ...]] = {}
+    for name, t in tensors.items():
+        offset = getattr(t.untyped_storage(), "_checkpoint_offset", None)
+        if not isinstance(offset, int):
+            return None
+        item = t.dtype.itemsize
+        begin = offset + t.storage_offset() * item
+        if t.is_contiguous():
+            span = t.numel()
+        else:
+            span = 0 if t.numel() == 0 else 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+            strides[name] = tuple(t.stride())
+        end = begin + span * item
+        if end > size or offset + t.untyped_storage().nbytes() > size:
+            raise CorruptCheckpointError(f"{path.name} is truncated: tensor {name!r} ends at byte {end} of {size}. "
+                                         "Download the file again")
+        ranges[name] = (begin, end)
+    return ranges, strides
+
+
 def open_torch(path: str | os.PathLike, prefer: str = "module") -> TensorSource:
-    path = Path(path)
+    path = check_input_file(path)
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == _ZIP_MAGIC
+    if is_zip and _little_endian_zip(path):
+        tensors, wrapper, dropped = unwrap_state_dict(load_torch_weights(path, meta=True), prefer, path.name)
+        found = _file_ranges(tensors, path)
+        if found is not None:
+            specs = {k: TensorSpec(tuple(t.shape), t.dtype) for k, t in tensors.items()}
+            return TensorSource(path, "pt", specs, {}, wrapper, dropped, _file=open(path, "rb", buffering=0),
+                                _ranges=found[0], _strides=found[1])
     tensors, wrapper, dropped = unwrap_state_dict(load_torch_weights(path), prefer, path.name)
     specs = {k: TensorSpec(tuple(t.shape), t.dtype) for k, t in tensors.items()}
     return TensorSource(path, "pt", specs, {}, wrapper, dropped, _tensors=tensors)
