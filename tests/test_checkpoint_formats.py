@@ -185,3 +185,18 @@ def test_pt_tensors_stored_as_strided_views_read_exactly(tmp_path):
         for name, want in tensors.items():
             got = source.get(name)
             assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want), name
+
+
+def test_pt_without_storage_offsets_falls_back_to_torch_load(tmp_path, monkeypatch):
+    """A torch that records no storage offsets (before 2.7) still reads .pt files, through torch.load."""
+    from hyvideo_fp8.hunyuan.checkpoint import readers
+
+    path = tmp_path / "t.pt"
+    ref = write_checkpoint(path, layout="tencent", fmt="pt", wrapper="module", seed=12)
+    lazy, _ = load_canonical_state_dict(path)
+    monkeypatch.setattr(readers, "_file_ranges", lambda tensors, p: None)
+    with readers.open_checkpoint(path) as source:
+        assert source._tensors is not None
+    loaded, _ = load_canonical_state_dict(path)
+    assert_same_state_dict(loaded, ref)
+    assert_same_state_dict(lazy, ref)

@@ -7,9 +7,9 @@ single-key dict) are unwrapped here; key prefixes and layouts are :mod:`.layouts
 Tensors are read with plain file reads of their byte ranges into fresh tensors, not through a memory map of the
 whole file: a private map of a file larger than RAM is refused by the OS, and a file truncated while it is mapped
 kills the process with SIGBUS, where a short read is an error we can explain. For safetensors the ranges come from
-the header; for a zip ``.pt`` from ``torch.load`` onto the meta device (the weights-only unpickler, no tensor data
-read), which gives each storage's offset in the file. Legacy (pre-zip) ``.pt`` files, big-endian ones and torch
-builds without those offsets fall back to ``torch.load`` (memory-mapped where the format allows).
+the header; for a zip ``.pt`` from ``torch.load`` under a ``FakeTensorMode`` (the weights-only unpickler; no tensor
+data is read), which records each storage's offset in the file on torch 2.7+. Legacy (pre-zip) ``.pt`` files,
+big-endian ones and older torch fall back to ``torch.load`` (memory-mapped where the format allows).
 """
 
 from __future__ import annotations
@@ -278,16 +278,18 @@ def open_safetensors(path: str | os.PathLike) -> TensorSource:
 def load_torch_weights(path: str | os.PathLike, *, meta: bool = False) -> object:
     """``torch.load`` with ``weights_only=True`` (memory-mapped for zip files); never executes pickled code.
 
-    ``meta=True`` loads every tensor onto the meta device: shapes, dtypes and, on torch builds that record it, each
-    storage's byte offset in the file (``_checkpoint_offset``), without reading or mapping any tensor data.
+    ``meta=True`` loads fake tensors: shapes, dtypes, strides and, on torch 2.7+, each storage's byte offset in the
+    file (``_checkpoint_offset``), without reading or mapping any tensor data.
     """
     path = check_input_file(path)
     with open(path, "rb") as f:
         is_zip = f.read(4) == _ZIP_MAGIC
     try:
         if meta:
-            with open(path, "rb") as f:
-                return torch.load(io.BufferedReader(f), map_location="meta", weights_only=True)
+            from torch._subclasses.fake_tensor import FakeTensorMode
+
+            with open(path, "rb") as f, FakeTensorMode():
+                return torch.load(io.BufferedReader(f), weights_only=True)
         if path.name.endswith(".safetensors"):  # torch.load would hand a path with this name to safetensors
             with open(path, "rb") as f:
                 return torch.load(io.BufferedReader(f), map_location="cpu", weights_only=True)
@@ -359,7 +361,7 @@ def _little_endian_zip(path: Path) -> bool:
 
 def _file_ranges(tensors: Mapping[str, torch.Tensor], path: Path
                  ) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, ...]]] | None:
-    """Each meta tensor's byte range in the file (and its strides when it is not one contiguous block), from its
+    """Each fake tensor's byte range in the file (and its strides when it is not one contiguous block), from its
     storage's ``_checkpoint_offset``; None when this torch does not record the offsets."""
     size = path.stat().st_size
     ranges: dict[str, tuple[int, int]] = {}
