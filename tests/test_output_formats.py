@@ -73,3 +73,12 @@ def test_stored_layouts(tmp_path, source):
     with safe_open(str(paths["comfy_quant"]), "pt") as f:
         assert f.get_tensor("double_blocks.0.img_mlp.0.weight_scale").dim() == 0
         assert "double_blocks.0.img_mlp.0.comfy_quant" in f.keys()
+
+
+def test_readme_table_is_the_compatibility_table():
+    from pathlib import Path
+
+    from hyvideo_fp8.hunyuan.checkpoint.comfy_compat import markdown_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert markdown_table() in readme, "README's layout table differs from comfy_compat: paste markdown_table()"

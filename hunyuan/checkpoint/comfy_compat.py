@@ -44,4 +44,14 @@ def loaders_note(output_format: str) -> str:
     return note
 
 
-__all__ = ["TESTED_COMFYUI", "STOCK_LOADER", "stock_outcome", "loaders_note"]
+def markdown_table() -> str:
+    """The README's table: each layout against each tested ComfyUI's stock loader, and ours."""
+    words = {"runs": "runs it", "refuses": "refuses it", "wrong": "**runs it wrongly: do not use**"}
+    head = ["layout", *(f"ComfyUI {v} Load Diffusion Model" for v in TESTED_COMFYUI), "HunyuanVideo FP8 Loader"]
+    rows = [head, ["---"] * len(head)]
+    for fmt, stock in STOCK_LOADER.items():
+        rows.append([f"`{fmt}`", *(words[stock[v]] for v in TESTED_COMFYUI), "runs it"])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+__all__ = ["TESTED_COMFYUI", "STOCK_LOADER", "stock_outcome", "loaders_note", "markdown_table"]

@@ -1,0 +1,137 @@
+"""On a CUDA GPU: ComfyUI's memory management with our MODEL next to a text encoder and a VAE, with ComfyUI's
+defaults (0.29: the dynamic-VRAM model patcher for the text encoder and the VAE, as ``main.py`` enables it on NVIDIA;
+our MODEL keeps ComfyUI's standard patcher, since FP8Linear holds its weights whole). Three rounds of encode ->
+sample -> decode -> unload all: our MODEL loads onto the GPU, samples the same latent each round, is unloaded to the
+offload device, and the GPU memory returns to where it started (no leak).
+
+Skipped without CUDA (CI); run on a GPU with ``COMFYUI_PATH=<tree> python -m pytest -s tests/host/test_host_gpu_memory.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+from hyvideo_fp8.hunyuan.config import tiny_config
+from hyvideo_fp8.hunyuan.loader import build_random
+from hyvideo_fp8.hunyuan.policies import get_preset
+
+ROUNDS = 3
+# big enough that ComfyUI's accounting matters (about 0.5 GB in FP8), head dim 128 as the FP8 kernels need
+CONFIG = tiny_config(hidden_size=1536, num_heads=12, depth=4, depth_single_blocks=8, axes_dim=(16, 56, 56),
+                     context_in_dim=4096, vec_in_dim=768)
+LEAK_TOLERANCE = 64 * 2**20  # allocator rounding and cuBLAS workspaces
+
+
+def comfy_on_gpu():
+    """Import ComfyUI as ``main.py`` sets it up on an NVIDIA GPU (dynamic VRAM where the version has it)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    path = os.environ.get("COMFYUI_PATH")
+    if not path:
+        pytest.skip("set COMFYUI_PATH to a ComfyUI source tree")
+    sys.path.insert(0, path)
+    sys.dont_write_bytecode = True
+    import comfy.options
+
+    comfy.options.enable_args_parsing(False)
+    import comfy.cli_args
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    dynamic = False
+    try:
+        import comfy.memory_management
+        import comfy_aimdo.control
+    except ImportError:  # 0.3.64: no dynamic VRAM
+        return mm, dynamic
+    if comfy.cli_args.enables_dynamic_vram() and mm.is_nvidia():
+        devices = [d.index for d in mm.get_all_torch_devices()]
+        try:
+            ok = comfy_aimdo.control.init_devices((d, int(comfy.cli_args.args.vram_headroom * 2**30)) for d in devices)
+        except TypeError:
+            ok = comfy_aimdo.control.init_devices(iter(devices))
+        if ok:
+            comfy.model_patcher.CoreModelPatcher = comfy.model_patcher.ModelPatcherDynamic
+            comfy.memory_management.aimdo_enabled = True
+            dynamic = True
+    return mm, dynamic
+
+
+def random_fill(module: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: (torch.ones(v.shape) if k.endswith("norm.weight") or ".norm" in k and k.endswith(".weight")
+                else torch.randn(v.shape, generator=g) * 0.02).to(torch.float16)
+            for k, v in module.state_dict().items()}
+
+
+def text_encoder():
+    """A random CLIP-L text encoder through ComfyUI's own loader (a real CLIP patcher, dynamic in 0.29)."""
+    import comfy.sd
+    import comfy.sd1_clip
+
+    keys = comfy.sd1_clip.SDClipModel(device="cpu", dtype=torch.float16).transformer
+    return comfy.sd.load_text_encoder_state_dicts([random_fill(keys, 1)],
+                                                  clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION)
+
+
+def vae():
+    """A random HunyuanVideo 3-D VAE decoder through ComfyUI's own VAE class."""
+    import comfy.sd
+
+    probe = comfy.sd.VAE(sd={"decoder.conv_in.conv.weight": torch.zeros(512, 16, 3, 3, 3),
+                             "post_quant_conv.weight": torch.zeros(16, 16, 1, 1, 1)})
+    sd = {k: v for k, v in random_fill(probe.first_stage_model, 2).items()
+          if k.startswith("decoder.") or k.startswith("post_quant_conv.")}
+    del probe
+    return comfy.sd.VAE(sd=sd)
+
+
+def test_encode_sample_decode_unload_rounds():
+    mm, dynamic = comfy_on_gpu()
+    import comfy.sample
+
+    from hyvideo_fp8.nodes.comfy_model import wrap_transformer
+
+    device = mm.get_torch_device()
+    torch.cuda.synchronize()
+    baseline = torch.cuda.memory_allocated(device)
+    clip, decoder = text_encoder(), vae()
+    policy = get_preset("fp8-balanced")
+    transformer = build_random(CONFIG, policy, seed=3, device=mm.unet_offload_device())
+    model = wrap_transformer(transformer, CONFIG, policy.compute_dtype)
+    print(f"\nComfyUI dynamic VRAM: {dynamic}; patchers: text encoder {type(clip.patcher).__name__}, "
+          f"VAE {type(decoder.patcher).__name__}, ours {type(model).__name__} ({model.model_size() / 2**20:.0f} MiB)")
+    g = torch.Generator().manual_seed(0)
+    context = torch.randn(1, 16, CONFIG.context_in_dim, generator=g)
+    positive = [[context, {"pooled_output": torch.randn(1, CONFIG.vec_in_dim, generator=g), "guidance": 6.0}]]
+    latent = torch.zeros(1, 16, 3, 32, 32)
+    noise = torch.randn(latent.shape, generator=g)
+    outputs = []
+    for round_ in range(ROUNDS):
+        tokens = clip.tokenize("a red fox in the snow")
+        cond = clip.encode_from_tokens_scheduled(tokens)
+        assert torch.isfinite(cond[0][0]).all()
+        samples = comfy.sample.sample(model, noise, 4, 1.0, "euler", "simple", positive, positive, latent)
+        assert torch.isfinite(samples).all()
+        resident = next(transformer.parameters()).device
+        loaded = [type(m.model.model).__name__ for m in mm.current_loaded_models]
+        images = decoder.decode(samples)
+        assert torch.isfinite(images).all() and images.shape[-1] == 3
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated(device)
+        mm.unload_all_models()
+        mm.soft_empty_cache(True)
+        torch.cuda.synchronize()
+        after = torch.cuda.memory_allocated(device)
+        print(f"round {round_}: ours sampled on {resident}, loaded {loaded}, peak {peak / 2**20:.0f} MiB, "
+              f"after unload {(after - baseline) / 2**20:+.1f} MiB, ours now on {next(transformer.parameters()).device}")
+        assert resident.type == "cuda"
+        assert next(transformer.parameters()).device == mm.unet_offload_device()
+        assert after - baseline < LEAK_TOLERANCE
+        outputs.append(samples)
+    for other in outputs[1:]:
+        assert torch.equal(other, outputs[0])  # reloading changed nothing
