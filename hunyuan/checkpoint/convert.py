@@ -1,9 +1,9 @@
 """Streaming converter: any HunyuanVideo checkpoint -> our FP8 safetensors (or ComfyUI's ``comfy_quant`` layout).
 
-Memory: the source is read lazily (safetensors tensors by plain reads of their byte ranges, ``.pt`` memory-mapped),
-every output shape is known before the first byte is written, and each tensor is checked for NaN/Inf, quantized and
-appended as soon as it is read. Peak anonymous memory is what one layer's quantization needs, whatever the file
-size, so a safetensors file larger than RAM converts.
+Memory: the source is read lazily (each tensor by plain reads of its byte range, see :mod:`.readers`), every output
+shape is known before the first byte is written, and each tensor is checked for NaN/Inf, quantized and appended as
+soon as it is read. Peak anonymous memory is what one layer's quantization needs, whatever the file size, so a file
+larger than RAM converts.
 
 Per layer the policy decides: ``fp8`` / ``fp8-weight-only`` -> FP8 weight + fp32 scale (per output channel in our
 layout, per tensor in ``comfy_quant``); ``bf16`` / ``fp32`` -> the weight in its source precision (FP8 sources are
