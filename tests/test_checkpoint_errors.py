@@ -410,19 +410,6 @@ def test_interrupt_mid_write_removes_the_temp_file(tmp_path):
     assert _files(tmp_path) == {"src.safetensors", "dst.safetensors"}
 
 
-def test_stale_temp_file_of_a_killed_run_is_reused(tmp_path):
-    """A run killed outright leaves .<name>.partial; the next run recognises it (nobody holds its lock), writes over
-    it and renames it: afterwards there is the output and no temp file."""
-    src = tmp_path / "src.safetensors"
-    write_checkpoint(src)
-    stale = tmp_path / ".out.safetensors.partial"
-    stale.write_bytes(b"\xff" * 100_000)
-    convert_checkpoint(src, tmp_path / "out.safetensors", "fp8-max")
-    assert _files(tmp_path) == {"src.safetensors", "out.safetensors"}
-    sd, _ = load_canonical_state_dict(tmp_path / "out.safetensors")
-    assert len(sd) > 0
-
-
 def test_a_live_conversion_to_the_same_destination_is_not_disturbed(tmp_path):
     fcntl = pytest.importorskip("fcntl")
     src = tmp_path / "src.safetensors"
@@ -509,3 +496,36 @@ def test_extreme_finite_weights_give_a_finite_reported_error(tmp_path):
     assert torch.isfinite(dequantize(sd[f"{huge}.weight"], sd[f"{huge}.weight_scale"], torch.float64)).all()
     zero = "single_blocks.1.linear2"
     assert not dequantize(sd[f"{zero}.weight"], sd[f"{zero}.weight_scale"], torch.float64).any()
+
+
+_KILLED = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from pack_path import load_pack
+load_pack()
+from hyvideo_fp8.hunyuan.checkpoint import convert_checkpoint
+from hyvideo_fp8.hunyuan.checkpoint.writer import StreamingSafetensorsWriter
+real = StreamingSafetensorsWriter.write
+
+def write(self, name, tensor):
+    real(self, name, tensor)
+    if self.written == 5:
+        self._file.flush()
+        os.kill(os.getpid(), signal.SIGKILL)  # no handler, no cleanup: what a power cut or the OOM killer does
+
+StreamingSafetensorsWriter.write = write
+convert_checkpoint({src!r}, {dst!r}, "fp8-max")
+"""
+
+
+def test_run_killed_outright_leaves_one_temp_file_that_the_next_run_reuses(tmp_path):
+    src, dst = tmp_path / "src.safetensors", tmp_path / "out.safetensors"
+    write_checkpoint(src)
+    code = _KILLED.format(root=str(ROOT), src=str(src), dst=str(dst))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == -9, r.stderr[-2000:]
+    assert _files(tmp_path) == {"src.safetensors", ".out.safetensors.partial"}  # the one thing SIGKILL leaves
+    assert (tmp_path / ".out.safetensors.partial").stat().st_size > 0
+    convert_checkpoint(src, dst, "fp8-max")  # the dead run's lock died with it: its temp file is reused
+    assert _files(tmp_path) == {"src.safetensors", "out.safetensors"}
+    assert len(load_canonical_state_dict(dst)[0]) > 0
