@@ -1,5 +1,6 @@
 """The command line: the README's main job (demo) runs end to end, and bad input gives one clear line."""
 
+import importlib.util
 import json
 import os
 import re
@@ -123,20 +124,30 @@ def test_ctrl_c_and_sigterm_during_convert_leave_nothing_behind(tmp_path):
                      "interrupted (SIGTERM): convert stopped; no partial output was left behind"]
 
 
-def test_bench_help_lists_the_benchmarks(tmp_path):
-    r = run("bench", "--help", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+def _tools():
+    spec = importlib.util.spec_from_file_location("tools_entry", ROOT / "tools.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_help_lists_the_benchmarks(capsys):
+    tools = _tools()
+    assert tools.main(["bench", "--help"]) == 0
+    out = capsys.readouterr().out
     for name in ("step", "linear", "attention", "fused", "quality", "prologue"):
-        assert f"\n  {name} " in r.stdout
-    r = run("bench", "nope", cwd=tmp_path)
-    assert "unknown benchmark 'nope'; choose one of attention" in _one_line_error(r)
-    assert "bench NAME" in run("--help", cwd=tmp_path).stdout
+        assert f"\n  {name} " in out
+    assert tools.main(["bench", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown benchmark 'nope'; choose one of attention" in err and len(err.strip().splitlines()) == 1
+    assert "bench NAME" in tools.BENCH_EPILOG
 
 
-def test_bench_without_a_gpu_says_so_at_once(tmp_path):
+def test_bench_without_a_gpu_says_so_at_once(capsys):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    r = run("bench", "step", "--sizes", "480x848x61f", cwd=tmp_path)
-    assert "bench step needs a CUDA GPU" in _one_line_error(r) and "--tiny --device cpu" in r.stderr
+    assert _tools().main(["bench", "step", "--sizes", "480x848x61f"]) == 2
+    err = capsys.readouterr().err
+    assert "bench step needs a CUDA GPU" in err and "--tiny --device cpu" in err and len(err.strip().splitlines()) == 1
