@@ -248,6 +248,18 @@ def test_tensors_with_gaps_overlaps_or_trailing_bytes(tmp_path):
     _expect_clean_failure(tmp_path, path, CorruptCheckpointError, "bad safetensors header entry 'a'")
 
 
+def test_empty_tensor_at_the_same_offset_as_the_next_one_is_valid(tmp_path):
+    """Zero-byte tensors (scaled_fp8's marker) share their offset with the next tensor, whatever the header order."""
+    from hyvideo_fp8.hunyuan.checkpoint.readers import open_checkpoint
+
+    path = tmp_path / "e.safetensors"
+    _raw_safetensors(path, b'{"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, '
+                           b'"marker": {"dtype": "F8_E4M3", "shape": [0], "data_offsets": [0, 0]}}',
+                     struct.pack("<2f", 1.5, -2.0))
+    with open_checkpoint(path) as source:
+        assert source.get("a").tolist() == [1.5, -2.0] and source.get("marker").shape == (0,)
+
+
 @pytest.mark.parametrize("zipped", [False, True], ids=["legacy-pickle", "zip"])
 def test_pytorch_file_named_safetensors_is_read_as_what_it_is(tmp_path, zipped):
     """Extensions lie: a torch.save file called .safetensors is read with the (weights-only) pickle reader."""

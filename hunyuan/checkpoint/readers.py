@@ -110,7 +110,7 @@ class TensorSource:
             if not n:
                 raise CorruptCheckpointError(
                     f"{self.path.name} ended at byte {begin + pos} while reading {name!r} (bytes {begin}-{end}): the "
-                    "file was truncated or replaced while it was being read. Nothing was written from it")
+                    "file was truncated or replaced while it was being read")
             pos += n
         return out if stride is None else out.as_strided(spec.shape, stride).clone()
 
@@ -257,11 +257,12 @@ def _count(d: object) -> int:
     return d
 
 
-def _file_order(item: tuple[str, object]) -> int:
+def _file_order(item: tuple[str, object]) -> tuple[int, int]:
+    """(begin, end): an empty tensor sorts before the one that starts at the same byte."""
     try:
-        return _offsets(item[1])[0]  # type: ignore[arg-type]
+        return _offsets(item[1])  # type: ignore[arg-type]
     except (KeyError, TypeError, ValueError):
-        return -1  # malformed entries sort first and fail validation with their name
+        return -1, -1  # malformed entries sort first and fail validation with their name
 
 
 def _offsets(entry: dict) -> tuple[int, int]:
