@@ -14,7 +14,6 @@ a device for default shapes.
 from __future__ import annotations
 
 import enum
-import functools
 import importlib.util
 import logging
 import os
@@ -68,6 +67,7 @@ class KernelPlan:
     attention_quantizers: Kernel
     notes: tuple[str, ...] = ()
     warn: bool = False  # a GPU run on a reference or emulated path: log the notes as warnings
+    capability: tuple[int, int] | None = None  # the GPU's compute capability (None: not a CUDA device)
 
     def summary(self) -> str:
         """The one log line: ``[hyvideo_fp8] kernel plan on <device>: gemm=... attention=...``."""
@@ -213,7 +213,8 @@ def make_plan(
 
     warn = any(k is Kernel.EMULATED for k in (attention,)) or gemm is Kernel.NONE \
         or Kernel.TORCH in (producers, prologue, quantizers)
-    return KernelPlan(label, gemm, producers, prologue, quant_prologue, attention, quantizers, tuple(notes), warn)
+    return KernelPlan(label, gemm, producers, prologue, quant_prologue, attention, quantizers, tuple(notes), warn,
+                      capability)
 
 
 def log_plan(plan: KernelPlan, warn: bool = True) -> None:
@@ -225,9 +226,12 @@ def log_plan(plan: KernelPlan, warn: bool = True) -> None:
             logger.warning("[hyvideo_fp8] %s: %s", plan.device, note)
 
 
-@functools.cache
-def _device_plan(device: torch.device, compute_dtype: torch.dtype, head_dim: int) -> KernelPlan:
-    plan = make_plan(device, compute_dtype, head_dim=head_dim)
+_DEVICE_PLANS: dict[tuple[torch.device, torch.dtype, int], KernelPlan] = {}
+
+
+@torch.compiler.disable
+def _new_device_plan(device: torch.device, compute_dtype: torch.dtype, head_dim: int) -> KernelPlan:
+    plan = _DEVICE_PLANS[device, compute_dtype, head_dim] = make_plan(device, compute_dtype, head_dim=head_dim)
     if device.type == "cuda":  # say once what runs there
         log_plan(plan)
     return plan
@@ -236,16 +240,20 @@ def _device_plan(device: torch.device, compute_dtype: torch.dtype, head_dim: int
 def device_plan(device: torch.device | str, compute_dtype: torch.dtype = torch.bfloat16,
                 head_dim: int = DEFAULT_HEAD_DIM) -> KernelPlan:
     """The plan of ``device`` for default shapes (HunyuanVideo's heads), made and logged once per device, dtype and
-    head dim; for callers without a model. A Gluon failure recorded since is applied."""
+    head dim; for callers without a model. A Gluon failure recorded since is applied. A plain dict lookup once
+    made, so torch.compile traces it without a graph break."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    return with_gluon_failures(_device_plan(device, compute_dtype, head_dim), device)
+    plan = _DEVICE_PLANS.get((device, compute_dtype, head_dim))
+    if plan is None:
+        plan = _new_device_plan(device, compute_dtype, head_dim)
+    return with_gluon_failures(plan)
 
 
-def with_gluon_failures(plan: KernelPlan, device: torch.device) -> KernelPlan:
+def with_gluon_failures(plan: KernelPlan) -> KernelPlan:
     """``plan`` with the Triton attention kernel in place of a Gluon one that has failed on this GPU since."""
-    if plan.attention is Kernel.GLUON and gluon_failed(torch.cuda.get_device_capability(device)):
+    if plan.attention is Kernel.GLUON and gluon_failed(plan.capability):
         return replace(plan, attention=Kernel.TRITON)
     return plan
 

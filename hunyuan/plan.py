@@ -32,7 +32,7 @@ def kernel_plan(model: nn.Module, device: torch.device, compute_dtype: torch.dty
                          row_channels=cfg.hidden_size + cfg.mlp_hidden)
         model.kernel_plans[key] = plan
         log_plan(plan, warn=_uses_fp8(model.policy))
-    return with_gluon_failures(plan, device)
+    return with_gluon_failures(plan)
 
 
 __all__ = ["kernel_plan"]

@@ -298,7 +298,8 @@ if triton is not None:
         mean = ksum / tl.load(kv_len_ptr + bh // H).to(tl.float32)
         rot = tl.load(h_ptr + cols[:, None] * D + cols[None, :])
         tl.store(kmean_ptr + bh * D + cols, tl.sum(mean[:, None] * rot, axis=0) * rot_norm)
-        tl.store(vscale_ptr + bh * D + cols, tl.maximum(vmax, FLOOR) / FP8_MAX)
+        # IEEE division, as torch's: a plain '/' by a constant compiles to a multiply by its rounded reciprocal
+        tl.store(vscale_ptr + bh * D + cols, tl.math.div_rn(tl.maximum(vmax, FLOOR), FP8_MAX))
 
     @triton.jit
     def _quantize_q_kernel(
