@@ -211,8 +211,7 @@ def make_plan(
         if compute_dtype in QUANT_Q_PROLOGUE_DTYPES:
             quant_prologue = prologue
 
-    warn = any(k is Kernel.EMULATED for k in (attention,)) or gemm is Kernel.NONE \
-        or Kernel.TORCH in (producers, prologue, quantizers)
+    warn = attention is Kernel.EMULATED or gemm is Kernel.NONE or Kernel.TORCH in (producers, prologue, quantizers)
     return KernelPlan(label, gemm, producers, prologue, quant_prologue, attention, quantizers, tuple(notes), warn,
                       capability)
 
