@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BlockSwap", "enable_block_swap"]
+__all__ = ["BlockSwap", "SwapPlan", "enable_block_swap", "plan_block_swap", "tensor_bytes"]
 
 logger = logging.getLogger("hyvideo_fp8")
 
@@ -63,7 +64,10 @@ class BlockSwap:
             host = []
             for slot in slots:
                 t = _read(slot).detach().to("cpu")
-                t = t.pin_memory() if self.cuda else t.clone()  # own storage: the caller's tensor is released
+                if self.cuda:  # a block streamed before keeps its pinned copy
+                    t = t if t.is_pinned() else t.pin_memory()
+                else:
+                    t = t.clone()  # own storage: the caller's tensor is released
                 _write(slot, t)
                 host.append(t)
             self._host.append(host)
@@ -120,16 +124,72 @@ class BlockSwap:
 
     def remove(self) -> None:
         """Stop swapping: remove the hooks and put the blocks on the device for good."""
+        self._stop(self.device)
+
+    def release(self) -> None:
+        """Stop swapping and leave the blocks in (pinned) host memory: the model is being unloaded."""
+        self._stop(None)
+
+    def _stop(self, device: torch.device | None) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self._uploads.clear()
         for slots, host in zip(self._slots, self._host):
             for slot, t in zip(slots, host):
-                _write(slot, t.to(self.device))
+                _write(slot, t if device is None else t.to(device))
         self._host.clear()
         if getattr(self._owner, "block_swap", None) is self:
             self._owner.block_swap = None
+
+
+def tensor_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers."""
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
+@dataclass(frozen=True)
+class SwapPlan:
+    """Which blocks stream: the last ``n_double`` double and ``n_single`` single blocks (execution order ends there).
+
+    ``resident_bytes``: weights kept on the GPU (the blocks that stay, embedders, final layer) plus the buffer that two
+    streamed blocks in flight need; ``streamed_bytes``: weights left in pinned host memory.
+    """
+
+    n_double: int
+    n_single: int
+    resident_bytes: int
+    streamed_bytes: int
+
+    @property
+    def swaps(self) -> bool:
+        return self.n_double + self.n_single > 0
+
+
+def plan_block_swap(model: nn.Module, *, budget: int | None = None, resident_blocks: int | None = None) -> SwapPlan:
+    """Keep the first blocks (in execution order: double, then single) on the GPU and stream the rest.
+
+    ``budget``: bytes of GPU memory the weights may take; as many blocks stay as fit beside the rest of the model and
+    the two-block streaming buffer. ``resident_blocks``: keep exactly that many (clamped to the model). With neither,
+    nothing streams. A budget too small for the non-block weights and the buffer still streams every block: the run
+    then needs that much, and fails with the allocator's out-of-memory error if even that does not fit.
+    """
+    blocks = [*model.double_blocks, *model.single_blocks]
+    sizes = [tensor_bytes(b) for b in blocks]
+    rest = tensor_bytes(model) - sum(sizes)
+    if resident_blocks is not None:
+        keep = max(0, min(int(resident_blocks), len(blocks)))
+    elif budget is not None:
+        keep = len(blocks)
+        while keep > 0 and rest + sum(sizes[:keep]) + (2 * max(sizes[keep:]) if keep < len(blocks) else 0) > budget:
+            keep -= 1
+    else:
+        keep = len(blocks)
+    buffer = 2 * max(sizes[keep:]) if keep < len(blocks) else 0
+    n_double_kept = min(keep, len(model.double_blocks))
+    return SwapPlan(n_double=len(model.double_blocks) - n_double_kept,
+                    n_single=len(model.single_blocks) - (keep - n_double_kept),
+                    resident_bytes=rest + sum(sizes[:keep]) + buffer, streamed_bytes=sum(sizes[keep:]))
 
 
 def enable_block_swap(model: nn.Module, n_double: int, n_single: int,

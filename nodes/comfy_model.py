@@ -8,7 +8,7 @@ and loading/offloading goes through ComfyUI's model management (VRAM shared with
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
@@ -68,33 +68,23 @@ def run_diffusion_model_wrappers(forward: Callable, *args, **kwargs):
     return ext.WrapperExecutor.new_class_executor(forward, forward.__self__, wrappers).execute(*args, **kwargs)
 
 
-def _keep_resident(patcher, device_to, lowvram_model_memory, force_patch_weights, full_load) -> None:
-    """Our layers cannot stream weights per op (ComfyUI's lowvram mode): make a partial load a complete one.
-
-    Running out of VRAM here raises a plain CUDA OOM, which is clearer than a device-mismatch error mid-step.
-    """
-    if not patcher.model.model_lowvram or device_to is None:
-        return
-    patcher.model.diffusion_model.to(device_to)
-    patcher.model.model_lowvram = False
-    patcher.model.model_loaded_weight_memory = patcher.model_size()
-
-
 def wrap_transformer(
     transformer: torch.nn.Module,
     cfg: HunyuanConfig,
     compute_dtype: str = "bf16",
     hybrid: Sequence[int] = (0, 0),
     info: Optional[dict] = None,
+    block_swap: Union[str, int] = "off",
 ):
-    """A ``ModelPatcher`` (ComfyUI ``MODEL``) around ``comfy.model_base.HunyuanVideo`` holding ``transformer``."""
+    """A ``MODEL`` around ``comfy.model_base.HunyuanVideo`` holding ``transformer``, managed by our ModelPatcher
+    (``nodes.model_patcher``: partial loads stream whole blocks as ``block_swap`` says)."""
     import comfy.model_base
     import comfy.model_management as mm
-    import comfy.model_patcher
     import comfy.patcher_extension
     import comfy.supported_models
 
     from ..hunyuan.sampler import default_high_precision
+    from .model_patcher import patcher_class
 
     dtype = HIGH_PRECISION_DTYPES[compute_dtype]
     model_config = comfy.supported_models.HunyuanVideo(comfy_unet_config(cfg, dtype))
@@ -103,9 +93,10 @@ def wrap_transformer(
     base = comfy.model_base.HunyuanVideo(model_config, device=offload_device)
     transformer.forward_wrapper = run_diffusion_model_wrappers
     base.diffusion_model = transformer
-    patcher = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=offload_device)
-    patcher.model_options[PACK_KEY] = {"hybrid": tuple(hybrid), "config": cfg.to_dict(), **(info or {})}
-    patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_LOAD, PACK_KEY, _keep_resident)
+    patcher = patcher_class()(base, load_device=mm.get_torch_device(), offload_device=offload_device)
+    patcher.block_swap = block_swap
+    patcher.model_options[PACK_KEY] = {"hybrid": tuple(hybrid), "config": cfg.to_dict(), "block_swap": block_swap,
+                                       **(info or {})}
     if any(hybrid):
         patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, PACK_KEY,
                                      hybrid_wrapper(hybrid, default_high_precision))

@@ -14,6 +14,7 @@ from ..fp8.hardware import fp8_compute_support
 from ..fp8.policy import PrecisionPolicy
 from ..hunyuan.policies import DEFAULT_PRESET, PRESETS
 from .model_files import diffusion_model_files
+from .model_patcher import BLOCK_SWAP_MODES, parse_block_swap
 from .policy import CATEGORY, POLICY_TYPE, NodePolicy
 
 logger = logging.getLogger("hyvideo_fp8")
@@ -85,20 +86,30 @@ class HyVideoFP8Loader:
                 "policy": (POLICY_TYPE, {"tooltip": (
                     "A policy from the 'HunyuanVideo FP8 Precision Policy' node; overrides the preset widget and "
                     "sets the hybrid high-precision steps.")}),
+                "block_swap": (list(BLOCK_SWAP_MODES), {"default": "auto", "tooltip": (
+                    "When the model does not fit beside the video being sampled: auto keeps as many transformer "
+                    "blocks on the GPU as ComfyUI's memory management can give it and streams the rest from pinned "
+                    "host memory (slower, not out of memory); fixed keeps resident_blocks blocks on the GPU; off "
+                    "loads the whole model (may run out of memory on small cards). One log line says what it chose.")}),
+                "resident_blocks": ("INT", {"default": 40, "min": 0, "max": 1000, "tooltip": (
+                    "With block_swap fixed: how many blocks (double, then single, in execution order) stay on the "
+                    "GPU; the rest stream.")}),
             },
         }
 
-    def load(self, model_name: str, preset: str, policy: Optional[NodePolicy] = None) -> tuple:
+    def load(self, model_name: str, preset: str, policy: Optional[NodePolicy] = None, block_swap: str = "auto",
+             resident_blocks: int = 40) -> tuple:
         import comfy.model_management as mm
         import folder_paths
 
         from .comfy_model import wrap_transformer
 
         node_policy = resolve_node_policy(preset, policy)
+        swap = parse_block_swap(block_swap, resident_blocks)
         path = folder_paths.get_full_path_or_raise("diffusion_models", model_name)
         transformer, cfg, info = load_model_file(path, node_policy, mm.get_torch_device(), mm.unet_offload_device())
         model = wrap_transformer(transformer, cfg, node_policy.policy.compute_dtype, node_policy.hybrid,
-                                 info={"policy": node_policy.policy.to_dict(), "file": model_name})
+                                 info={"policy": node_policy.policy.to_dict(), "file": model_name}, block_swap=swap)
         logger.info("[hyvideo_fp8] loaded %s under policy '%s' (hybrid steps %s)", model_name,
                     node_policy.policy.name, node_policy.hybrid)
         return (model,)

@@ -4,7 +4,11 @@ our MODEL keeps ComfyUI's standard patcher, since FP8Linear holds its weights wh
 sample -> decode -> unload all: our MODEL loads onto the GPU, samples the same latent each round, is unloaded to the
 offload device, and the GPU memory returns to where it started (no leak).
 
-Skipped without CUDA (CI); run on a GPU with ``COMFYUI_PATH=<tree> python -m pytest -s tests/host/test_host_gpu_memory.py``.
+A second test gives the model less GPU memory than it needs (ComfyUI's reserved-VRAM setting): the loader's
+``block_swap="auto"`` streams the blocks that do not fit, ComfyUI is told the smaller resident size, and the latent
+equals the fully loaded one.
+
+Skipped without CUDA (CI); on a GPU: ``COMFYUI_PATH=<tree> python -m pytest -s tests/host/test_host_gpu_memory.py``.
 """
 
 from __future__ import annotations
@@ -90,6 +94,46 @@ def vae():
     return comfy.sd.VAE(sd=sd)
 
 
+def conditioning(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    context = torch.randn(1, 16, CONFIG.context_in_dim, generator=g)
+    positive = [[context, {"pooled_output": torch.randn(1, CONFIG.vec_in_dim, generator=g), "guidance": 6.0}]]
+    latent = torch.zeros(1, 16, 3, 32, 32)
+    return positive, latent, torch.randn(latent.shape, generator=g)
+
+
+def test_block_swap_when_comfyui_gives_less_than_the_model(caplog):
+    mm, _ = comfy_on_gpu()
+    import comfy.sample
+
+    from hyvideo_fp8.nodes.comfy_model import wrap_transformer
+
+    policy = get_preset("fp8-balanced")
+    transformer = build_random(CONFIG, policy, seed=4, device=mm.unet_offload_device())
+    model = wrap_transformer(transformer, CONFIG, policy.compute_dtype, block_swap="auto")
+    positive, latent, noise = conditioning()
+    full = comfy.sample.sample(model, noise, 3, 1.0, "euler", "simple", positive, positive, latent)
+    mm.unload_all_models()
+    reserved = mm.EXTRA_RESERVED_VRAM
+    free = mm.get_free_memory(mm.get_torch_device())
+    mm.EXTRA_RESERVED_VRAM = int(free - model.model_size() // 2)  # leaves about half the model's weights
+    try:
+        with caplog.at_level("INFO", logger="hyvideo_fp8"):
+            streamed = comfy.sample.sample(model, noise, 3, 1.0, "euler", "simple", positive, positive, latent)
+        loaded, size = model.loaded_size(), model.model_size()
+        swap = transformer.block_swap
+        uploads = swap.uploads if swap is not None else 0
+    finally:
+        mm.EXTRA_RESERVED_VRAM = reserved
+        mm.unload_all_models()
+    lines = [r.getMessage() for r in caplog.records if "block swap" in r.getMessage()]
+    print(f"\nloaded {loaded / 2**20:.0f} of {size / 2**20:.0f} MiB; {uploads} block uploads; {lines}")
+    assert swap is not None and uploads > 0 and loaded < size
+    assert len(lines) >= 1 and "stream from pinned host memory" in lines[0]
+    assert transformer.block_swap is None and next(transformer.parameters()).device == mm.unet_offload_device()
+    assert torch.equal(streamed, full)  # the same weights, streamed
+
+
 def test_encode_sample_decode_unload_rounds():
     mm, dynamic = comfy_on_gpu()
     import comfy.sample
@@ -105,11 +149,7 @@ def test_encode_sample_decode_unload_rounds():
     model = wrap_transformer(transformer, CONFIG, policy.compute_dtype)
     print(f"\nComfyUI dynamic VRAM: {dynamic}; patchers: text encoder {type(clip.patcher).__name__}, "
           f"VAE {type(decoder.patcher).__name__}, ours {type(model).__name__} ({model.model_size() / 2**20:.0f} MiB)")
-    g = torch.Generator().manual_seed(0)
-    context = torch.randn(1, 16, CONFIG.context_in_dim, generator=g)
-    positive = [[context, {"pooled_output": torch.randn(1, CONFIG.vec_in_dim, generator=g), "guidance": 6.0}]]
-    latent = torch.zeros(1, 16, 3, 32, 32)
-    noise = torch.randn(latent.shape, generator=g)
+    positive, latent, noise = conditioning()
     outputs = []
     for round_ in range(ROUNDS):
         tokens = clip.tokenize("a red fox in the snow")
@@ -127,8 +167,9 @@ def test_encode_sample_decode_unload_rounds():
         mm.soft_empty_cache(True)
         torch.cuda.synchronize()
         after = torch.cuda.memory_allocated(device)
+        now = next(transformer.parameters()).device
         print(f"round {round_}: ours sampled on {resident}, loaded {loaded}, peak {peak / 2**20:.0f} MiB, "
-              f"after unload {(after - baseline) / 2**20:+.1f} MiB, ours now on {next(transformer.parameters()).device}")
+              f"after unload {(after - baseline) / 2**20:+.1f} MiB, ours now on {now}")
         assert resident.type == "cuda"
         assert next(transformer.parameters()).device == mm.unet_offload_device()
         assert after - baseline < LEAK_TOLERANCE
