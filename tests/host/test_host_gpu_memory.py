@@ -13,6 +13,7 @@ Skipped without CUDA (CI); on a GPU: ``COMFYUI_PATH=<tree> python -m pytest -s t
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -31,12 +32,17 @@ LEAK_TOLERANCE = 64 * 2**20  # allocator rounding and cuBLAS workspaces
 
 
 def comfy_on_gpu():
-    """Import ComfyUI as ``main.py`` sets it up on an NVIDIA GPU (dynamic VRAM where the version has it)."""
+    """ComfyUI set up as ``main.py`` sets it up on an NVIDIA GPU (dynamic VRAM where the version has it)."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
     path = os.environ.get("COMFYUI_PATH")
     if not path:
         pytest.skip("set COMFYUI_PATH to a ComfyUI source tree")
+    return _setup_comfy(path)
+
+
+@functools.cache
+def _setup_comfy(path: str):
     sys.path.insert(0, path)
     sys.dont_write_bytecode = True
     import comfy.options
