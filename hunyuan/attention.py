@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,8 @@ from ..fp8.attention import QuantizedQ, fp8_attention, fp8_attention_quantized_q
 from ..fp8.kernel_plan import KernelPlan
 
 ATTENTION_MODES = ("sdpa", "fp8")
+# A rank of a sequence-parallel forward (hunyuan.parallel) takes over ``attention`` while it is set.
+_SEQUENCE_PARALLEL: ContextVar[Callable[..., Tensor] | None] = ContextVar("hyvideo_fp8_sp", default=None)
 
 try:
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -42,6 +45,26 @@ def cuda_sdpa_priority(backends: Sequence) -> Iterator[None]:
         yield
     finally:
         _CUDA_PRIORITY = saved
+
+
+@contextlib.contextmanager
+def sequence_parallel(hook: Callable[..., Tensor]) -> Iterator[None]:
+    """Inside, ``attention`` returns ``hook(q, k, v, key_padding_mask, attend)``, where ``attend`` (same arguments)
+    is this rank's own attention: the hook exchanges tokens with the other ranks around it."""
+    token = _SEQUENCE_PARALLEL.set(hook)
+    try:
+        yield
+    finally:
+        _SEQUENCE_PARALLEL.reset(token)
+
+
+def _attend_here(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, mode: str,
+                 plan: KernelPlan | None) -> Tensor:
+    token = _SEQUENCE_PARALLEL.set(None)
+    try:
+        return attention(q, k, v, key_padding_mask=key_padding_mask, mode=mode, plan=plan)
+    finally:
+        _SEQUENCE_PARALLEL.reset(token)
 
 
 def key_bias(key_padding_mask: Tensor, dtype: torch.dtype) -> Tensor:
@@ -72,6 +95,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, key_padding_mask: Tensor | Non
         mode: "sdpa" (torch SDPA, fp32 softmax inside the backend) or "fp8" (the pack's FP8 attention).
         plan: the model's kernel plan, which says how FP8 attention runs (default: the plan of q's device).
     """
+    hook = _SEQUENCE_PARALLEL.get()
+    if hook is not None:
+        return hook(q, k, v, key_padding_mask, lambda q, k, v, m: _attend_here(q, k, v, m, mode, plan))
     if mode == "sdpa":
         bias = key_bias(key_padding_mask, q.dtype) if key_padding_mask is not None else None
         out = _sdpa(q, k, v, bias)
@@ -86,6 +112,9 @@ def attention_quantized_q(q: QuantizedQ, k: Tensor, v: Tensor, *, key_padding_ma
                           plan: KernelPlan | None = None) -> Tensor:
     """FP8 attention on queries the quantizing prologue wrote (``fp8.fused.qk_norm_rope_quant_q``): ``k, v``
     ``[B, H, L, D]`` -> ``[B, L, H*D]``, as ``attention(..., mode="fp8")``."""
+    if _SEQUENCE_PARALLEL.get() is not None:
+        raise RuntimeError("sequence-parallel attention exchanges 16-bit queries: run its ranks with the kernel "
+                           "plan's quant_prologue off (hunyuan.parallel does)")
     return _merge_heads(fp8_attention_quantized_q(q, k, v, key_padding_mask=key_padding_mask, plan=plan))
 
 
@@ -94,4 +123,5 @@ def _merge_heads(out: Tensor) -> Tensor:
     return out.transpose(1, 2).reshape(b, L, h * d)
 
 
-__all__ = ["ATTENTION_MODES", "attention", "attention_quantized_q", "cuda_sdpa_priority", "key_bias"]
+__all__ = ["ATTENTION_MODES", "attention", "attention_quantized_q", "cuda_sdpa_priority", "key_bias",
+           "sequence_parallel"]

@@ -101,6 +101,9 @@ class HunyuanVideoTransformer(nn.Module):
         self.token_chunk = DEFAULT_TOKEN_CHUNK
         self.block_swap = None  # set by hunyuan.offload.enable_block_swap
         self.kernel_plans: dict = {}  # (device, compute dtype) -> fp8.kernel_plan.KernelPlan, see hunyuan.plan
+        # On a rank of a multi-GPU group: its hunyuan.parallel.SequenceParallel, which hands this process a run of the
+        # image tokens (``shard``) and joins the runs after the final layer (``gather``).
+        self.sequence_parallel = None
         self._compile_pending = False
 
     @property
@@ -273,9 +276,11 @@ class HunyuanVideoTransformer(nn.Module):
         txt = self.txt_in(context, timestep, text_mask, ndt, refiner_modes, plan)
         del context
 
+        freqs = rope_tables(grid, cfg.axes_dim, cfg.theta, x.device, _upcast(cdt))
+        if self.sequence_parallel is not None:
+            img, freqs = self.sequence_parallel.shard(img, freqs)
         n_img, n_txt = img.shape[1], txt.shape[1]
-        rope = RopeTables(rope_tables(grid, cfg.axes_dim, cfg.theta, x.device, _upcast(cdt)), n_txt, ndt, cdt,
-                          fused=self.fused_producers)
+        rope = RopeTables(freqs, n_txt, ndt, cdt, fused=self.fused_producers)
         key_mask = None
         if text_mask is not None:
             key_mask = torch.cat([text_mask.new_ones(b, n_img), text_mask], dim=1)
@@ -306,6 +311,8 @@ class HunyuanVideoTransformer(nn.Module):
 
         out = self.final_layer(joint[:, :n_img], vec, ndt)
         del joint
+        if self.sequence_parallel is not None:
+            out = self.sequence_parallel.gather(out)
         return self._unpatchify(out, grid, (t, h, w))
 
     def _unpatchify(self, out: Tensor, grid: tuple[int, int, int], size: tuple[int, int, int]) -> Tensor:
