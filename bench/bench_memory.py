@@ -4,6 +4,8 @@ For each size: the uncapped step (all blocks resident) gives the weight bytes an
 cap, ``torch.cuda.set_per_process_memory_fraction`` limits the process to that many GiB, ``plan_block_swap`` keeps
 as many blocks resident as fit beside the measured activations, the rest stream from pinned host memory, and the
 step is timed again (CUDA events, median after warm-up). The same weights and inputs throughout, in one process.
+``--token-chunks`` also times the uncapped step at other token chunk sizes (the token-wise work of each block runs over
+chunks of that many tokens: a smaller chunk lowers the activation peak and may cost speed).
 
     python bench/bench_memory.py                                   # H200: 720p at 16 and 12 GiB, 544p at 10 GiB
     python bench/bench_memory.py --tiny --device cpu               # smoke test of the harness
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--caps", default=DEFAULT_CAPS, help="size:GiB,GiB;size:GiB (default: %(default)s)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--token-chunks", default="", help="extra token chunk sizes to time uncapped, e.g. 16384,65536")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="tiny config and sizes (CPU smoke test)")
     args = ap.parse_args(argv)
@@ -77,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         activations = max(base_peak - weights, 0)
         rows.append([size_name, "none", 0, f"{weights / 2**30:.2f}", f"{base_peak / 2**30:.2f}",
                      f"{base_time:.3f}", "1.00x"])
+        default_chunk = model.token_chunk
+        for chunk in [int(c) for c in args.token_chunks.split(",") if c]:
+            model.token_chunk = chunk
+            seconds, peak = measure(model, inputs, args.warmup, args.runs, args.device)
+            model.token_chunk = default_chunk
+            rows.append([size_name, f"none, token chunk {chunk}", 0, f"{weights / 2**30:.2f}", f"{peak / 2**30:.2f}",
+                         f"{seconds:.3f}", f"{seconds / base_time:.2f}x"])
+            data.append(dict(size=size_name, cap_gib=None, token_chunk=chunk, peak=peak, seconds=seconds))
         data.append(dict(size=size_name, cap_gib=None, streamed_blocks=0, peak=base_peak, seconds=base_time,
                          weights=weights, activations=activations))
         for cap in wanted:
