@@ -3,6 +3,7 @@
 from .attention_patch import HyVideoFP8AttentionPatch
 from .converter import HyVideoFP8Converter
 from .loader import HyVideoFP8Loader
+from .parallel import HyVideoFP8MultiGPU
 from .policy import HyVideoFP8Policy
 from .quality import HyVideoFP8QualityReport
 from .sampler import HyVideoFP8Sampler
@@ -14,6 +15,7 @@ NODE_CLASS_MAPPINGS = {
     "HyVideoFP8Converter": HyVideoFP8Converter,
     "HyVideoFP8QualityReport": HyVideoFP8QualityReport,
     "HyVideoFP8AttentionPatch": HyVideoFP8AttentionPatch,
+    "HyVideoFP8MultiGPU": HyVideoFP8MultiGPU,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -23,6 +25,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "HyVideoFP8Converter": "HunyuanVideo FP8 Checkpoint Converter",
     "HyVideoFP8QualityReport": "HunyuanVideo FP8 Quality Report",
     "HyVideoFP8AttentionPatch": "HunyuanVideo FP8 Attention (native model)",
+    "HyVideoFP8MultiGPU": "HunyuanVideo FP8 Multi-GPU",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

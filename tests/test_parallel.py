@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # 4 heads of 32 (FP8 attention takes head dims from 32): 2 + 2 on two ranks, 2 + 1 + 1 on three
 CFG = tiny_config(hidden_size=128, num_heads=4, axes_dim=(8, 12, 12))
 # The ranks compute the same float32 operations as one process, but over other token counts per GEMM and in
-# other buffers: the outputs differ by float32 rounding only.
-FP32_BOUND = 1e-5
+# other buffers: the outputs differ by float32 rounding only, a few float32 epsilons (1.2e-7) of the output's norm.
+FP32_BOUND = 2e-6
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,0 +1,62 @@
+"""The multi-GPU node in a real ComfyUI (``--cpu``: two gloo workers on the CPU): the shipped workflows, with the
+native sampler and with ours, give the single-process latent through it, and an interrupted prompt leaves it usable.
+Skipped without Ray."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+pytest.importorskip("ray", reason="Ray is not installed (the multi-GPU extra: pip install 'ray>=2.9')")
+
+from tests.host.conftest import find, save_latent_instead_of_video  # noqa: E402
+from tests.host.test_host_workflows import NATIVE, OURS, latent_of  # noqa: E402
+from tests.tiny_model import rel  # noqa: E402
+
+# Both runs compute the same operations; the workers split the image tokens and attention heads between them.
+BOUND = 1e-5
+
+
+def on_two_workers(prompt: dict) -> dict:
+    """``prompt`` with the loader's MODEL passed through the multi-GPU node (2 workers) to whatever used it."""
+    loader = find(prompt, "HyVideoFP8Loader")
+    for entry in prompt.values():
+        for key, value in entry["inputs"].items():
+            if value == [loader, 0]:
+                entry["inputs"][key] = ["91", 0]
+    prompt["91"] = {"class_type": "HyVideoFP8MultiGPU", "inputs": {"model": [loader, 0], "gpus": 2}}
+    return prompt
+
+
+@pytest.mark.parametrize("workflow", [NATIVE, OURS])
+def test_two_workers_give_the_single_process_latent(host, workflow):
+    name = workflow.split(".")[0]
+    single = latent_of(host, host.run(save_latent_instead_of_video(host.tiny_prompt(workflow), f"latents/{name}-1")))
+    multi = latent_of(host, host.run(on_two_workers(
+        save_latent_instead_of_video(host.tiny_prompt(workflow), f"latents/{name}-2"))))
+    assert torch.isfinite(multi).all() and multi.shape == single.shape
+    assert rel(multi, single) < BOUND, rel(multi, single)
+
+
+def test_interrupt_leaves_the_workers_usable(host):
+    before = latent_of(host, host.run(on_two_workers(
+        save_latent_instead_of_video(host.tiny_prompt(OURS, steps=4), "latents/parallel-before"))))
+    long = on_two_workers(save_latent_instead_of_video(host.tiny_prompt(OURS, steps=500), "latents/parallel-long"))
+    long[find(long, "HyVideoFP8Sampler")]["inputs"].update(hybrid_first_steps=500)  # as the 4-step runs: no FP8
+    client = host.client()
+    stopped = threading.Event()
+
+    def interrupt_on_progress(message):
+        if message["type"] == "progress" and message["data"]["value"] >= 2 and not stopped.is_set():
+            stopped.set()
+            client.interrupt()
+
+    with pytest.raises(Exception, match="interrupted"):
+        client.run(long, interrupt_on_progress)
+    client.close()
+    assert stopped.is_set()
+    after = latent_of(host, host.run(on_two_workers(
+        save_latent_instead_of_video(host.tiny_prompt(OURS, steps=4), "latents/parallel-after"))))
+    assert torch.equal(before, after)
