@@ -13,6 +13,7 @@ from hyvideo_fp8.fp8 import fused
 from hyvideo_fp8.fp8.attention import fp8_attention, fp8_attention_quantized_q
 from hyvideo_fp8.fp8.attention.quantize_qkv import (
     K_BLOCK,
+    KERNEL_HEAD_DIMS,
     deinterleave_keys,
     empty_quantized_q,
     hadamard,
@@ -26,7 +27,6 @@ from hyvideo_fp8.fp8.attention.reference import (
     attention_reference,
     biased_logits,
 )
-from hyvideo_fp8.fp8.attention.triton_kernel import SUPPORTED_HEAD_DIMS
 from hyvideo_fp8.fp8.quantize import quantize_tensorwise
 
 D = 128
@@ -151,7 +151,7 @@ def test_reference_block_size_does_not_change_the_result_much():
 def test_biased_int_to_float_is_exact_and_logits_stay_close():
     """The kernels read ``Q.K + 0x4B400000`` as fp32 instead of converting: exact for every int8 Q.K they can form,
     and taking the bias out (with the row max, in FMAs) adds at most ~2 integer steps of Q.K (times rf) of error."""
-    bound = 127 * 127 * max(SUPPORTED_HEAD_DIMS)
+    bound = 127 * 127 * max(KERNEL_HEAD_DIMS)
     assert INT_TO_FLOAT_BIAS == 1.5 * 2**23 and bound < 2**22
     ints = torch.cat([torch.randint(-bound, bound + 1, (100_000,), dtype=torch.int32),
                       torch.tensor([-bound, bound, 0, 1, -1], dtype=torch.int32)])  # fmt: skip
