@@ -39,6 +39,9 @@ class BlockInputs:
     plan: KernelPlan  # which implementation runs each part on this device (fp8.kernel_plan)
     fused_producers: bool = False  # feed W8A8 layers from the fused FP8 producers (fp8.fused)
     token_chunk: int = 0  # token-wise steps run over chunks of this many tokens when longer; 0: never chunk
+    # Token replace (image-to-video's guiding frame): the leading image tokens modulated by row 0 of a two-row
+    # ``vec [B, 2, hidden]``; every other token takes row 1. 0 with a one-row ``vec [B, hidden]``.
+    replaced_tokens: int = 0
 
     @property
     def producers(self) -> Kernel:
@@ -53,6 +56,21 @@ def token_ranges(n: int, chunk: int) -> list[tuple[int, int]]:
     if chunk <= 0 or n <= chunk:
         return [(0, n)]
     return [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+
+
+def modulation_ranges(n: int, chunk: int, split: int) -> list[tuple[int, int, int]]:
+    """``token_ranges`` of ``0..n`` cut at ``split`` so none straddles it, each with its modulation row: 0 for the
+    tokens before ``split`` (the guiding frame's), 1 after. ``split`` 0: every range takes row 1."""
+    split = min(max(split, 0), n)
+    first = [(s, e, 0) for s, e in token_ranges(split, chunk)] if split else []
+    return first + [(split + s, split + e, 1) for s, e in token_ranges(n - split, chunk)]
+
+
+def modulation_row(mod: tuple[Tensor, ...], row: int) -> tuple[Tensor, ...]:
+    """The ``[B, 1, hidden]`` pieces of one modulation row (a one-row modulation is every token's)."""
+    if mod[0].shape[1] == 1:
+        return mod
+    return tuple(m[:, row:row + 1].contiguous() for m in mod)
 
 
 def _fp16_guard(x: Tensor) -> Tensor:
@@ -150,20 +168,23 @@ class DoubleStreamBlock(nn.Module):
                      ctx: BlockInputs, rotate: bool) -> None:
         """qkv linear + q/k norm (+ RoPE) of one stream, chunk by chunk, into its token range of ``joint``."""
         norm = attn.norm
-        for s, e in token_ranges(x.shape[1], ctx.token_chunk):
-            qkv = modulated_linear(attn.qkv, x[:, s:e], mod[0], mod[1], ctx.norm_dtype, ctx.producers)
+        split = ctx.replaced_tokens if rotate else 0
+        for s, e, row in modulation_ranges(x.shape[1], ctx.token_chunk, split):
+            m = modulation_row(mod, row)
+            qkv = modulated_linear(attn.qkv, x[:, s:e], m[0], m[1], ctx.norm_dtype, ctx.producers)
             joint.write(qkv, norm.query_norm.scale, norm.key_norm.scale, s, rotate, start + s)
             del qkv
 
     def _finish_stream(self, x: Tensor, a: Tensor, attn: SelfAttention, mlp: nn.Sequential, mod: tuple[Tensor, ...],
-                       ctx: BlockInputs) -> Tensor:
+                       ctx: BlockInputs, split: int) -> Tensor:
         """Attention projection, then the MLP, each added to ``x`` in place with its gate, chunk by chunk (both are
         token-wise, so doing one chunk completely before the next is exact)."""
         nd, fp = ctx.norm_dtype, ctx.producers
-        for s, e in token_ranges(x.shape[1], ctx.token_chunk):
+        for s, e, row in modulation_ranges(x.shape[1], ctx.token_chunk, split):
+            m = modulation_row(mod, row)
             xc = x[:, s:e]
-            xc.addcmul_(attn.proj(a[:, s:e]), mod[2])
-            xc.addcmul_(gelu_linear(mlp[2], modulated_linear(mlp[0], xc, mod[3], mod[4], nd, fp), fp), mod[5])
+            xc.addcmul_(attn.proj(a[:, s:e]), m[2])
+            xc.addcmul_(gelu_linear(mlp[2], modulated_linear(mlp[0], xc, m[3], m[4], nd, fp), fp), m[5])
         return x
 
     def forward(self, img: Tensor, txt: Tensor, vec: Tensor, ctx: BlockInputs, attn_mode: str) -> tuple[Tensor, Tensor]:
@@ -178,8 +199,8 @@ class DoubleStreamBlock(nn.Module):
         self._project_qkv(joint, n_img, self.txt_attn, txt, tm, ctx, rotate=False)
         a = joint.attend(ctx.key_padding_mask)
         del joint
-        img = self._finish_stream(img, a[:, :n_img], self.img_attn, self.img_mlp, im, ctx)
-        txt = self._finish_stream(txt, a[:, n_img:], self.txt_attn, self.txt_mlp, tm, ctx)
+        img = self._finish_stream(img, a[:, :n_img], self.img_attn, self.img_mlp, im, ctx, ctx.replaced_tokens)
+        txt = self._finish_stream(txt, a[:, n_img:], self.txt_attn, self.txt_mlp, tm, ctx, 0)
         del a
         return img, _fp16_guard(txt)
 
@@ -201,23 +222,25 @@ class SingleStreamBlock(nn.Module):
         """linear1 runs in two parts: its q, k, v rows before attention, its MLP rows after it, chunk by chunk
         together with linear2. So neither linear1's full output (7 x hidden a token) nor the MLP pre-activation
         (4 x hidden) is alive during attention; the price is a second LayerNorm + modulation pass over x."""
-        shift, scale, gate = self.modulation(vec)
+        mod = self.modulation(vec)  # shift, scale, gate
         b, L, _ = x.shape
         nd, fp = ctx.norm_dtype, ctx.producers
         qkv_rows, mlp_rows = slice(0, 3 * self.hidden), slice(3 * self.hidden, None)
         norm = self.norm
 
-        ranges = token_ranges(L, ctx.token_chunk)
+        ranges = modulation_ranges(L, ctx.token_chunk, ctx.replaced_tokens)
         joint = JointQKV(ctx.rope, attn_mode, ctx.plan, b, self.heads, L, self.hidden // self.heads, x.device)
-        for s, e in ranges:
-            qkv = modulated_linear(self.linear1, x[:, s:e], shift, scale, nd, fp, rows=qkv_rows)
+        for s, e, row in ranges:
+            sh, sc, _ = modulation_row(mod, row)
+            qkv = modulated_linear(self.linear1, x[:, s:e], sh, sc, nd, fp, rows=qkv_rows)
             joint.write(qkv, norm.query_norm.scale, norm.key_norm.scale, s, rotate=True, row0=s)
             del qkv
         a = joint.attend(ctx.key_padding_mask)
         del joint
-        for s, e in ranges:  # LayerNorm is per token: chunk s:e of x is read here before it is updated
+        for s, e, row in ranges:  # LayerNorm is per token: chunk s:e of x is read here before it is updated
+            sh, sc, gate = modulation_row(mod, row)
             xc = x[:, s:e]
-            mlp = modulated_linear(self.linear1, xc, shift, scale, nd, fp, rows=mlp_rows)
+            mlp = modulated_linear(self.linear1, xc, sh, sc, nd, fp, rows=mlp_rows)
             xc.addcmul_(concat_gelu_linear(self.linear2, a[:, s:e], mlp, fp), gate)
             del mlp
         del a
@@ -232,10 +255,15 @@ class LastLayer(nn.Module):
         self.linear = nn.Linear(hidden, patch_volume * out_channels, device=device, dtype=dtype)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden, device=device, dtype=dtype))
 
-    def forward(self, x: Tensor, vec: Tensor, norm_dtype: torch.dtype) -> Tensor:
-        shift, scale = self.adaLN_modulation(vec)[:, None, :].chunk(2, dim=-1)
-        return self.linear(norm_modulate(x, shift, scale, norm_dtype))
+    def forward(self, x: Tensor, vec: Tensor, norm_dtype: torch.dtype, replaced_tokens: int = 0) -> Tensor:
+        """``vec`` is ``[B, hidden]``, or ``[B, 2, hidden]`` whose row 0 modulates the first ``replaced_tokens``."""
+        mod = self.adaLN_modulation(vec)
+        mod = (mod[:, None, :] if mod.dim() == 2 else mod).chunk(2, dim=-1)
+        if mod[0].shape[1] == 1:
+            return self.linear(norm_modulate(x, *mod, norm_dtype))
+        return torch.cat([self.linear(norm_modulate(x[:, s:e], *modulation_row(mod, row), norm_dtype))
+                          for s, e, row in modulation_ranges(x.shape[1], 0, replaced_tokens)], dim=1)
 
 
-__all__ = ["BlockInputs", "token_ranges", "split_heads", "TokenRefinerBlock", "IndividualTokenRefiner", "TokenRefiner",
-           "DoubleStreamBlock", "SingleStreamBlock", "LastLayer"]
+__all__ = ["BlockInputs", "token_ranges", "modulation_ranges", "modulation_row", "split_heads", "TokenRefinerBlock",
+           "IndividualTokenRefiner", "TokenRefiner", "DoubleStreamBlock", "SingleStreamBlock", "LastLayer"]

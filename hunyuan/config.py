@@ -1,8 +1,11 @@
 """HunyuanVideo transformer configuration and its detection from a state dict.
 
-Parameter names are ComfyUI's internal layout (see ``hunyuan/checkpoint`` for the
-renames from Tencent and diffusers files). Detection reads only names and shapes,
-so it works on lazy/meta tensors and never touches weight data.
+One config covers the family ComfyUI's ``HunyuanVideo`` class runs: v1 text-to-video, v1 image-to-video (image
+latent and mask concatenated: 33 input channels; SkyReels: 32) and HunyuanVideo 1.5 (no single blocks, patch 1x1x1,
+a byT5 glyph-text mapper, a SigLIP vision projection, a condition-type embedding and, step-distilled, a meanflow
+``time_r`` embedder; super-resolution: 98 input channels). Parameter names are ComfyUI's internal layout (see
+``hunyuan/checkpoint`` for the renames from Tencent and diffusers files). Detection reads only names and shapes, so
+it works on lazy/meta tensors and never touches weight data.
 """
 
 from __future__ import annotations
@@ -15,7 +18,17 @@ HEAD_DIM = 128
 
 
 class NotHunyuanVideoError(ValueError):
-    """The state dict is not a HunyuanVideo (v1) transformer."""
+    """The state dict is not a HunyuanVideo (v1 or 1.5) transformer."""
+
+
+# variant -> what it is (``HunyuanConfig.variant``; the ComfyUI adapter builds the matching model class)
+VARIANTS = {
+    "v1": "HunyuanVideo text-to-video",
+    "v1-i2v": "HunyuanVideo-I2V (image latent + mask concatenated, first-frame token replace)",
+    "v1-skyreels-i2v": "SkyReels image-to-video (image latent concatenated)",
+    "1.5": "HunyuanVideo 1.5 (text- and image-to-video)",
+    "1.5-sr": "HunyuanVideo 1.5 super-resolution (distilled)",
+}
 
 
 @dataclass(frozen=True)
@@ -37,12 +50,49 @@ class HunyuanConfig:
     theta: float = 256.0
     refiner_depth: int = 2
     qkv_bias: bool = True
+    # HunyuanVideo 1.5's extra inputs (absent in v1): byT5 mapper (in, hidden, mid) dims, () without one;
+    # SigLIP feature size of the vision projection, 0 without one; the text/byT5/vision type embedding;
+    # the meanflow ``time_r`` embedder of the step-distilled models.
+    byt5_dims: tuple[int, ...] = ()
+    vision_in_dim: int = 0
+    cond_type_embedding: bool = False
+    meanflow: bool = False
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if sum(self.axes_dim) != self.head_dim:
             raise ValueError(f"axes_dim {self.axes_dim} must sum to the head dim {self.head_dim}")
+        if len(self.byt5_dims) not in (0, 3):
+            raise ValueError(f"byt5_dims must be () or (in, hidden, mid), got {self.byt5_dims}")
+
+    @property
+    def is_v15(self) -> bool:
+        """HunyuanVideo 1.5 (ComfyUI tells it by its vision projection; the type embedding comes with it)."""
+        return bool(self.vision_in_dim) or self.cond_type_embedding
+
+    @property
+    def meanflow_sum(self) -> bool:
+        """The meanflow embedding is added to the timestep's (1.5) rather than averaged with it."""
+        return self.is_v15
+
+    @property
+    def variant(self) -> str:
+        """The family member, a key of ``VARIANTS``, from the input channels and the 1.5 modules."""
+        c = self.out_channels
+        if self.is_v15:
+            return "1.5-sr" if self.in_channels == 3 * c + 2 else "1.5"
+        if self.in_channels == 2 * c + 1:
+            return "v1-i2v"
+        if self.in_channels == 2 * c:
+            return "v1-skyreels-i2v"
+        return "v1"
+
+    def describe(self) -> str:
+        """One line naming the variant and its size, for ``inspect``, the converter and the loader's log."""
+        extra = ", step-distilled (meanflow time_r)" if self.meanflow else ""
+        return (f"{VARIANTS[self.variant]}{extra}: {self.depth} double + {self.depth_single_blocks} single blocks, "
+                f"hidden {self.hidden_size}, {self.in_channels} input channels")
 
     @property
     def head_dim(self) -> int:
@@ -73,13 +123,18 @@ class HunyuanConfig:
         if unknown:
             raise ValueError(f"unknown HunyuanConfig fields {sorted(unknown)}")
         d = dict(d)
-        for k in ("patch_size", "axes_dim"):
+        for k in ("patch_size", "axes_dim", "byt5_dims"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**d)
 
 
 RELEASED = HunyuanConfig()
+# HunyuanVideo 1.5 (480p/720p T2V and I2V share it; the step-distilled I2V adds ``meanflow``)
+RELEASED_15 = HunyuanConfig(
+    in_channels=65, out_channels=32, hidden_size=2048, num_heads=16, depth=54, depth_single_blocks=0,
+    context_in_dim=3584, vec_in_dim=0, guidance_embed=False, patch_size=(1, 1, 1), byt5_dims=(1472, 2048, 2048),
+    vision_in_dim=1152, cond_type_embedding=True)
 
 
 def default_axes(head_dim: int) -> tuple[int, int, int]:
@@ -99,6 +154,26 @@ def tiny_config(**overrides) -> HunyuanConfig:
     )
     base.update(overrides)
     return HunyuanConfig(**base)
+
+
+def tiny_variant_config(variant: str, **overrides) -> HunyuanConfig:
+    """``tiny_config`` shaped as one family member (a key of ``VARIANTS``): v1 I2V's concatenated image latent and
+    mask, 1.5's patch 1x1x1, 32-channel latent, no single blocks, no pooled vector or guidance embedder, and small
+    byT5 and vision inputs (ComfyUI's own 1.5 fixes the byT5 mapper at (1472, 2048, 2048): override ``byt5_dims``
+    to compare with it)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {sorted(VARIANTS)}")
+    base: dict = {}
+    if variant == "v1-i2v":
+        base = dict(in_channels=33)
+    elif variant == "v1-skyreels-i2v":
+        base = dict(in_channels=32)
+    elif variant.startswith("1.5"):
+        base = dict(in_channels=98 if variant == "1.5-sr" else 65, out_channels=32, depth_single_blocks=0,
+                    vec_in_dim=0, guidance_embed=False, patch_size=(1, 1, 1), byt5_dims=(24, 40, 48),
+                    vision_in_dim=20, cond_type_embedding=True)
+    base.update(overrides)
+    return tiny_config(**base)
 
 
 def canonical_shapes(cfg: HunyuanConfig) -> dict[str, tuple[int, ...]]:
@@ -153,6 +228,23 @@ def canonical_shapes(cfg: HunyuanConfig) -> dict[str, tuple[int, ...]]:
         lin(f"{p}.modulation.lin", 3 * h, h)
     lin("final_layer.linear", cfg.patch_volume * cfg.out_channels, h)
     lin("final_layer.adaLN_modulation.1", 2 * h, h)
+    if cfg.byt5_dims:
+        b_in, b_hidden, b_mid = cfg.byt5_dims
+        s["byt5_in.layernorm.weight"] = s["byt5_in.layernorm.bias"] = (b_in,)
+        lin("byt5_in.fc1", b_hidden, b_in)
+        lin("byt5_in.fc2", b_mid, b_hidden)
+        lin("byt5_in.fc3", h, b_mid)
+    if cfg.vision_in_dim:
+        v = cfg.vision_in_dim
+        s["vision_in.proj.0.weight"] = s["vision_in.proj.0.bias"] = (v,)
+        lin("vision_in.proj.1", v, v)
+        lin("vision_in.proj.3", h, v)
+        s["vision_in.proj.4.weight"] = s["vision_in.proj.4.bias"] = (h,)
+    if cfg.cond_type_embedding:
+        s["cond_type_embedding.weight"] = (3, h)
+    if cfg.meanflow:
+        lin("time_r_in.in_layer", h, 256)
+        lin("time_r_in.out_layer", h, h)
     return s
 
 
@@ -177,12 +269,13 @@ def detect_config(shapes: Mapping[str, Sequence[int]]) -> HunyuanConfig:
     if missing:
         raise NotHunyuanVideoError(
             f"not a HunyuanVideo transformer: missing {missing[0]!r}. "
-            "Load a HunyuanVideo 1.0 T2V/I2V diffusion model (Tencent, ComfyUI or diffusers layout)."
+            "Load a HunyuanVideo v1 or 1.5 diffusion model (Tencent, ComfyUI or diffusers layout)."
         )
     keys = list(shapes)
-    if any(k.startswith("byt5_in.") or k.startswith("time_r_in.") for k in keys):
-        raise NotHunyuanVideoError("this is a HunyuanImage/HunyuanVideo-1.5 style checkpoint, not HunyuanVideo 1.0")
     w = shapes["img_in.proj.weight"]
+    if len(w) == 4:
+        raise NotHunyuanVideoError("img_in.proj.weight is a 2-D patch embedding: this is a HunyuanImage (2.1) "
+                                   "checkpoint, an image model; load a HunyuanVideo v1 or 1.5 transformer here")
     if len(w) != 5:
         raise NotHunyuanVideoError(f"img_in.proj.weight has shape {tuple(w)}, expected a 5-D Conv3d weight")
     hidden, in_ch, patch = int(w[0]), int(w[1]), tuple(int(x) for x in w[2:])
@@ -206,6 +299,14 @@ def detect_config(shapes: Mapping[str, Sequence[int]]) -> HunyuanConfig:
     mlp_ratio = (mlp_hidden / hidden) if mlp_hidden else 4.0
     axes = default_axes(head_dim)
     vec = shapes.get("vector_in.in_layer.weight")
+    byt5_dims: tuple[int, ...] = ()
+    for k in ("byt5_in.fc1.weight", "byt5_in.fc2.weight"):
+        if any(n.startswith("byt5_in.") for n in keys) and k not in shapes:
+            raise NotHunyuanVideoError(f"HunyuanVideo 1.5 checkpoint is missing {k!r} (file truncated or partial?)")
+    if "byt5_in.fc1.weight" in shapes:
+        fc1, fc2 = shapes["byt5_in.fc1.weight"], shapes["byt5_in.fc2.weight"]
+        byt5_dims = (int(fc1[1]), int(fc1[0]), int(fc2[0]))
+    vision = shapes.get("vision_in.proj.0.weight")
     cfg = HunyuanConfig(
         in_channels=in_ch, out_channels=out_ch, hidden_size=hidden, num_heads=num_heads,
         depth=_count_blocks(keys, "double_blocks"), depth_single_blocks=_count_blocks(keys, "single_blocks"),
@@ -213,15 +314,19 @@ def detect_config(shapes: Mapping[str, Sequence[int]]) -> HunyuanConfig:
         vec_in_dim=int(vec[1]) if vec is not None else 0,
         guidance_embed=any(k.startswith("guidance_in.") for k in keys), patch_size=patch, axes_dim=axes,
         refiner_depth=_count_blocks(keys, "txt_in.individual_token_refiner.blocks"),
+        byt5_dims=byt5_dims, vision_in_dim=int(vision[0]) if vision is not None else 0,
+        cond_type_embedding="cond_type_embedding.weight" in shapes,
+        meanflow=any(k.startswith("time_r_in.") for k in keys),
     )
     expected = canonical_shapes(cfg)
     for k, shp in expected.items():
         if k not in shapes:
-            raise NotHunyuanVideoError(f"HunyuanVideo checkpoint is missing {k!r} (file truncated or partial?)")
+            raise NotHunyuanVideoError(f"HunyuanVideo checkpoint ({cfg.variant}) is missing {k!r} "
+                                       "(file truncated or partial?)")
         if tuple(int(x) for x in shapes[k]) != shp:
             raise NotHunyuanVideoError(f"{k!r} has shape {tuple(shapes[k])}, expected {shp} for {cfg}")
     return cfg
 
 
-__all__ = ["HunyuanConfig", "NotHunyuanVideoError", "RELEASED", "tiny_config", "canonical_shapes", "detect_config",
-           "default_axes"]
+__all__ = ["HunyuanConfig", "NotHunyuanVideoError", "VARIANTS", "RELEASED", "RELEASED_15", "tiny_config",
+           "tiny_variant_config", "canonical_shapes", "detect_config", "default_axes"]

@@ -87,17 +87,18 @@ class QKNorm(nn.Module):
         self.key_norm = RMSNorm(dim, device=device, dtype=dtype)
 
 
-def layer_norm(x: Tensor, norm_dtype: torch.dtype, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
-    """LayerNorm (eps 1e-6) over the last dim computed in ``norm_dtype``, returned in x's dtype.
+def layer_norm(x: Tensor, norm_dtype: torch.dtype, weight: Tensor | None = None, bias: Tensor | None = None,
+               eps: float = NORM_EPS) -> Tensor:
+    """LayerNorm (eps 1e-6 unless given) over the last dim computed in ``norm_dtype``, returned in x's dtype.
 
     torch's CPU and CUDA LayerNorm kernels already compute bf16/fp16 inputs in fp32 and round once
     at the end, so an fp32 norm of a half-precision input needs no fp32 copy of the activation.
     """
     if weight is None and x.dtype in (torch.bfloat16, torch.float16) and norm_dtype == torch.float32:
-        return F.layer_norm(x, (x.shape[-1],), None, None, NORM_EPS)
+        return F.layer_norm(x, (x.shape[-1],), None, None, eps)
     w = weight.to(norm_dtype) if weight is not None else None
     b = bias.to(norm_dtype) if bias is not None else None
-    return F.layer_norm(x.to(norm_dtype), (x.shape[-1],), w, b, NORM_EPS).to(x.dtype)
+    return F.layer_norm(x.to(norm_dtype), (x.shape[-1],), w, b, eps).to(x.dtype)
 
 
 def norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, norm_dtype: torch.dtype) -> Tensor:
@@ -168,15 +169,17 @@ def concat_gelu_linear(layer: nn.Module, attn_out: Tensor, mlp_act: Tensor, prod
 
 
 class LayerNorm(nn.Module):
-    """Affine LayerNorm of the token refiner (``norm1``/``norm2``: ``weight`` and ``bias``)."""
+    """Affine LayerNorm (``weight`` and ``bias``): the token refiner's ``norm1``/``norm2`` (eps 1e-6) and the 1.5
+    conditioning inputs' (torch's default eps 1e-5)."""
 
-    def __init__(self, dim: int, device=None, dtype=None) -> None:
+    def __init__(self, dim: int, eps: float = NORM_EPS, device=None, dtype=None) -> None:
         super().__init__()
+        self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(dim, device=device, dtype=dtype))
 
     def forward(self, x: Tensor, norm_dtype: torch.dtype) -> Tensor:
-        return layer_norm(x, norm_dtype, self.weight, self.bias)
+        return layer_norm(x, norm_dtype, self.weight, self.bias, self.eps)
 
 
 class Modulation(nn.Module):
@@ -191,7 +194,10 @@ class Modulation(nn.Module):
         self.lin = nn.Linear(dim, factor * dim, bias=True, device=device, dtype=dtype)
 
     def forward(self, vec: Tensor) -> tuple[Tensor, ...]:
-        return self.lin(F.silu(vec))[:, None, :].chunk(self.factor, dim=-1)
+        """``vec [B, hidden]`` -> chunks ``[B, 1, hidden]``; a token-replace ``vec [B, 2, hidden]`` -> chunks
+        ``[B, 2, hidden]`` (row 0 for the guiding frame's tokens, row 1 for the rest)."""
+        out = self.lin(F.silu(vec))
+        return (out[:, None, :] if out.dim() == 2 else out).chunk(self.factor, dim=-1)
 
 
 __all__ = ["NORM_EPS", "timestep_embedding", "MLPEmbedder", "PatchEmbed", "rms_norm", "RMSNorm", "QKNorm",

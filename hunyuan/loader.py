@@ -174,8 +174,13 @@ def _loaded(model: HunyuanVideoTransformer, device, compute_dtype: torch.dtype) 
 
 # --- random models ------------------------------------------------------------------------------------------------
 
+# the affine LayerNorm weights of 1.5's byT5 mapper and vision projection
+_LAYERNORM_WEIGHTS = ("byt5_in.layernorm.weight", "vision_in.proj.0.weight", "vision_in.proj.4.weight")
+
+
 def _is_norm_scale(name: str) -> bool:
-    return name.endswith(".scale") or name.endswith(".norm1.weight") or name.endswith(".norm2.weight")
+    return (name.endswith(".scale") or name.endswith(".norm1.weight") or name.endswith(".norm2.weight")
+            or name in _LAYERNORM_WEIGHTS)
 
 
 def random_tensor(name: str, shape: tuple[int, ...], seed: int, device="cpu") -> Tensor:

@@ -1,15 +1,29 @@
-"""``HunyuanVideoTransformer``: HunyuanVideo 1.0 (HYVideo-T/2-cfgdistill) with ComfyUI's names and forward.
+"""``HunyuanVideoTransformer``: the HunyuanVideo family with ComfyUI's names and forward.
 
-Matches ``comfy.ldm.hunyuan_video.model.HunyuanVideo`` (ComfyUI 0.3.64 and 0.29) parameter for
-parameter, and numerically in fp32 (``tests/host/test_host_model_parity.py``). Deliberate
-differences, each towards Tencent's reference implementation:
+v1 text-to-video (HYVideo-T/2-cfgdistill), v1 image-to-video (HunyuanVideo-I2V, SkyReels) and HunyuanVideo 1.5, the
+variant read from the checkpoint (``HunyuanConfig.variant``). Matches ``comfy.ldm.hunyuan_video.model.HunyuanVideo``
+(ComfyUI 0.3.64 and 0.29; 1.5 from 0.29) parameter for parameter, and numerically in fp32
+(``tests/host/test_host_model_parity.py``, ``tests/host/test_host_family_parity.py``), with ComfyUI's inputs:
+the image-to-video latent concatenated to ``x`` by the host, ``guiding_frame_index`` (token replace: the first
+frame's tokens are modulated by the timestep embedding of that index), ``ref_latent`` (reference tokens before
+the image tokens), and for 1.5 ``txt_byt5`` (byT5 glyph text), ``clip_fea`` (SigLIP image features), the
+condition-type embedding and the step-distilled models' meanflow ``time_r`` (the sampler's next sigma, from
+``transformer_options["sample_sigmas"]``; ``disable_time_r`` turns it off). The text stream is
+``[vision, byT5, text]`` as in ComfyUI; the joint sequence puts the image tokens first (Tencent's order), which
+attention does not see: text-like tokens have no rotation and masks follow the tokens. Deliberate differences,
+each towards Tencent's reference implementation:
 
 - the token refiner's pooled text is the mean over *valid* tokens (ComfyUI averages padding too);
 - the guidance embedding is computed from ``guidance * 1000`` in fp32 (ComfyUI multiplies in the
   model dtype, so bf16 turns 6.0 into 6016/1000);
 - q/k RMS norm and RoPE run in the policy's ``norm_dtype`` with a single cast at the end;
 - H, W not divisible by the patch are padded circularly (as ComfyUI's patch embedder does) and the
-  output is cropped back (ComfyUI fails at its final reshape there).
+  output is cropped back (ComfyUI fails at its final reshape there);
+- token replace modulates the guiding frame's image tokens in the single-stream blocks too (ComfyUI 0.29 puts the
+  text first in that sequence and modulates its leading tokens instead; 0.3.64 agrees with us), and with a batch
+  of several samples each gets its own guidance embedding on both modulation rows;
+- a text mask covers the text tokens only (byT5 and vision tokens are always attended), at any batch size
+  (ComfyUI 0.29 takes a mask only at batch 1 and without byT5 or vision tokens).
 
 ``transformer_options`` follows the native model's contract where it can: a host hook runs around
 every forward (``forward_wrapper``: ComfyUI's DIFFUSION_MODEL wrappers, e.g. EasyCache), ``block_index``,
@@ -18,7 +32,8 @@ double/single block replacements are called with ``img``, ``txt``, ``vec``, ``at
 ``transformer_options`` and an ``original_block`` (our joint sequence is image first, so ``img_slice`` is
 ``[0, image tokens]``). What cannot be honoured is refused loudly, once per model: per-attention patches
 (``patches["attn1_patch"]`` ...), ``optimized_attention_override`` (attention is chosen per block by the
-precision policy) and other replacement keys; ControlNet and I2V inputs raise.
+precision policy) and other replacement keys; ControlNet inputs raise, as do 1.5 inputs given to a model without
+the module that reads them.
 """
 
 from __future__ import annotations
@@ -33,16 +48,19 @@ from torch import Tensor, nn
 
 from ..fp8.formats import HIGH_PRECISION_DTYPES, high_precision_dtype
 from .blocks import BlockInputs, DoubleStreamBlock, LastLayer, SingleStreamBlock, TokenRefiner
+from .conditioning import BYT5, TEXT, VISION, ByT5Mapper, VisionProjection, add_cond_type, meanflow_target
 from .config import HunyuanConfig
 from .layers import MLPEmbedder, PatchEmbed, timestep_embedding
 from .plan import kernel_plan
-from .rope import RopeTables, rope_tables
+from .rope import RopeTables, reference_rope_tables, rope_tables
 
 logger = logging.getLogger("hyvideo_fp8")
 
 _PLAIN_DTYPES = (*HIGH_PRECISION_DTYPES.values(), torch.float16)  # what a model without a policy computes in
-# ComfyUI passes these for I2V / ControlNet / HunyuanImage; this model is text-to-video only.
-_UNSUPPORTED_INPUTS = ("ref_latent", "guiding_frame_index", "control", "txt_byt5")
+# ComfyUI passes this for ControlNet, which this model does not run.
+_UNSUPPORTED_INPUTS = ("control",)
+# 1.5 inputs -> the module that reads them (a model without it refuses the input)
+_MODULE_INPUTS = {"txt_byt5": "byt5_in", "clip_fea": "vision_in"}
 # The block replacements of ``transformer_options["patches_replace"]["dit"]`` this model calls.
 _BLOCK_REPLACEMENTS = ("double_block", "single_block")
 # 32k tokens: the largest per-chunk intermediate (linear1's 21504 features in bf16) is 1.4 GB at hidden 3072,
@@ -92,6 +110,11 @@ class HunyuanVideoTransformer(nn.Module):
         self.single_blocks = nn.ModuleList(
             SingleStreamBlock(h, heads, config.mlp_ratio, **kw) for _ in range(config.depth_single_blocks))
         self.final_layer = LastLayer(h, config.patch_volume, config.out_channels, **kw)
+        # HunyuanVideo 1.5's conditioning inputs (hunyuan.conditioning)
+        self.byt5_in = ByT5Mapper(*config.byt5_dims, h, **kw) if config.byt5_dims else None
+        self.vision_in = VisionProjection(config.vision_in_dim, h, **kw) if config.vision_in_dim else None
+        self.cond_type_embedding = nn.Embedding(3, h, **kw) if config.cond_type_embedding else None
+        self.time_r_in = MLPEmbedder(256, h, **kw) if config.meanflow else None
         self._warned_options: set[str] = set()
         # A host's hook around every forward, called as ``forward_wrapper(self._forward, x, timestep, context, y,
         # guidance, attention_mask, transformer_options, **kwargs)`` (the ComfyUI adapter runs its wrappers here).
@@ -173,10 +196,20 @@ class HunyuanVideoTransformer(nn.Module):
         cfg = self.config
         given = [k for k in _UNSUPPORTED_INPUTS if kwargs.get(k) is not None]
         if given:
-            raise ValueError(f"HunyuanVideoTransformer is text-to-video only and got {given}; "
-                             "use ComfyUI's native HunyuanVideo model for I2V, ControlNet or HunyuanImage inputs")
+            raise ValueError(f"HunyuanVideoTransformer does not run ControlNet and got {given}; "
+                             "use ComfyUI's native HunyuanVideo model for ControlNet")
+        for key, module in _MODULE_INPUTS.items():
+            if kwargs.get(key) is not None and getattr(self, module) is None:
+                raise ValueError(f"{key} was given but this {cfg.variant} checkpoint has no {module} to read it: "
+                                 f"it is a HunyuanVideo 1.5 input; load a 1.5 model or leave the {key} conditioning "
+                                 "out")
         if x.dim() != 5 or x.shape[1] != cfg.in_channels:
-            raise ValueError(f"x must be a [B, {cfg.in_channels}, T, H, W] latent, got {tuple(x.shape)}")
+            hint = ""
+            if cfg.in_channels > cfg.out_channels and x.dim() == 5 and x.shape[1] == cfg.out_channels:
+                hint = (f" ({cfg.variant} takes the noise latent with the image-conditioning channels concatenated, "
+                        "which ComfyUI's model adds from the image-to-video conditioning)")
+            raise ValueError(f"x must be a [B, {cfg.in_channels}, T, H, W] latent, got {tuple(x.shape)}{hint}")
+        self._check_extra_inputs(x, kwargs)
         if context.dim() != 3 or context.shape[0] != x.shape[0] or context.shape[2] != cfg.context_in_dim:
             raise ValueError(f"context must be [B={x.shape[0]}, L, {cfg.context_in_dim}] text states, "
                              f"got {tuple(context.shape)}")
@@ -191,6 +224,24 @@ class HunyuanVideoTransformer(nn.Module):
                 logger.warning("[hyvideo_fp8] %s is not supported by the FP8 HunyuanVideo model and has no effect "
                                "(attention runs as the precision policy says); use ComfyUI's own loader for "
                                "the node that set it", what)
+
+    def _check_extra_inputs(self, x: Tensor, kwargs: dict[str, Any]) -> None:
+        """Shapes of the image-to-video and 1.5 inputs that are given."""
+        cfg, b = self.config, x.shape[0]
+        for key, dim in (("txt_byt5", cfg.byt5_dims[0] if cfg.byt5_dims else 0), ("clip_fea", cfg.vision_in_dim)):
+            t = kwargs.get(key)
+            if t is not None and (t.dim() != 3 or t.shape[0] != b or t.shape[2] != dim):
+                raise ValueError(f"{key} must be [B={b}, tokens, {dim}], got {tuple(t.shape)}")
+        ref = kwargs.get("ref_latent")
+        if ref is not None and (ref.dim() != 5 or ref.shape[0] != b or ref.shape[1] != cfg.in_channels):
+            raise ValueError(f"ref_latent must be a [B={b}, {cfg.in_channels}, T, H, W] latent, got {tuple(ref.shape)}")
+        frame = kwargs.get("guiding_frame_index")
+        if frame is not None:
+            if frame.numel() not in (1, b):
+                raise ValueError(f"guiding_frame_index must hold 1 or B={b} values, got shape {tuple(frame.shape)}")
+            if self.sequence_parallel is not None:
+                raise ValueError("guiding_frame_index (token replace) cannot run split over several GPUs: run this "
+                                 "image-to-video model on one GPU")
 
     @staticmethod
     def _text_mask(context: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -263,20 +314,22 @@ class HunyuanVideoTransformer(nn.Module):
         timestep = timestep.reshape(-1).expand(b)
 
         img = self.img_in(x)
-        vec = self.time_in(timestep_embedding(timestep).to(cdt))
-        if self.vector_in is not None:
-            vec = vec + self.vector_in(y[:, :cfg.vec_in_dim].to(cdt))
-        if self.guidance_in is not None and guidance is not None:
-            g = guidance.reshape(-1).expand(b).float()
-            vec = vec + self.guidance_in(timestep_embedding(g, time_factor=1000.0).to(cdt))
+        vec = self._vector(timestep, y, guidance, kwargs, transformer_options, cdt)
+        replaced = grid[1] * grid[2] if vec.dim() == 3 else 0  # token replace: the first frame's tokens
 
         refiner_modes, double_modes, single_modes = self.attention_modes()
         plan = kernel_plan(self, x.device, cdt)
         context, text_mask = self._text_mask(context.to(cdt), attention_mask)
         txt = self.txt_in(context, timestep, text_mask, ndt, refiner_modes, plan)
         del context
+        txt, text_mask = self._conditioning_tokens(txt, text_mask, kwargs, cdt, ndt)
 
         freqs = rope_tables(grid, cfg.axes_dim, cfg.theta, x.device, _upcast(cdt))
+        n_ref = 0
+        if kwargs.get("ref_latent") is not None:
+            ref, ref_freqs = self._reference_tokens(kwargs["ref_latent"], grid[2], cdt)
+            img, freqs, n_ref = torch.cat((ref, img), dim=1), torch.cat((ref_freqs, freqs)), ref.shape[1]
+            del ref, ref_freqs
         if self.sequence_parallel is not None:
             img, freqs = self.sequence_parallel.shard(img, freqs)
         n_img, n_txt = img.shape[1], txt.shape[1]
@@ -285,7 +338,7 @@ class HunyuanVideoTransformer(nn.Module):
         if text_mask is not None:
             key_mask = torch.cat([text_mask.new_ones(b, n_img), text_mask], dim=1)
         ctx = BlockInputs(rope=rope, key_padding_mask=key_mask, norm_dtype=ndt, plan=plan,
-                          fused_producers=self.fused_producers, token_chunk=self.token_chunk)
+                          fused_producers=self.fused_producers, token_chunk=self.token_chunk, replaced_tokens=replaced)
         del x
 
         options = dict(transformer_options)  # per-block fields are ours to set, the caller's dict stays as it was
@@ -309,11 +362,73 @@ class HunyuanVideoTransformer(nn.Module):
             else:
                 joint = _replaced_single(patch, block, mode, joint, vec, ctx, key_mask, options)
 
-        out = self.final_layer(joint[:, :n_img], vec, ndt)
+        if self.sequence_parallel is None:  # the reference tokens leave before the final layer, as in ComfyUI
+            out = self.final_layer(joint[:, n_ref:n_img], vec, ndt, replaced)
+        else:
+            out = self.final_layer(joint[:, :n_img], vec, ndt)
         del joint
         if self.sequence_parallel is not None:
-            out = self.sequence_parallel.gather(out)
+            out = self.sequence_parallel.gather(out)[:, n_ref:]
         return self._unpatchify(out, grid, (t, h, w))
+
+    def _vector(self, timestep: Tensor, y: Tensor | None, guidance: Tensor | None, kwargs: dict[str, Any],
+                transformer_options: dict, cdt: torch.dtype) -> Tensor:
+        """The modulation vector ``[B, hidden]``: timestep (+ meanflow time_r) + pooled text + guidance. With a
+        ``guiding_frame_index`` (token replace) ``[B, 2, hidden]``: row 0, with the frame index embedded by ``time_in``
+        in place of the timestep, modulates the guiding frame's tokens; row 1 every other token."""
+        cfg, b = self.config, timestep.shape[0]
+        vec = self.time_in(timestep_embedding(timestep).to(cdt))
+        if self.time_r_in is not None and not kwargs.get("disable_time_r", False):
+            r = meanflow_target(transformer_options, b)
+            if r is not None:
+                vec_r = self.time_r_in(timestep_embedding(r.to(timestep.device).float(), time_factor=1000.0).to(cdt))
+                vec = vec + vec_r if cfg.meanflow_sum else (vec + vec_r) / 2
+        pooled = self.vector_in(y[:, :cfg.vec_in_dim].to(cdt)) if self.vector_in is not None else None
+        frame = kwargs.get("guiding_frame_index")
+        if frame is not None:
+            first = self.time_in(timestep_embedding(frame.reshape(-1).expand(b).float().to(timestep.device)).to(cdt))
+            vec = torch.stack((first, vec), dim=1)
+            if pooled is not None:
+                vec = vec + pooled[:, None]
+        elif pooled is not None:
+            vec = vec + pooled
+        if self.guidance_in is not None and guidance is not None:
+            g = self.guidance_in(timestep_embedding(guidance.reshape(-1).expand(b).float(), time_factor=1000.0).to(cdt))
+            vec = vec + (g[:, None] if vec.dim() == 3 else g)
+        return vec
+
+    def _conditioning_tokens(self, txt: Tensor, text_mask: Tensor | None, kwargs: dict[str, Any], cdt: torch.dtype,
+                             ndt: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        """The text stream ``[vision, byT5, text]`` (1.5: each with its condition-type embedding) and its key mask
+        (the byT5 and vision tokens are always valid)."""
+        emb = self.cond_type_embedding
+        text = add_cond_type(txt, emb, TEXT)
+        before: list[Tensor] = []
+        after: list[Tensor] = []
+        byt5 = kwargs.get("txt_byt5")
+        if byt5 is not None:  # 1.5 (with the type embedding) puts byT5 before the text, HunyuanImage after it
+            (before if emb is not None else after).append(add_cond_type(self.byt5_in(byt5.to(cdt), ndt), emb, BYT5))
+        clip = kwargs.get("clip_fea")
+        if clip is not None:
+            before.insert(0, add_cond_type(self.vision_in(clip.to(cdt), ndt), emb, VISION))
+        if not before and not after:
+            return text, text_mask
+        if text_mask is not None:
+            ones = [text_mask.new_ones(p.shape[:2]) for p in before + after]
+            text_mask = torch.cat([*ones[:len(before)], text_mask, *ones[len(before):]], dim=1)
+        return torch.cat([*before, text, *after], dim=1), text_mask
+
+    def _reference_tokens(self, ref_latent: Tensor, width: int, cdt: torch.dtype) -> tuple[Tensor, Tensor]:
+        """``ref_latent``'s tokens through ``img_in`` and their rotations (time -1, columns after the video's ``width``
+        patches)."""
+        pt, ph, pw = self.config.patch_size
+        ref = ref_latent.to(cdt)
+        pad = (0, -ref.shape[4] % pw, 0, -ref.shape[3] % ph, 0, -ref.shape[2] % pt)
+        if any(pad):
+            ref = F.pad(ref, pad, mode="circular")
+        grid = (ref.shape[2] // pt, ref.shape[3] // ph, ref.shape[4] // pw)
+        freqs = reference_rope_tables(grid, width, self.config.axes_dim, self.config.theta, ref.device, _upcast(cdt))
+        return self.img_in(ref), freqs
 
     def _unpatchify(self, out: Tensor, grid: tuple[int, int, int], size: tuple[int, int, int]) -> Tensor:
         """``[B, T'H'W', C*pt*ph*pw]`` -> ``[B, C, T, H, W]`` (features ordered c, pt, ph, pw), cropped to ``size``."""

@@ -44,6 +44,19 @@ def rope_tables(grid: tuple[int, int, int], axes_dim: tuple[int, int, int], thet
     return torch.complex(torch.cos(angles).to(dtype), torch.sin(angles).to(dtype))
 
 
+def reference_rope_tables(grid: tuple[int, int, int], w_offset: int, axes_dim: tuple[int, int, int], theta: float,
+                          device, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Rotations of a reference latent's tokens (``ref_latent``, placed before the image tokens): every frame at time
+    position -1, rows at 0.., columns shifted right by ``w_offset`` (the video's width in patches), as ComfyUI
+    places them."""
+    t, h, w = grid
+    at = _axis_angles(2, axes_dim[0], theta, device)[1:].neg()[:, None, None, :].expand(t, h, w, -1)
+    ah = _axis_angles(h, axes_dim[1], theta, device)[None, :, None, :].expand(t, h, w, -1)
+    aw = _axis_angles(w + w_offset, axes_dim[2], theta, device)[w_offset:][None, None, :, :].expand(t, h, w, -1)
+    angles = torch.cat([at, ah, aw], dim=-1).reshape(t * h * w, -1)
+    return torch.complex(torch.cos(angles).to(dtype), torch.sin(angles).to(dtype))
+
+
 def append_identity(freqs: Tensor, n: int) -> Tensor:
     """Extend a table by ``n`` identity rows (text tokens sit at position 0: no rotation)."""
     return torch.cat([freqs, freqs.new_ones(n, freqs.shape[1])])
@@ -125,5 +138,5 @@ class RopeTables:
         return n_rope, slice(start, start + n_rope)
 
 
-__all__ = ["rope_tables", "append_identity", "apply_rope", "norm_rope", "split_heads", "RopeTables",
-           "FUSED_PROLOGUE_DTYPES"]
+__all__ = ["rope_tables", "reference_rope_tables", "append_identity", "apply_rope", "norm_rope", "split_heads",
+           "RopeTables", "FUSED_PROLOGUE_DTYPES"]

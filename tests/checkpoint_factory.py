@@ -40,8 +40,8 @@ _TO_TENCENT = (
     (r"^txt_in\.t_embedder\.out_layer\.", "txt_in.t_embedder.mlp.2."),
     (r"^txt_in\.c_embedder\.in_layer\.", "txt_in.c_embedder.linear_1."),
     (r"^txt_in\.c_embedder\.out_layer\.", "txt_in.c_embedder.linear_2."),
-    (r"^(time_in|guidance_in)\.in_layer\.", r"\1.mlp.0."),
-    (r"^(time_in|guidance_in)\.out_layer\.", r"\1.mlp.2."),
+    (r"^(time_in|guidance_in|time_r_in)\.in_layer\.", r"\1.mlp.0."),
+    (r"^(time_in|guidance_in|time_r_in)\.out_layer\.", r"\1.mlp.2."),
     (r"_attn\.qkv\.", "_attn_qkv."),
     (r"_attn\.proj\.", "_attn_proj."),
     (r"_attn\.norm\.query_norm\.scale$", "_attn_q_norm.weight"),
@@ -120,7 +120,8 @@ def random_canonical(config: HunyuanConfig | None = None, seed: int = 0, dtype: 
             t = torch.randn(shape, generator=g) / shape[1] ** 0.5
             rows = torch.randperm(shape[0], generator=g)[:2]
             t[rows] *= 20.0
-        elif name.endswith((".scale", "norm1.weight", "norm2.weight")):
+        elif name.endswith((".scale", "norm1.weight", "norm2.weight", "layernorm.weight", "proj.0.weight",
+                            "proj.4.weight")):
             t = 1.0 + 0.1 * torch.randn(shape, generator=g)
         elif name.endswith(".bias"):
             t = 0.02 * torch.randn(shape, generator=g)
@@ -136,12 +137,16 @@ def _tencent_name(name: str) -> str:
     return name
 
 
-def _source_stems(stem: str, layout: str) -> list[str]:
-    """Names of a canonical layer (``stem`` without .weight/.bias) in ``layout``; several = split along rows."""
+def _source_stems(stem: str, layout: str, config: HunyuanConfig) -> list[str]:
+    """Names of a canonical layer (``stem`` without .weight/.bias) in ``layout``; several = split along rows.
+    Tencent's HunyuanVideo 1.5 files split each double block stream's qkv into ``_q``, ``_k``, ``_v``."""
     if layout == "comfyui":
         return [stem]
     if layout == "tencent":
-        return [_tencent_name(stem + ".weight")[: -len(".weight")]]
+        name = _tencent_name(stem + ".weight")[: -len(".weight")]
+        if config.is_v15 and re.fullmatch(r"double_blocks\.\d+\.(img|txt)_attn_qkv", name):
+            return [name[: -len("qkv")] + p for p in "qkv"]
+        return [name]
     for pat, targets in _TO_DIFFUSERS:
         m = re.fullmatch(pat, stem)
         if m:
@@ -214,7 +219,7 @@ def source_state_dict(layout: str = "comfyui", fp8: str | None = None, config: H
             ref[name] = t
             continue
         stem, param = name.rsplit(".", 1)
-        stems = _source_stems(stem, layout)
+        stems = _source_stems(stem, layout, config)
         swapped = _swapped(stem, layout)
         full = _swap(t) if swapped else t
         rows = _row_splits(stem, t.shape[0], config, len(stems))

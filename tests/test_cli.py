@@ -77,7 +77,7 @@ def test_convert_prints_its_summary_and_names_the_overwrite_flag(tmp_path, capsy
     assert rc == 2 and "already exists; pass --overwrite to replace it" in err and "overwrite=True" not in err
     assert dst.read_bytes() == b"keep me"
     rc, out, _ = _main(capsys, "convert", str(src), str(dst), "--policy", "fp8-max", "--overwrite")
-    assert rc == 0 and out.startswith("src.safetensors (comfyui, high precision) -> dst.safetensors [ours, policy")
+    assert rc == 0 and out.startswith("src.safetensors (v1, comfyui, high precision) -> dst.safetensors [ours, policy")
     assert len(out.strip().splitlines()) == 1 and "ConversionReport(" not in out and " MiB in " in out
     rc, _, err = _main(capsys, "convert", str(src), str(tmp_path / "x.safetensors"), "--policy", "{}")
     assert rc == 2 and "stores no linear in FP8" in err

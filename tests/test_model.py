@@ -213,7 +213,11 @@ def test_attention_fp8_mode_dispatches():
     (dict(context=torch.randn(1, 7, 8)), "context must be"),
     (dict(context=torch.randn(1, 0, 32)), "no text tokens"),
     (dict(y=None), "y must be the pooled CLIP vector"),
-    (dict(ref_latent=torch.randn(1, 16, 1, 4, 6)), "text-to-video only"),
+    (dict(control={"input": [], "output": []}), "does not run ControlNet"),
+    (dict(txt_byt5=torch.randn(1, 3, 1472)), "has no byt5_in"),
+    (dict(clip_fea=torch.randn(1, 3, 1152)), "has no vision_in"),
+    (dict(ref_latent=torch.randn(1, 4, 1, 4, 6)), r"ref_latent must be a \[B=1, 16"),
+    (dict(guiding_frame_index=torch.zeros(3)), "guiding_frame_index must hold"),
 ])
 def test_bad_inputs_raise(model32, change, match):
     with pytest.raises(ValueError, match=match):

@@ -198,7 +198,7 @@ def _canonical_layers(values: dict[str, float], plan: dict[str, Rule]) -> dict[s
 def open_canonical(path: str | os.PathLike, *, prefer: str = "module",
                    fp8_map: str | os.PathLike | None = None) -> CanonicalCheckpoint:
     """Open a checkpoint lazily in canonical names, with its detected config; raise a clear error if it is not a
-    readable HunyuanVideo 1.0 transformer."""
+    readable HunyuanVideo (v1 or 1.5) transformer."""
     path = Path(path)
     source = open_checkpoint(path, prefer)
     try:

@@ -79,7 +79,8 @@ class ConversionReport:
 
     def summary(self) -> str:
         worst = f", worst weight error {self.max_rel_error:.2e} ({self.worst_layer})" if self.worst_layer else ""
-        return (f"{Path(self.source).name} ({self.layout}, {self.source_fp8_flavour or 'high precision'}) -> "
+        return (f"{Path(self.source).name} ({self.config.variant}, {self.layout}, "
+                f"{self.source_fp8_flavour or 'high precision'}) -> "
                 f"{Path(self.destination).name} [{self.output_format}, policy {self.policy}]: {self.fp8_layers} FP8 "
                 f"linears, {self.high_precision_layers} high-precision linears, {self.tensors_written} tensors, "
                 f"{_size(self.bytes_written)} in {self.seconds:.1f} s{worst}. The file "

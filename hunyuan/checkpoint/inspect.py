@@ -41,7 +41,8 @@ def inspect_checkpoint_dict(path: str | os.PathLike, *, prefer: str = "module",
         return {
             "path": info.path, "file_format": info.file_format, "wrapper": "/".join(info.wrapper) or None,
             "prefix": info.prefix or None, "layout": info.layout, "fp8_flavour": info.fp8_flavour,
-            "fp8_map": info.fp8_map, "config": info.config.to_dict(),
+            "fp8_map": info.fp8_map, "variant": info.config.variant, "model": info.config.describe(),
+            "config": info.config.to_dict(),
             "tensors": len(ckpt.specs), "parameters": sum(d["parameters"] for d in dtypes.values()),
             "dtypes": dtypes, "fp8_layers": sum(granularity.values()), "scale_granularity": dict(granularity),
             "scale_min": lo if granularity else None, "scale_max": hi if granularity else None,
@@ -71,6 +72,7 @@ def inspect_checkpoint(path: str | os.PathLike, *, prefer: str = "module",
         + (f", prefix {d['prefix']!r}" if d["prefix"] else ""),
         f"layout:    {d['layout']}",
         f"fp8:       {d['fp8_flavour'] or 'none (high precision)'}" + (f", map {d['fp8_map']}" if d["fp8_map"] else ""),
+        f"model:     {d['variant']}: {d['model']}",
         f"config:    hidden {cfg['hidden_size']}, heads {cfg['num_heads']}, {cfg['depth']} double + "
         f"{cfg['depth_single_blocks']} single blocks, in/out channels {cfg['in_channels']}/{cfg['out_channels']}, "
         f"guidance_embed {cfg['guidance_embed']}",

@@ -2,7 +2,9 @@
 
 Three layouts exist (reference ``hunyuanvideo.md`` §9.4): Tencent's original names (also what Kijai, Comfy-Org and
 GGUF repacks ship), ComfyUI's internal names (what ComfyUI saves; our canonical names) and diffusers'. Tencent ->
-canonical is a set of substring replaces (idempotent on canonical names, like ComfyUI's own loader). diffusers
+canonical is a set of substring replaces (idempotent on canonical names, like ComfyUI's own loader); Tencent's
+HunyuanVideo 1.5 files also split each double block's ``img_attn_qkv``/``txt_attn_qkv`` into ``_q``, ``_k``, ``_v``,
+which the plan fuses back in that order. diffusers
 splits fused linears (q/k/v, and a single block's ``linear1`` into q/k/v/proj_mlp) and stores the final adaLN
 halves as [scale; shift] instead of [shift; scale]; the plan re-fuses and swaps them back.
 
@@ -40,7 +42,10 @@ _TENCENT_RENAMES: tuple[tuple[str, str], ...] = (
     ("_in.mlp.0.", "_in.in_layer."),
     ("_in.mlp.2.", "_in.out_layer."),
 )
-_TENCENT_MARKS = tuple(old for old, _ in _TENCENT_RENAMES)
+_TENCENT_MARKS = tuple(old for old, _ in _TENCENT_RENAMES) + ("_attn_q.", "_attn_k.", "_attn_v.")
+# Tencent 1.5's split q/k/v of a double block stream (weight, bias or FP8 scale) -> its fused ``_attn_qkv`` name
+_TENCENT_SPLIT_QKV = re.compile(r"(double_blocks\.\d+\.(?:img|txt)_attn)_([qkv])\.(weight|bias|weight_scale)")
+_QKV_PIECES = ("q", "k", "v")
 # ComfyUI 0.29+ builds the q/k RMS norms as torch RMSNorm and saves their parameter as ``.weight``; 0.3.64 and older
 # (and the canonical names) use ``.scale``
 _RMSNORM_WEIGHTS = ((".norm.query_norm.weight", ".norm.query_norm.scale"),
@@ -104,10 +109,6 @@ _SWAPPED_TARGET = "final_layer.adaLN_modulation.1.{0}"
 
 # other models' tell-tale keys, for a useful "not a HunyuanVideo transformer" message (first match wins)
 _OTHER_MODELS: tuple[tuple[str, str], ...] = (
-    ("byt5_in.", "HunyuanVideo 1.5 / HunyuanImage 2.1 (byT5 text branch)"),
-    ("vision_in.", "HunyuanVideo 1.5"),
-    ("cond_type_embedding.", "HunyuanVideo 1.5"),
-    ("time_r_in.", "a HunyuanVideo 1.5 meanflow/distilled model"),
     ("distilled_guidance_layer.", "Chroma"),
     ("img_in.weight", "Flux"),
     ("patch_embedding.weight", "Wan"),
@@ -121,7 +122,6 @@ _OTHER_MODELS: tuple[tuple[str, str], ...] = (
     ("model.layers.0.self_attn.q_proj.weight", "a Llama-style text encoder"),
     ("encoder.block.0.layer.0.SelfAttention.q.weight", "a T5 text encoder"),
 )
-_HV15_MARKS = ("byt5_in.", "vision_in.", "cond_type_embedding.", "time_r_in.")
 
 
 @dataclass(frozen=True)
@@ -163,16 +163,11 @@ def detect_layout(keys: Iterable[str]) -> str:
 def other_model_error(keys: Iterable[str]) -> NotHunyuanVideoError | None:
     """A NotHunyuanVideoError naming the model the keys look like, or None when nothing is recognised."""
     keys = list(keys)
-    if any(k.startswith(_HV15_MARKS) for k in keys):
-        return NotHunyuanVideoError(
-            "not a HunyuanVideo transformer: this is a HunyuanVideo 1.5 (or HunyuanImage) checkpoint, a different "
-            "architecture that this pack does not run. Load it with ComfyUI's native HunyuanVideo 1.5 nodes, or pick "
-            "a HunyuanVideo 1.0 T2V/I2V file")
     for mark, model in _OTHER_MODELS:
         if any(k == mark or k.startswith(mark) or f".{mark}" in k for k in keys):
             return NotHunyuanVideoError(
                 f"not a HunyuanVideo transformer: the keys look like {model} (found {mark!r}). Load a HunyuanVideo "
-                "1.0 diffusion model (Tencent, ComfyUI or diffusers layout) here")
+                "v1 or 1.5 diffusion model (Tencent, ComfyUI or diffusers layout) here")
     return None
 
 
@@ -180,7 +175,7 @@ def not_hunyuan_error(keys: Iterable[str], detail: str) -> NotHunyuanVideoError:
     """A NotHunyuanVideoError that names the model the keys look like, when we can tell, else ``detail``."""
     keys = list(keys)
     return other_model_error(keys) or NotHunyuanVideoError(
-        f"not a HunyuanVideo transformer: {detail}. First keys: {sorted(keys)[:3]}. Load a HunyuanVideo 1.0 "
+        f"not a HunyuanVideo transformer: {detail}. First keys: {sorted(keys)[:3]}. Load a HunyuanVideo v1 or 1.5 "
         "diffusion model (Tencent, ComfyUI or diffusers layout)")
 
 
@@ -202,13 +197,40 @@ def plan_canonical(specs: Mapping[str, TensorSpec], layout: str) -> dict[str, Ru
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; allowed: {LAYOUTS}")
     plan: dict[str, Rule] = {}
+    split: dict[str, dict[str, str]] = {}  # fused Tencent name -> q/k/v piece -> source name
     for name in specs:
+        m = _TENCENT_SPLIT_QKV.fullmatch(name)
+        if m:
+            split.setdefault(f"{m.group(1)}_qkv.{m.group(3)}", {})[m.group(2)] = name
+            continue
         target = tencent_to_canonical(name)
         if target in plan:
             raise CheckpointError(f"the checkpoint holds {target!r} twice (as {plan[target].sources[0]!r} and "
                                   f"{name!r}): Tencent and ComfyUI names are mixed up in one file")
         plan[target] = Rule("copy", (name,))
+    for fused, found in split.items():
+        missing = [p for p in _QKV_PIECES if p not in found]
+        if missing:
+            raise CheckpointError(f"checkpoint has {next(iter(found.values()))!r} but not its sibling piece(s) "
+                                  f"{missing} needed to rebuild {fused!r} (file truncated or partial?)")
+        target = tencent_to_canonical(fused)
+        if target in plan:
+            raise CheckpointError(f"the checkpoint holds {target!r} both fused and split into q/k/v: Tencent and "
+                                  "ComfyUI names are mixed up in one file")
+        sources = tuple(found[p] for p in _QKV_PIECES)
+        plan[target] = _fused_rule(specs, target, sources)
     return plan
+
+
+def _fused_rule(specs: Mapping[str, TensorSpec], target: str, sources: tuple[str, ...]) -> Rule:
+    """Concatenate ``sources`` along the output dim into ``target`` (an FP8 scale: each piece's rows)."""
+    if not target.endswith(".weight_scale"):
+        return Rule("concat", sources)
+    weights = [s[: -len("_scale")] for s in sources]
+    absent = [w for w in weights if w not in specs]
+    if absent:
+        raise CheckpointError(f"FP8 scale without its weight: {absent[0]!r} is missing")
+    return Rule("concat_scale", sources, tuple(specs[w].shape[0] for w in weights))
 
 
 def _plan_diffusers(specs: Mapping[str, TensorSpec]) -> dict[str, Rule]:
@@ -247,15 +269,7 @@ def _plan_diffusers(specs: Mapping[str, TensorSpec]) -> dict[str, Rule]:
             some = next(iter(found.values()))
             raise CheckpointError(f"diffusers checkpoint has {some!r} but not its sibling piece(s) {missing} needed to "
                                   f"rebuild {target!r} (file truncated or partial?)")
-        sources = tuple(found[p] for p in order)
-        if target.endswith(".weight_scale"):
-            weights = [s[: -len("_scale")] for s in sources]
-            absent = [w for w in weights if w not in specs]
-            if absent:
-                raise CheckpointError(f"FP8 scale without its weight: {absent[0]!r} is missing")
-            plan[target] = Rule("concat_scale", sources, tuple(specs[w].shape[0] for w in weights))
-        else:
-            plan[target] = Rule("concat", sources)
+        plan[target] = _fused_rule(specs, target, tuple(found[p] for p in order))
     return plan
 
 
