@@ -1,9 +1,12 @@
 """Hand our transformer to ComfyUI as a native HunyuanVideo ``MODEL``.
 
-ComfyUI's own ``model_base.HunyuanVideo`` is built without its diffusion model (``disable_unet_model_creation``) and
-ours is put in its place: it has the same parameter names and forward signature, so the native samplers,
-``ModelSamplingSD3`` (shift), ``FluxGuidance`` (embedded guidance) and the conditioning plumbing all work unchanged,
-and loading/offloading goes through ComfyUI's model management (VRAM shared with text encoders and VAE).
+The model class ComfyUI itself would build for the file (``supported_models.HunyuanVideo``, ``HunyuanVideoI2V``,
+``HunyuanVideoSkyreelsI2V``, ``HunyuanVideo15``, ``HunyuanVideo15_SR_Distilled``, chosen by the checkpoint's variant)
+is built without its diffusion model (``disable_unet_model_creation``) and ours is put in its place: it has the same
+parameter names and forward signature, so the native samplers, the variant's latent format and model sampling
+(shift), ``FluxGuidance`` (embedded guidance), the image-to-video conditioning (concatenated image latent, guiding
+frame, byT5 and vision inputs) and the rest of the conditioning plumbing all work unchanged, and loading/offloading
+goes through ComfyUI's model management (VRAM shared with text encoders and VAE).
 """
 
 from __future__ import annotations
@@ -17,6 +20,16 @@ from ..hunyuan.config import HunyuanConfig
 from ..hunyuan.sampler import precision_plan
 
 PACK_KEY = "hyvideo_fp8"  # our entry in ModelPatcher.model_options and wrapper/callback key
+# variant -> the ``comfy.supported_models`` config ComfyUI's detection picks for such a file (its ``get_model`` builds
+# the matching ``comfy.model_base`` class)
+COMFY_MODEL_CONFIGS = {
+    "v1": "HunyuanVideo",
+    "v1-i2v": "HunyuanVideoI2V",
+    "v1-skyreels-i2v": "HunyuanVideoSkyreelsI2V",
+    "1.5": "HunyuanVideo15",
+    "1.5-sr": "HunyuanVideo15_SR_Distilled",
+}
+FIRST_COMFYUI_WITH_15 = "0.3.71"
 
 
 def comfy_unet_config(cfg: HunyuanConfig, dtype: torch.dtype) -> dict[str, Any]:
@@ -27,8 +40,29 @@ def comfy_unet_config(cfg: HunyuanConfig, dtype: torch.dtype) -> dict[str, Any]:
         "mlp_ratio": cfg.mlp_ratio, "num_heads": cfg.num_heads, "depth": cfg.depth,
         "depth_single_blocks": cfg.depth_single_blocks, "axes_dim": list(cfg.axes_dim), "theta": cfg.theta,
         "patch_size": list(cfg.patch_size), "qkv_bias": cfg.qkv_bias, "guidance_embed": cfg.guidance_embed,
+        "byt5": bool(cfg.byt5_dims), "meanflow": cfg.meanflow, "use_cond_type_embedding": cfg.cond_type_embedding,
+        "vision_in_dim": cfg.vision_in_dim or None, "meanflow_sum": cfg.meanflow_sum,
         "dtype": dtype, "disable_unet_model_creation": True,
     }
+
+
+def comfy_model_config(cfg: HunyuanConfig, dtype: torch.dtype):
+    """The ``comfy.supported_models`` config ComfyUI would use for this checkpoint (latent format, shift, model class);
+    a clear error where this ComfyUI predates the variant."""
+    import comfy.supported_models
+
+    name = COMFY_MODEL_CONFIGS[cfg.variant]
+    config_class = getattr(comfy.supported_models, name, None)
+    if config_class is None:
+        try:
+            from comfyui_version import __version__ as version
+        except ImportError:
+            version = "unknown"
+        raise RuntimeError(f"this is a {cfg.describe()} checkpoint and this ComfyUI (version {version}) has no "
+                           f"{name} model: update ComfyUI to {FIRST_COMFYUI_WITH_15} or newer to run HunyuanVideo 1.5")
+    model_config = config_class(comfy_unet_config(cfg, dtype))
+    model_config.set_inference_dtype(dtype, None)
+    return model_config
 
 
 def step_index(transformer_options: dict) -> Optional[tuple[int, int]]:
@@ -76,21 +110,19 @@ def wrap_transformer(
     info: Optional[dict] = None,
     block_swap: Union[str, int] = "off",
 ):
-    """A ``MODEL`` around ``comfy.model_base.HunyuanVideo`` holding ``transformer``, managed by our ModelPatcher
+    """A ``MODEL`` around the ``comfy.model_base`` class ComfyUI builds for ``cfg``'s variant (``HunyuanVideo``,
+    ``HunyuanVideoI2V``, ``HunyuanVideo15``...) holding ``transformer``, managed by our ModelPatcher
     (``nodes.model_patcher``: partial loads stream whole blocks as ``block_swap`` says)."""
-    import comfy.model_base
     import comfy.model_management as mm
     import comfy.patcher_extension
-    import comfy.supported_models
 
     from ..hunyuan.sampler import default_high_precision
     from .model_patcher import patcher_class
 
     dtype = HIGH_PRECISION_DTYPES[compute_dtype]
-    model_config = comfy.supported_models.HunyuanVideo(comfy_unet_config(cfg, dtype))
-    model_config.set_inference_dtype(dtype, None)
+    model_config = comfy_model_config(cfg, dtype)
     offload_device = mm.unet_offload_device()
-    base = comfy.model_base.HunyuanVideo(model_config, device=offload_device)
+    base = model_config.get_model({}, device=offload_device)
     transformer.forward_wrapper = run_diffusion_model_wrappers
     base.diffusion_model = transformer
     patcher = patcher_class()(base, load_device=mm.get_torch_device(), offload_device=offload_device)

@@ -5,13 +5,14 @@ native ``MODEL`` (drivable by KSampler / SamplerCustomAdvanced / ModelSamplingSD
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
-from ..fp8.formats import ComputeMode
+from ..fp8.formats import HIGH_PRECISION_DTYPES, ComputeMode
 from ..fp8.hardware import fp8_compute_support
 from ..fp8.policy import PrecisionPolicy
+from ..hunyuan.config import HunyuanConfig
 from ..hunyuan.policies import DEFAULT_PRESET, PRESETS
 from .model_files import diffusion_model_files
 from .model_patcher import BLOCK_SWAP_MODES, parse_block_swap
@@ -47,8 +48,12 @@ def resolve_node_policy(preset: str, policy: Optional[NodePolicy]) -> NodePolicy
     return NodePolicy(PRESETS[preset])
 
 
-def load_model_file(path: str, node_policy: NodePolicy, load_device: torch.device, build_device: torch.device):
-    """Read, detect and build the transformer; returns (transformer, config, info). ComfyUI-free for direct tests."""
+def load_model_file(path: str, node_policy: NodePolicy, load_device: torch.device, build_device: torch.device,
+                    check_config: Optional[Callable[[HunyuanConfig], object]] = None):
+    """Read, detect and build the transformer; returns (transformer, config, info). ComfyUI-free for direct tests.
+
+    ``check_config`` sees the detected config before any weight is read (the host refuses a variant it cannot run
+    there, not after the whole model was built)."""
     from ..hunyuan.checkpoint.canonical import open_canonical
     from ..hunyuan.loader import load_transformer
 
@@ -56,6 +61,8 @@ def load_model_file(path: str, node_policy: NodePolicy, load_device: torch.devic
     check_device(policy, load_device)
     with open_canonical(path) as ckpt:  # streamed: the model plus one tensor in memory, never the whole file
         info, cfg = ckpt.info, ckpt.info.config
+        if check_config is not None:
+            check_config(cfg)
         transformer = load_transformer(ckpt.lazy_state_dict(), policy, build_device, config=cfg, consume=True)
     return transformer, cfg, info
 
@@ -63,9 +70,11 @@ def load_model_file(path: str, node_policy: NodePolicy, load_device: torch.devic
 class HyVideoFP8Loader:
     """ComfyUI node: load a HunyuanVideo diffusion model with FP8 compute."""
 
-    DESCRIPTION = ("Loads a HunyuanVideo 1.0 diffusion model (Tencent .pt with or without fp8_map, ComfyUI or "
-                   "diffusers safetensors, scaled-FP8 or our FP8 files) and runs it with real FP8 compute under a "
-                   "precision policy. Use it in place of 'Load Diffusion Model' (UNETLoader).")
+    DESCRIPTION = ("Loads a HunyuanVideo diffusion model (v1 text-to-video, HunyuanVideo-I2V, SkyReels I2V, or "
+                   "HunyuanVideo 1.5 incl. step-distilled and super-resolution, told apart from the file; Tencent or "
+                   "ComfyUI files, diffusers v1 files, .pt with or without fp8_map, scaled-FP8, comfy_quant or our FP8 "
+                   "files) and runs it with real FP8 compute under a precision policy. Use it in place of "
+                   "'Load Diffusion Model' (UNETLoader): ComfyUI's own conditioning nodes for the model apply.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = ("MODEL",)
@@ -102,14 +111,16 @@ class HyVideoFP8Loader:
         import comfy.model_management as mm
         import folder_paths
 
-        from .comfy_model import wrap_transformer
+        from .comfy_model import comfy_model_config, wrap_transformer
 
         node_policy = resolve_node_policy(preset, policy)
         swap = parse_block_swap(block_swap, resident_blocks)
         path = folder_paths.get_full_path_or_raise("diffusion_models", model_name)
-        transformer, cfg, info = load_model_file(path, node_policy, mm.get_torch_device(), mm.unet_offload_device())
+        dtype = HIGH_PRECISION_DTYPES[node_policy.policy.compute_dtype]
+        transformer, cfg, info = load_model_file(path, node_policy, mm.get_torch_device(), mm.unet_offload_device(),
+                                                 check_config=lambda c: comfy_model_config(c, dtype))
         model = wrap_transformer(transformer, cfg, node_policy.policy.compute_dtype, node_policy.hybrid,
                                  info={"policy": node_policy.policy.to_dict(), "file": model_name}, block_swap=swap)
-        logger.info("[hyvideo_fp8] loaded %s under policy '%s' (hybrid steps %s)", model_name,
+        logger.info("[hyvideo_fp8] loaded %s (%s) under policy '%s' (hybrid steps %s)", model_name, cfg.describe(),
                     node_policy.policy.name, node_policy.hybrid)
         return (model,)

@@ -98,6 +98,18 @@ def test_tencent_15_missing_piece_is_named(tmp_path):
         load_canonical_state_dict(tmp_path / "m.safetensors")
 
 
+def test_diffusers_15_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    from hyvideo_fp8.hunyuan.checkpoint.errors import CheckpointError
+
+    src, _, _ = source_state_dict("diffusers")
+    src["cond_type_embed.weight"] = torch.randn(3, 64)
+    save_file(src, str(tmp_path / "m.safetensors"))
+    with pytest.raises(CheckpointError, match="HunyuanVideo 1.5 in diffusers' layout"):
+        load_canonical_state_dict(tmp_path / "m.safetensors")
+
+
 def test_inspect_and_converter_name_the_variant(tmp_path):
     cfg = tiny_variant_config("1.5", meanflow=True, depth=4)  # fp8-balanced keeps a boundary block at each end
     src = tmp_path / "hv15.safetensors"

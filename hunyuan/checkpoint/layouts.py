@@ -103,6 +103,8 @@ _DIFFUSERS_FUSED: tuple[_FusedRule, ...] = tuple((re.compile(p), pieces, t) for 
     (r"single_transformer_blocks\.(\d+)\.(attn\.to_q|attn\.to_k|attn\.to_v|proj_mlp)\.(.+)",
      ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), "single_blocks.{0}.linear1.{1}"),
 ))
+# modules only diffusers' HunyuanVideo 1.5 has (byT5 mapper, vision projection, condition-type embedding)
+_DIFFUSERS_15_ROOTS = ("context_embedder_2.", "image_embedder.", "cond_type_embed.")
 # the final adaLN: diffusers [scale; shift] -> canonical [shift; scale]
 _DIFFUSERS_SWAPPED = re.compile(r"norm_out\.linear\.(.+)")
 _SWAPPED_TARGET = "final_layer.adaLN_modulation.1.{0}"
@@ -234,6 +236,10 @@ def _fused_rule(specs: Mapping[str, TensorSpec], target: str, sources: tuple[str
 
 
 def _plan_diffusers(specs: Mapping[str, TensorSpec]) -> dict[str, Rule]:
+    if any(k.startswith(_DIFFUSERS_15_ROOTS) for k in specs):
+        raise CheckpointError("this is HunyuanVideo 1.5 in diffusers' layout (HunyuanVideo15Transformer3DModel), "
+                              "which is not read here: load Tencent's original 1.5 transformer file or ComfyUI's "
+                              "repackaged one (either also as *_fp8_scaled)")
     plan: dict[str, Rule] = {}
     groups: dict[str, dict[str, str]] = {}  # canonical target -> piece token -> source name
     group_order: dict[str, tuple[str, ...]] = {}
