@@ -185,11 +185,12 @@ def test_token_chunks_are_exact(variant, over):
     assert rel(chunked, whole) < 1e-13
 
 
+@pytest.mark.parametrize("variant", ["1.5", "v1-i2v"])
 @pytest.mark.parametrize("preset,bound", [("fp8-balanced", 0.05), ("fp8-max", 0.1)])
-def test_v15_fp8_presets_close_to_bf16(preset, bound):
-    """The block linears compute in FP8, within the v1 presets' bounds; fp8-balanced keeps the 1.5 conditioning
-    modules in high precision (fp8-max puts every linear in FP8)."""
-    cfg = tiny_variant_config("1.5", meanflow=True, depth=4)
+def test_fp8_presets_close_to_bf16(variant, preset, bound):
+    """The block linears compute in FP8, within the v1 presets' bounds (token replace included); fp8-balanced keeps
+    the 1.5 conditioning modules in high precision (fp8-max puts every linear in FP8)."""
+    cfg = tiny_variant_config(variant, meanflow=variant == "1.5", depth=4)
     sd = _strong(cfg, seed=5)
     inputs = _inputs(cfg, torch.bfloat16)
     with torch.no_grad():
@@ -197,9 +198,10 @@ def test_v15_fp8_presets_close_to_bf16(preset, bound):
         model = load_transformer(dict(sd), get_preset(preset))
         out = model(**inputs)
     assert any(isinstance(m, FP8Linear) for m in model.double_blocks.modules())
-    conditioning_fp8 = any(isinstance(m, FP8Linear) for name in ("byt5_in", "vision_in", "time_r_in")
-                           for m in getattr(model, name).modules())
-    assert conditioning_fp8 == (preset == "fp8-max")
+    if variant == "1.5":
+        conditioning_fp8 = any(isinstance(m, FP8Linear) for name in ("byt5_in", "vision_in", "time_r_in")
+                               for m in getattr(model, name).modules())
+        assert conditioning_fp8 == (preset == "fp8-max")
     assert torch.isfinite(out).all() and rel(out, want) < bound
 
 
@@ -230,3 +232,28 @@ def test_v15_bad_inputs_raise(change, match):
     model = load_transformer(random_state_dict(cfg, 1), None)
     with pytest.raises(ValueError, match=match):
         model(**dict(_inputs(cfg, torch.float32), **change))
+
+
+def test_loader_node_checks_the_variant_before_reading_weights(tmp_path, monkeypatch):
+    """The loader node asks the host whether it runs the file's variant before any weight is read."""
+    from hyvideo_fp8.hunyuan.checkpoint import canonical
+    from hyvideo_fp8.nodes.loader import load_model_file
+    from hyvideo_fp8.nodes.policy import NodePolicy
+
+    path = tmp_path / "hv15.safetensors"
+    write_checkpoint(path, config=tiny_variant_config("1.5"))
+    read = []
+    real_get = canonical.CanonicalCheckpoint.get
+    monkeypatch.setattr(canonical.CanonicalCheckpoint, "get",
+                        lambda self, name: read.append(name) or real_get(self, name))
+
+    def refuse(cfg):
+        raise RuntimeError(f"no {cfg.variant} here")
+
+    with pytest.raises(RuntimeError, match="no 1.5 here"):
+        load_model_file(str(path), NodePolicy(get_preset("bf16")), torch.device("cpu"), torch.device("cpu"),
+                        check_config=refuse)
+    assert read == []
+    transformer, cfg, _ = load_model_file(str(path), NodePolicy(get_preset("bf16")), torch.device("cpu"),
+                                          torch.device("cpu"), check_config=lambda c: None)
+    assert cfg.variant == "1.5" and read
