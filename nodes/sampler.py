@@ -93,6 +93,10 @@ class HyVideoFP8Sampler:
         import latent_preview
 
         transformer = our_transformer(model)
+        if transformer.config.variant != "v1":
+            raise ValueError(f"the HunyuanVideo FP8 Sampler runs v1 text-to-video models and this MODEL is "
+                             f"{transformer.config.describe()}: sample it with KSampler or SamplerCustomAdvanced and "
+                             "ComfyUI's own conditioning nodes for it (the loader's MODEL works there)")
         samples = latent["samples"]
         pack = model.model_options.get(PACK_KEY, {})
         check_latent(samples, pack["config"]["in_channels"], tuple(pack["config"]["patch_size"]))
