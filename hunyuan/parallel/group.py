@@ -39,7 +39,8 @@ class WorkerGroup:
         device: "cuda" (one GPU per rank, NCCL) or "cpu" (gloo; tests and machines without GPUs).
         address: the Ray cluster to join ("auto": the one this machine belongs to); None starts Ray on this
             machine unless this process has already started or joined one.
-        timeout_s: how long a rank waits inside a collective for a rank that never arrives.
+        timeout_s: how long a rank waits inside a collective for a rank that never arrives, and how long the ranks
+            may take to start and load the model.
         grace_s: after one rank fails, how long the others get to return before the group is shut down.
     """
 
@@ -76,11 +77,12 @@ class WorkerGroup:
         root = str(Path(sys.modules[package].__path__[0]).resolve())
         actors = [actor_class.remote(package, root) for _ in range(self.world_size)]
         try:
-            master = ray.get(actors[0].call.remote("address"))
+            master = ray.get(actors[0].call.remote("address"), timeout=self.timeout_s)
             state = ray.put(self.state())
             backend = "nccl" if gpus else "gloo"
             self.placement = ray.get([a.call.remote("setup", rank, self.world_size, master, backend, state,
-                                                    self.timeout_s) for rank, a in enumerate(actors)])
+                                                    self.timeout_s) for rank, a in enumerate(actors)],
+                                     timeout=self.timeout_s)
             del state
         except BaseException as err:
             _kill(ray, actors)
@@ -157,6 +159,9 @@ def _as_worker_error(ray, err: BaseException, what: str) -> BaseException:
         return WorkerError(f"a GPU worker process died ({what}): {err}. The other workers were stopped; the next "
                            "run starts them again (if it keeps happening, look for out-of-memory kills in the "
                            "Ray logs under /tmp/ray/session_latest/logs)")
+    if isinstance(err, ray.exceptions.GetTimeoutError):
+        return WorkerError(f"{what} took longer than the timeout: are the GPUs busy with other Ray work? "
+                           "(ray status lists what holds them)")
     if isinstance(err, ray.exceptions.RayTaskError):
         cause = err.cause if isinstance(getattr(err, "cause", None), BaseException) else err
         return WorkerError(f"{what} failed: {type(cause).__name__}: {cause}")
