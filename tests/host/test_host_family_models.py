@@ -142,3 +142,31 @@ def test_our_sampler_node_points_image_to_video_to_comfyuis_samplers(variant):
         HyVideoFP8Sampler().run(ours, _positive(cfg, {}), {"samples": torch.zeros(1, cfg.out_channels, 3, 4, 4)},
                                 seed=0, steps=2, shift=7.0, guidance=6.0, cfg=1.0, hybrid_first_steps=0,
                                 hybrid_last_steps=0)
+
+
+@pytest.mark.parametrize("fp8", ["scaled_fp8", "comfy_quant"])
+def test_v15_fp8_scaled_file_reads_as_comfyui_reads_it(tmp_path, fp8):
+    """A 1.5 file in ComfyUI's FP8 formats (what Comfy-Org's ``*_fp8_scaled`` files use): ComfyUI's own loader and
+    ours read the same weights (ours dequantized here, fp32), so the samples agree."""
+    if "vision_in_dim" not in _fields():
+        pytest.skip("this ComfyUI has no HunyuanVideo 1.5 (0.29+ has)")
+    _comfy()
+    import comfy.sd
+
+    from hyvideo_fp8.hunyuan.checkpoint import load_canonical_state_dict
+    from hyvideo_fp8.nodes.comfy_model import wrap_transformer
+    from tests.checkpoint_factory import write_checkpoint
+
+    cfg = tiny_variant_config("1.5", **V15)
+    path = tmp_path / "hv15_fp8_scaled.safetensors"
+    write_checkpoint(path, fp8=fp8, config=cfg, dtype=torch.float32)
+    sd, info = load_canonical_state_dict(path)
+    assert info.config == cfg and info.fp8_flavour == fp8
+    ours = wrap_transformer(load_transformer(sd, None, dtype=torch.float32), cfg, "fp32")
+    stock = comfy.sd.load_diffusion_model(str(path), model_options={"dtype": torch.float32})
+    _same_model(ours, stock)
+    extra = {"clip_vision_output": _vision(5, 1152),
+             "conditioning_byt5small": torch.randn(1, 6, 1472, generator=torch.Generator().manual_seed(4))}
+    positive = _positive(cfg, extra)
+    latent = torch.zeros(1, 32, 3, 4, 4)
+    assert _rel(_sample(ours, positive, latent), _sample(stock, positive, latent)) < 1e-4  # measured 2.0e-07 (both)
