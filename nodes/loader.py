@@ -71,9 +71,9 @@ class HyVideoFP8Loader:
     """ComfyUI node: load a HunyuanVideo diffusion model with FP8 compute."""
 
     DESCRIPTION = ("Loads a HunyuanVideo diffusion model (v1 text-to-video, HunyuanVideo-I2V, SkyReels I2V, or "
-                   "HunyuanVideo 1.5 incl. step-distilled and super-resolution, told apart from the file; Tencent or "
-                   "ComfyUI files, diffusers v1 files, .pt with or without fp8_map, scaled-FP8, comfy_quant or our FP8 "
-                   "files) and runs it with real FP8 compute under a precision policy. Use it in place of "
+                   "HunyuanVideo 1.5 incl. step-distilled and super-resolution, told apart from the file; Tencent, "
+                   "ComfyUI or diffusers names, .pt or safetensors, with or without fp8_map, scaled-FP8, comfy_quant "
+                   "or our FP8 files) and runs it with real FP8 compute under a precision policy. Use it in place of "
                    "'Load Diffusion Model' (UNETLoader): ComfyUI's own conditioning nodes for the model apply.")
     CATEGORY = CATEGORY
     FUNCTION = "load"

@@ -98,6 +98,20 @@ _TO_DIFFUSERS = (
     (r"final_layer\.linear", ["proj_out"]),
     (r"final_layer\.adaLN_modulation\.1", ["norm_out.linear"]),
 )
+# HunyuanVideo 1.5's diffusers names (HunyuanVideo15Transformer3DModel), looked up before the v1 table
+_TO_DIFFUSERS_15 = (
+    (r"time_in\.in_layer", ["time_embed.timestep_embedder.linear_1"]),
+    (r"time_in\.out_layer", ["time_embed.timestep_embedder.linear_2"]),
+    (r"time_r_in\.in_layer", ["time_embed.timestep_embedder_r.linear_1"]),
+    (r"time_r_in\.out_layer", ["time_embed.timestep_embedder_r.linear_2"]),
+    (r"byt5_in\.layernorm", ["context_embedder_2.norm"]),
+    (r"byt5_in\.fc(\d)", ["context_embedder_2.linear_{0}"]),
+    (r"vision_in\.proj\.0", ["image_embedder.norm_in"]),
+    (r"vision_in\.proj\.1", ["image_embedder.linear_1"]),
+    (r"vision_in\.proj\.3", ["image_embedder.linear_2"]),
+    (r"vision_in\.proj\.4", ["image_embedder.norm_out"]),
+    (r"cond_type_embedding", ["cond_type_embed"]),
+)
 _DIFFUSERS_NORMS = (
     (r"double_blocks\.(\d+)\.img_attn\.norm\.query_norm\.scale", "transformer_blocks.{0}.attn.norm_q.weight"),
     (r"double_blocks\.(\d+)\.img_attn\.norm\.key_norm\.scale", "transformer_blocks.{0}.attn.norm_k.weight"),
@@ -147,7 +161,7 @@ def _source_stems(stem: str, layout: str, config: HunyuanConfig) -> list[str]:
         if config.is_v15 and re.fullmatch(r"double_blocks\.\d+\.(img|txt)_attn_qkv", name):
             return [name[: -len("qkv")] + p for p in "qkv"]
         return [name]
-    for pat, targets in _TO_DIFFUSERS:
+    for pat, targets in (_TO_DIFFUSERS_15 if config.is_v15 else ()) + _TO_DIFFUSERS:
         m = re.fullmatch(pat, stem)
         if m:
             return [t.format(*m.groups()) for t in targets]

@@ -4,7 +4,7 @@ Three layouts exist (reference ``hunyuanvideo.md`` §9.4): Tencent's original na
 GGUF repacks ship), ComfyUI's internal names (what ComfyUI saves; our canonical names) and diffusers'. Tencent ->
 canonical is a set of substring replaces (idempotent on canonical names, like ComfyUI's own loader); Tencent's
 HunyuanVideo 1.5 files also split each double block's ``img_attn_qkv``/``txt_attn_qkv`` into ``_q``, ``_k``, ``_v``,
-which the plan fuses back in that order. diffusers
+which the plan fuses back in that order. diffusers (v1 and 1.5)
 splits fused linears (q/k/v, and a single block's ``linear1`` into q/k/v/proj_mlp) and stores the final adaLN
 halves as [scale; shift] instead of [shift; scale]; the plan re-fuses and swaps them back.
 
@@ -91,6 +91,18 @@ _DIFFUSERS_RENAMES: tuple[tuple[re.Pattern, str], ...] = tuple((re.compile(p), t
     (r"single_transformer_blocks\.(\d+)\.attn\.norm_k\.weight", "single_blocks.{0}.norm.key_norm.scale"),
     (r"single_transformer_blocks\.(\d+)\.norm\.linear\.(.+)", "single_blocks.{0}.modulation.lin.{1}"),
     (r"proj_out\.(.+)", "final_layer.linear.{0}"),
+    # HunyuanVideo 1.5 (HunyuanVideo15Transformer3DModel)
+    (r"time_embed\.timestep_embedder\.linear_1\.(.+)", "time_in.in_layer.{0}"),
+    (r"time_embed\.timestep_embedder\.linear_2\.(.+)", "time_in.out_layer.{0}"),
+    (r"time_embed\.timestep_embedder_r\.linear_1\.(.+)", "time_r_in.in_layer.{0}"),
+    (r"time_embed\.timestep_embedder_r\.linear_2\.(.+)", "time_r_in.out_layer.{0}"),
+    (r"context_embedder_2\.norm\.(.+)", "byt5_in.layernorm.{0}"),
+    (r"context_embedder_2\.linear_([123])\.(.+)", "byt5_in.fc{0}.{1}"),
+    (r"image_embedder\.norm_in\.(.+)", "vision_in.proj.0.{0}"),
+    (r"image_embedder\.linear_1\.(.+)", "vision_in.proj.1.{0}"),
+    (r"image_embedder\.linear_2\.(.+)", "vision_in.proj.3.{0}"),
+    (r"image_embedder\.norm_out\.(.+)", "vision_in.proj.4.{0}"),
+    (r"cond_type_embed\.weight", "cond_type_embedding.weight"),
 ))
 # diffusers pieces that fuse (in this order, along the output dim) into one canonical linear
 _FusedRule = tuple[re.Pattern, tuple[str, ...], str]
@@ -103,8 +115,6 @@ _DIFFUSERS_FUSED: tuple[_FusedRule, ...] = tuple((re.compile(p), pieces, t) for 
     (r"single_transformer_blocks\.(\d+)\.(attn\.to_q|attn\.to_k|attn\.to_v|proj_mlp)\.(.+)",
      ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), "single_blocks.{0}.linear1.{1}"),
 ))
-# modules only diffusers' HunyuanVideo 1.5 has (byT5 mapper, vision projection, condition-type embedding)
-_DIFFUSERS_15_ROOTS = ("context_embedder_2.", "image_embedder.", "cond_type_embed.")
 # the final adaLN: diffusers [scale; shift] -> canonical [shift; scale]
 _DIFFUSERS_SWAPPED = re.compile(r"norm_out\.linear\.(.+)")
 _SWAPPED_TARGET = "final_layer.adaLN_modulation.1.{0}"
@@ -236,10 +246,6 @@ def _fused_rule(specs: Mapping[str, TensorSpec], target: str, sources: tuple[str
 
 
 def _plan_diffusers(specs: Mapping[str, TensorSpec]) -> dict[str, Rule]:
-    if any(k.startswith(_DIFFUSERS_15_ROOTS) for k in specs):
-        raise CheckpointError("this is HunyuanVideo 1.5 in diffusers' layout (HunyuanVideo15Transformer3DModel), "
-                              "which is not read here: load Tencent's original 1.5 transformer file or ComfyUI's "
-                              "repackaged one (either also as *_fp8_scaled)")
     plan: dict[str, Rule] = {}
     groups: dict[str, dict[str, str]] = {}  # canonical target -> piece token -> source name
     group_order: dict[str, tuple[str, ...]] = {}
