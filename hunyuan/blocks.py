@@ -63,7 +63,8 @@ def modulation_ranges(n: int, chunk: int, split: int) -> list[tuple[int, int, in
     tokens before ``split`` (the guiding frame's), 1 after. ``split`` 0: every range takes row 1."""
     split = min(max(split, 0), n)
     first = [(s, e, 0) for s, e in token_ranges(split, chunk)] if split else []
-    return first + [(split + s, split + e, 1) for s, e in token_ranges(n - split, chunk)]
+    rest = [(split + s, split + e, 1) for s, e in token_ranges(n - split, chunk)] if split < n else []
+    return first + rest
 
 
 def modulation_row(mod: tuple[Tensor, ...], row: int) -> tuple[Tensor, ...]:

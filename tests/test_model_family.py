@@ -173,6 +173,19 @@ def test_token_chunks_are_exact(variant, over):
     assert rel(chunked, whole) < 1e-13
 
 
+def test_token_replace_on_a_one_frame_latent():
+    """Every image token is the guiding frame's: each block modulates them all with row 0, the text with row 1."""
+    cfg = tiny_variant_config("v1-i2v")
+    model = load_transformer(_strong(cfg, seed=7), None, dtype=torch.float64)
+    inputs = _inputs(cfg, torch.float64, frames=1)
+    with torch.no_grad():
+        model.token_chunk = 0
+        whole = model(**inputs)
+        model.token_chunk = 10
+        chunked = model(**inputs)
+    assert torch.isfinite(whole).all() and rel(chunked, whole) < 1e-13
+
+
 @pytest.mark.parametrize("variant", ["1.5", "v1-i2v"])
 @pytest.mark.parametrize("preset,bound", [("fp8-balanced", 0.05), ("fp8-max", 0.1)])
 def test_fp8_presets_close_to_bf16(variant, preset, bound):
