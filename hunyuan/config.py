@@ -176,6 +176,15 @@ def tiny_variant_config(variant: str, **overrides) -> HunyuanConfig:
     return tiny_config(**base)
 
 
+# 2-D weights that are not linear layers (everything else named ``*.weight`` with two dims is one)
+EMBEDDING_WEIGHTS = frozenset({"cond_type_embedding.weight"})
+
+
+def is_linear_weight(name: str, shape: Sequence[int]) -> bool:
+    """Whether canonical tensor ``name`` is a linear layer's weight (what FP8 storage applies to)."""
+    return name.endswith(".weight") and len(shape) == 2 and name not in EMBEDDING_WEIGHTS
+
+
 def canonical_shapes(cfg: HunyuanConfig) -> dict[str, tuple[int, ...]]:
     """Every parameter of the transformer in ComfyUI names, with its shape."""
     h, m, c = cfg.hidden_size, cfg.mlp_hidden, cfg.context_in_dim
@@ -329,4 +338,5 @@ def detect_config(shapes: Mapping[str, Sequence[int]]) -> HunyuanConfig:
 
 
 __all__ = ["HunyuanConfig", "NotHunyuanVideoError", "VARIANTS", "RELEASED", "RELEASED_15", "tiny_config",
-           "tiny_variant_config", "canonical_shapes", "detect_config", "default_axes"]
+           "tiny_variant_config", "canonical_shapes", "detect_config", "default_axes", "EMBEDDING_WEIGHTS",
+           "is_linear_weight"]

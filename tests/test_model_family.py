@@ -112,6 +112,21 @@ def test_inspect_and_converter_name_the_variant(tmp_path):
     assert model.config.variant == "1.5" and model.time_r_in is not None
 
 
+@pytest.mark.parametrize("output_format", ["ours", "comfy_quant", "scaled_fp8"])
+def test_converter_keeps_the_type_embedding_high_precision(tmp_path, output_format):
+    """fp8-max stores every linear in FP8; the condition-type embedding is a table, not a linear, and stays as it is."""
+    cfg = tiny_variant_config("1.5", meanflow=True)
+    src, dst = tmp_path / "hv15.safetensors", tmp_path / "out.safetensors"
+    ref = write_checkpoint(src, layout="diffusers", config=cfg)
+    convert_checkpoint(src, dst, "fp8-max", output_format=output_format)
+    sd, info = load_canonical_state_dict(dst)
+    assert info.config == cfg and "cond_type_embedding.weight_scale" not in sd
+    assert torch.equal(sd["cond_type_embedding.weight"], ref["cond_type_embedding.weight"])
+    assert sd["byt5_in.fc1.weight"].dtype == torch.float8_e4m3fn
+    model = load_transformer(sd, get_preset("fp8-max"))
+    assert torch.isfinite(model(**_inputs(cfg, torch.bfloat16))).all()
+
+
 # --- the model's inputs ----------------------------------------------------------------------------------------------
 
 def _strong(cfg, seed: int) -> dict[str, torch.Tensor]:

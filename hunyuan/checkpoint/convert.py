@@ -26,7 +26,7 @@ import torch
 from ...fp8.formats import FP8_DTYPES, ComputeMode, fp8_dtype
 from ...fp8.policy import PrecisionPolicy
 from ...fp8.quantize import dequantize, quantize_rowwise, quantize_tensorwise
-from ..config import HunyuanConfig
+from ..config import HunyuanConfig, is_linear_weight
 from ..policies import load_policy
 from .canonical import SCALE_SUFFIX, CanonicalCheckpoint, open_canonical
 from .comfy_compat import loaders_note
@@ -115,7 +115,7 @@ def _plan(ckpt: CanonicalCheckpoint, policy: PrecisionPolicy, output_format: str
     for name, spec in ckpt.specs.items():
         if name.endswith(SCALE_SUFFIX):
             continue
-        if name.endswith(".weight") and len(spec.shape) == 2:
+        if is_linear_weight(name, spec.shape):
             layer = name[: -len(".weight")]
             # ComfyUI's legacy scaled_fp8 builds every linear in FP8: a high-precision linear would be cast unscaled
             if output_format == "scaled_fp8" or policy.mode_for(layer, block_order) in FP8_STORAGE_MODES:
@@ -249,7 +249,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike,
                 raise CorruptCheckpointError(f"{src.name} changed while it was being converted (size or time "
                                              "stamp differ): nothing was written. Convert it again once it is complete")
     worst = max(errors, key=errors.get) if errors else None
-    n_linear = sum(1 for n, s in ckpt.specs.items() if n.endswith(".weight") and len(s.shape) == 2)
+    n_linear = sum(1 for n, s in ckpt.specs.items() if is_linear_weight(n, s.shape))
     return ConversionReport(
         str(src), str(dst), output_format, policy.name, info.layout, info.fp8_flavour, info.config,
         len(fp8_layers), n_linear - len(fp8_layers), len(entries), writer.bytes_written, digest,

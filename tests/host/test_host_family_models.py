@@ -170,3 +170,31 @@ def test_v15_fp8_scaled_file_reads_as_comfyui_reads_it(tmp_path, fp8):
     positive = _positive(cfg, extra)
     latent = torch.zeros(1, 32, 3, 4, 4)
     assert _rel(_sample(ours, positive, latent), _sample(stock, positive, latent)) < 1e-4  # measured 2.0e-07 (both)
+
+
+@pytest.mark.parametrize("output_format", ["scaled_fp8", "comfy_quant"])
+def test_converted_v15_file_runs_in_comfyuis_own_loader(tmp_path, output_format):
+    """Our converter's ComfyUI-readable layouts on a 1.5 file: ComfyUI's own loader builds its 1.5 model from the
+    converted file and samples what ours samples from it (ours dequantized here, fp32)."""
+    if "vision_in_dim" not in _fields():
+        pytest.skip("this ComfyUI has no HunyuanVideo 1.5 (0.29+ has)")
+    _comfy()
+    import comfy.sd
+
+    from hyvideo_fp8.hunyuan.checkpoint import load_canonical_state_dict
+    from hyvideo_fp8.hunyuan.checkpoint.convert import convert_checkpoint
+    from hyvideo_fp8.nodes.comfy_model import wrap_transformer
+    from tests.checkpoint_factory import write_checkpoint
+
+    cfg = tiny_variant_config("1.5", meanflow=True, **V15)
+    src, dst = tmp_path / "hv15.safetensors", tmp_path / f"hv15_{output_format}.safetensors"
+    write_checkpoint(src, layout="tencent", config=cfg, dtype=torch.float32)
+    convert_checkpoint(src, dst, "fp8-max", output_format=output_format)
+    sd, info = load_canonical_state_dict(dst)
+    assert info.config == cfg
+    ours = wrap_transformer(load_transformer(sd, None, dtype=torch.float32), cfg, "fp32")
+    stock = comfy.sd.load_diffusion_model(str(dst), model_options={"dtype": torch.float32})
+    _same_model(ours, stock)
+    positive = _positive(cfg, {"clip_vision_output": _vision(5, 1152)})
+    latent = torch.zeros(1, 32, 3, 4, 4)
+    assert _rel(_sample(ours, positive, latent), _sample(stock, positive, latent)) < 1e-4  # measured 2.3e-07 (both)
