@@ -239,9 +239,6 @@ class HunyuanVideoTransformer(nn.Module):
         if frame is not None:
             if frame.numel() not in (1, b):
                 raise ValueError(f"guiding_frame_index must hold 1 or B={b} values, got shape {tuple(frame.shape)}")
-            if self.sequence_parallel is not None:
-                raise ValueError("guiding_frame_index (token replace) cannot run split over several GPUs: run this "
-                                 "image-to-video model on one GPU")
 
     @staticmethod
     def _text_mask(context: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -332,6 +329,7 @@ class HunyuanVideoTransformer(nn.Module):
             del ref, ref_freqs
         if self.sequence_parallel is not None:
             img, freqs = self.sequence_parallel.shard(img, freqs)
+            replaced = self.sequence_parallel.local_prefix(replaced)  # the guiding frame's tokens in this run
         n_img, n_txt = img.shape[1], txt.shape[1]
         rope = RopeTables(freqs, n_txt, ndt, cdt, fused=self.fused_producers)
         key_mask = None
@@ -365,7 +363,7 @@ class HunyuanVideoTransformer(nn.Module):
         if self.sequence_parallel is None:  # the reference tokens leave before the final layer, as in ComfyUI
             out = self.final_layer(joint[:, n_ref:n_img], vec, ndt, replaced)
         else:
-            out = self.final_layer(joint[:, :n_img], vec, ndt)
+            out = self.final_layer(joint[:, :n_img], vec, ndt, replaced)
         del joint
         if self.sequence_parallel is not None:
             out = self.sequence_parallel.gather(out)[:, n_ref:]

@@ -71,6 +71,12 @@ class SequenceParallel:
         start, stop = run_bounds(self._tokens, self.rank)
         return img[:, start:stop].clone(), freqs[start:stop]  # a copy: the full-length input is freed
 
+    def local_prefix(self, n: int) -> int:
+        """How many of the first ``n`` image tokens (e.g. a guiding frame's) lie in this rank's run: they are its
+        first ones."""
+        start, stop = run_bounds(self._tokens, self.rank)
+        return min(max(n - start, 0), stop - start)
+
     def gather(self, out: Tensor) -> Tensor:
         """The final layer's ``[B, tokens here, F]`` of every rank joined in token order, on every rank."""
         tokens, self._tokens = self._tokens, None

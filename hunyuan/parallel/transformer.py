@@ -5,8 +5,9 @@ DIFFUSION_MODEL wrappers through ``forward_wrapper``, the hybrid schedule): the 
 and rank 0's output comes back on the caller's device. What the hybrid schedule changes on a model is carried to
 the ranks with each call: the policy (``set_policy`` or an attention override assigned to ``policy``) and
 ``fp8.apply.compute_override``, which this stand-in records on one small ``FP8Linear`` (``precision_probe``, whose
-own mode is FP8 outside an override). Block replacements and other per-call patches of ``transformer_options``
-cannot run on the ranks: they are reported once and not applied.
+own mode is FP8 outside an override). Of ``transformer_options`` the ranks get the sampler's sigmas (which the
+step-distilled 1.5 model reads); block replacements and attention patches cannot run on the ranks: they are
+reported once and not applied.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from .worker import model_state
 logger = logging.getLogger("hyvideo_fp8")
 
 _PROBE_MODE = ComputeMode.FP8
+# The transformer_options entries the model itself reads (the step-distilled 1.5 model's time_r target); the rest
+# belongs to the host (wrappers and patches run here, around the call).
+_SHIPPED_OPTIONS = ("sigmas", "sample_sigmas")
 
 
 class ParallelTransformer(HunyuanVideoTransformer):
@@ -76,17 +80,21 @@ class ParallelTransformer(HunyuanVideoTransformer):
 
     def _forward(self, x: Tensor, timestep: Tensor, context: Tensor, y: Tensor | None, guidance: Tensor | None,
                  attention_mask: Tensor | None, transformer_options: dict, **kwargs) -> Tensor:
-        self._check_inputs(x, context, y, kwargs, transformer_options)
-        if (transformer_options.get("patches_replace") or {}).get("dit") and "dit" not in self._warned_options:
-            self._warned_options.add("dit")
-            logger.warning("[hyvideo_fp8] block replacements (transformer_options['patches_replace']['dit']) are not "
-                           "run by the multi-GPU model: its blocks run on the GPU workers; use the single-GPU MODEL "
-                           "for the node that set them")
+        # The inputs are checked on the ranks (every rank raises the same error, which comes back as it is).
+        patches = [key for key in ("patches_replace", "patches") if transformer_options.get(key)]
+        if transformer_options.get("optimized_attention_override") is not None:
+            patches.append("optimized_attention_override")
+        if patches and "patches" not in self._warned_options:
+            self._warned_options.add("patches")
+            logger.warning("[hyvideo_fp8] transformer_options %s are not run by the multi-GPU model: its blocks run "
+                           "on the GPU workers; use the single-GPU MODEL for the node that set them", patches)
         inputs: dict[str, Any] = dict(x=x, timestep=timestep, context=context, y=y, guidance=guidance,
                                       attention_mask=attention_mask, **kwargs)
         inputs = {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in inputs.items()}
+        options = {k: v.detach().cpu() for k, v in transformer_options.items() if k in _SHIPPED_OPTIONS}
         mode = self.precision_probe.mode
-        call = {"inputs": inputs, "policy": self.policy, "compute_override": None if mode == _PROBE_MODE else mode}
+        call = {"inputs": inputs, "options": options, "policy": self.policy,
+                "compute_override": None if mode == _PROBE_MODE else mode}
         return self.workers.run(call, self.interrupt_check).to(x.device)
 
 

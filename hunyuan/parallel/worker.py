@@ -105,15 +105,16 @@ class Worker:
 
     @torch.no_grad()
     def forward(self, call: dict[str, Any]) -> Tensor | None:
-        """One model call: ``call`` holds the forward's tensors (CPU), the policy to run under and the hybrid
-        schedule's compute override (or None). Rank 0 returns the output on the CPU, the others None."""
+        """One model call: ``call`` holds the forward's tensors and the transformer options the model reads (CPU),
+        the policy to run under and the hybrid schedule's compute override (or None). Rank 0 returns the output on
+        the CPU, the others None."""
         model = self.model
         if call["policy"] != model.policy:
             model.set_policy(call["policy"])
         inputs = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in call["inputs"].items()}
         override = call["compute_override"]
         with compute_override(model, override) if override is not None else nullcontext(), self.parallel.active():
-            out = model(**inputs, transformer_options={})
+            out = model(**inputs, transformer_options={k: v.to(self.device) for k, v in call["options"].items()})
         return out.cpu() if self.rank == 0 else None
 
 
