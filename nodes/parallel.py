@@ -21,6 +21,20 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return next((name for name, d in HIGH_PRECISION_DTYPES.items() if d == dtype), "bf16")
 
 
+def check_unpatched(model) -> None:
+    """Refuse a MODEL that carries patches the workers would not see: weight patches (LoRA) and object patches
+    (ModelSamplingSD3's shift, ...) live on the ComfyUI side of the MODEL, the workers build theirs from the weights."""
+    found = []
+    if getattr(model, "patches", None):
+        found.append(f"weight patches on {len(model.patches)} weights (a LoRA)")
+    if getattr(model, "object_patches", None):
+        found.append(f"object patches of {sorted(model.object_patches)} (e.g. ModelSamplingSD3)")
+    if found:
+        raise ValueError(f"this MODEL carries {' and '.join(found)}, which the GPU workers would not see: connect the "
+                         "HunyuanVideo FP8 Multi-GPU node straight to the loader's output and put ModelSamplingSD3 "
+                         "and other model nodes after it (LoRA is not supported on several GPUs)")
+
+
 class HyVideoFP8MultiGPU:
     """ComfyUI node: the loader's model on several GPUs."""
 
@@ -41,7 +55,8 @@ class HyVideoFP8MultiGPU:
                 "model": ("MODEL", {"tooltip": "The MODEL from the HunyuanVideo FP8 Loader."}),
                 "gpus": ("INT", {"default": 2, "min": 2, "max": 64, "tooltip": (
                     "GPUs to run the model on, one worker each. At most the model's attention heads (24 for "
-                    "HunyuanVideo); counts that divide the heads (2, 3, 4, 6, 8, 12, 24) share attention evenly.")}),
+                    "HunyuanVideo 1.0, 16 for 1.5); counts that divide them share attention evenly (2, 3, 4, 6 or 8 "
+                    "GPUs for 1.0; 2, 4 or 8 for 1.5).")}),
             },
             "optional": {
                 "ray_address": ("STRING", {"default": "", "tooltip": (
@@ -58,6 +73,7 @@ class HyVideoFP8MultiGPU:
         from .comfy_model import PACK_KEY, our_transformer, wrap_transformer
 
         source = our_transformer(model)
+        check_unpatched(model)
         require_ray()
         previous = getattr(self, "_workers", None)  # this node's last model: its GPUs are needed now
         if previous is not None:

@@ -19,14 +19,15 @@ from tests.tiny_model import rel  # noqa: E402
 BOUND = 1e-5
 
 
-def on_two_workers(prompt: dict) -> dict:
-    """``prompt`` with the loader's MODEL passed through the multi-GPU node (2 workers) to whatever used it."""
-    loader = find(prompt, "HyVideoFP8Loader")
+def on_two_workers(prompt: dict, after: str = "HyVideoFP8Loader") -> dict:
+    """``prompt`` with the MODEL of the ``after`` node passed through the multi-GPU node (2 workers) to whatever
+    used it."""
+    source = find(prompt, after)
     for entry in prompt.values():
         for key, value in entry["inputs"].items():
-            if value == [loader, 0]:
+            if value == [source, 0]:
                 entry["inputs"][key] = ["91", 0]
-    prompt["91"] = {"class_type": "HyVideoFP8MultiGPU", "inputs": {"model": [loader, 0], "gpus": 2}}
+    prompt["91"] = {"class_type": "HyVideoFP8MultiGPU", "inputs": {"model": [source, 0], "gpus": 2}}
     return prompt
 
 
@@ -60,3 +61,13 @@ def test_interrupt_leaves_the_workers_usable(host):
     after = latent_of(host, host.run(on_two_workers(
         save_latent_instead_of_video(host.tiny_prompt(OURS, steps=4), "latents/parallel-after"))))
     assert torch.equal(before, after)
+
+
+def test_a_patched_model_is_refused_with_the_way_out(host):
+    """ModelSamplingSD3 before the node would be lost on the workers: a clear error, and the server goes on."""
+    prompt = on_two_workers(save_latent_instead_of_video(host.tiny_prompt(NATIVE), "latents/patched"),
+                            after="ModelSamplingSD3")
+    with pytest.raises(Exception, match="straight to the loader's output"):
+        host.run(prompt)
+    fine = host.run(on_two_workers(save_latent_instead_of_video(host.tiny_prompt(NATIVE), "latents/unpatched")))
+    assert fine["status"]["status_str"] == "success"
