@@ -128,6 +128,8 @@ class WorkerGroup:
         alike = all(f is not None and type(f) is type(first) and str(f) == str(first) for f in failures)
         if alike:
             raise first  # the model's own error, the same on every rank: the group is consistent
+        logger.error("[hyvideo_fp8] rank %d of the multi-GPU model failed:\n%s", rank,
+                     _remote_traceback(ray, refs[rank]))
         self.shutdown()
         waiting = " and the other ranks were left waiting for it" if still else ""
         raise WorkerError(f"rank {rank} of the multi-GPU model failed ({type(first).__name__}: {first}){waiting}; "
@@ -143,6 +145,17 @@ def _failure(ray, ref) -> BaseException | None:
     except ray.exceptions.RayActorError as err:
         return err
     return None
+
+
+def _remote_traceback(ray, ref) -> str:
+    """The failed call's traceback on its rank, as Ray reports it."""
+    try:
+        ray.get(ref)
+    except ray.exceptions.RayTaskError as err:
+        return getattr(err, "traceback_str", None) or str(err)
+    except Exception as err:  # a Ray error without a remote traceback
+        return str(err)
+    return ""
 
 
 def _kill(ray, actors: list) -> None:
