@@ -63,15 +63,20 @@ def build_model(state: dict[str, Any], device: torch.device) -> HunyuanVideoTran
     policy = state["policy"]
     model = load_transformer(_Weights(state["state_dict"]), policy, device, dtype=None if policy else state["dtype"],
                              config=state["config"], consume=True)
-    kernel_plan(model, device, model.dtype)
-    model.kernel_plans = {key: dataclasses.replace(plan, quant_prologue=Kernel.NONE)
-                          for key, plan in model.kernel_plans.items()}
+    plan_without_quantizing_prologue(model, device)
     return model
 
 
+def plan_without_quantizing_prologue(model: HunyuanVideoTransformer, device: torch.device) -> None:
+    """Make the model's kernel plan for its compute dtype, then take the quantizing prologue out of its plans."""
+    kernel_plan(model, device, model.dtype)
+    model.kernel_plans = {key: dataclasses.replace(plan, quant_prologue=Kernel.NONE)
+                          for key, plan in model.kernel_plans.items()}
+
+
 class Worker:
-    """A Ray actor class (``ray.remote(Worker)``): ``address`` on rank 0, then ``setup`` on every rank, then
-    ``forward`` on every rank for each model call."""
+    """One rank, hosted by a Ray actor (``bootstrap.PackActor``): ``address`` on rank 0, then ``setup`` on every
+    rank, then ``forward`` on every rank for each model call."""
 
     def __init__(self) -> None:
         self.rank = -1
@@ -111,6 +116,7 @@ class Worker:
         model = self.model
         if call["policy"] != model.policy:
             model.set_policy(call["policy"])
+            plan_without_quantizing_prologue(model, self.device)  # another compute dtype has another plan
         inputs = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in call["inputs"].items()}
         override = call["compute_override"]
         with compute_override(model, override) if override is not None else nullcontext(), self.parallel.active():
@@ -118,4 +124,4 @@ class Worker:
         return out.cpu() if self.rank == 0 else None
 
 
-__all__ = ["Worker", "model_state", "build_model", "raw_bytes", "from_raw_bytes"]
+__all__ = ["Worker", "model_state", "build_model", "plan_without_quantizing_prologue", "raw_bytes", "from_raw_bytes"]
