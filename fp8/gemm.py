@@ -6,13 +6,20 @@ never reads a tensor value on the host (no ``.item()``, no branching on data), s
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from .formats import GEMM_ALIGNMENT, is_fp8
 
+logger = logging.getLogger("hyvideo_fp8")
+
 __all__ = ["scaled_gemm", "rowwise_supported"]
 
 _ROWWISE_SUPPORT: dict[tuple[str, int | None, torch.dtype], bool] = {}
+_UNSUPPORTED_SHAPES: set[tuple] = set()  # GEMMs cuBLASLt has no kernel for, each warned about once
+_ALIGN_BYTES = 16  # cuBLASLt reads FP8 operands and scale vectors from 16-byte aligned addresses
+_PAD_ROWS = 64
 
 
 def rowwise_supported(device: torch.device, out_dtype: torch.dtype = torch.bfloat16) -> bool:
@@ -98,11 +105,46 @@ def scaled_gemm(
         if bias is not None:
             out = out + bias.float()
         return out.to(out_dtype)
-    out = torch._scaled_mm(
-        a_q, w_t, scale_a=scale_a, scale_b=scale_b,
-        bias=bias.to(out_dtype) if bias is not None and fused_bias else None,
-        out_dtype=out_dtype, use_fast_accum=use_fast_accum,
-    )
+    a_q, scale_a, scale_b = _aligned(a_q), _aligned(scale_a), _aligned(scale_b)
+    fused = bias.to(out_dtype) if bias is not None and fused_bias else None
+    try:
+        out = torch._scaled_mm(a_q, w_t, scale_a=scale_a, scale_b=scale_b, bias=fused, out_dtype=out_dtype,
+                               use_fast_accum=use_fast_accum)
+    except RuntimeError as e:
+        if "NOT_SUPPORTED" not in str(e):
+            raise
+        out = _without_kernel_for_shape(a_q, w_t, scale_a, scale_b, fused, out_dtype, use_fast_accum)
     if bias is not None and not fused_bias:
         out = out + bias.to(out_dtype)
     return out
+
+
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of it where a view left its address off cuBLASLt's alignment (a pointer check, no sync)."""
+    return t if t.data_ptr() % _ALIGN_BYTES == 0 else t.clone()
+
+
+def _without_kernel_for_shape(a_q: torch.Tensor, w_t: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor,
+                              bias: torch.Tensor | None, out_dtype: torch.dtype, use_fast_accum: bool) -> torch.Tensor:
+    """cuBLASLt found no FP8 kernel for this GEMM (seen for a few rows against a long K): the rows padded to a multiple
+    of 64 with the standard accumulator, and if that has no kernel either, the dequantized matmul. Logged once per
+    shape: the result stays exact, only that GEMM runs slower."""
+    m, n, k = a_q.shape[0], w_t.shape[1], a_q.shape[1]
+    shape = (m, n, k, out_dtype, use_fast_accum, a_q.device.type)
+    if shape not in _UNSUPPORTED_SHAPES:
+        _UNSUPPORTED_SHAPES.add(shape)
+        logger.warning("[hyvideo_fp8] cuBLASLt has no FP8 kernel for a [%d x %d] x [%d x %d] GEMM (fast accumulation "
+                       "%s): it runs with padded rows or dequantized instead", m, k, k, n, use_fast_accum)
+    pad = -m % _PAD_ROWS
+    rows = torch.nn.functional.pad(a_q.view(torch.uint8), (0, 0, 0, pad)).view(a_q.dtype)
+    row_scale = scale_a if scale_a.numel() == 1 else torch.nn.functional.pad(scale_a, (0, 0, 0, pad), value=1.0)
+    try:
+        return torch._scaled_mm(rows, w_t, scale_a=row_scale, scale_b=scale_b, bias=bias, out_dtype=out_dtype,
+                                use_fast_accum=False)[:m]
+    except RuntimeError as e:
+        if "NOT_SUPPORTED" not in str(e):
+            raise
+    out = (a_q.to(torch.float32) * scale_a.reshape(-1, 1)) @ (w_t.to(torch.float32) * scale_b.reshape(1, -1))
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype)
