@@ -63,8 +63,9 @@ _UNSUPPORTED_INPUTS = ("control",)
 _MODULE_INPUTS = {"txt_byt5": "byt5_in", "clip_fea": "vision_in"}
 # The block replacements of ``transformer_options["patches_replace"]["dit"]`` this model calls.
 _BLOCK_REPLACEMENTS = ("double_block", "single_block")
-# 32k tokens: the largest per-chunk intermediate (linear1's 21504 features in bf16) is 1.4 GB at hidden 3072,
-# and each GEMM still has M >= 32k rows (full tensor-core occupancy). 720p (118,800 tokens) runs in 4 chunks.
+# Token-wise work runs over chunks of this many tokens: the largest per-chunk intermediate is linear1's output
+# (3 * hidden + mlp_hidden features), and each GEMM still has M >= 32k rows (full tensor-core occupancy); the peak
+# memory and speed of other chunk sizes are measured by bench/bench_memory.py --token-chunks.
 DEFAULT_TOKEN_CHUNK = 32768
 
 

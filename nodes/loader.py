@@ -13,6 +13,7 @@ from ..fp8.formats import HIGH_PRECISION_DTYPES, ComputeMode
 from ..fp8.hardware import fp8_compute_support
 from ..fp8.policy import PrecisionPolicy
 from ..hunyuan.config import HunyuanConfig
+from ..hunyuan.plan import kernel_plan
 from ..hunyuan.policies import DEFAULT_PRESET, PRESETS
 from .model_files import diffusion_model_files
 from .model_patcher import BLOCK_SWAP_MODES, parse_block_swap
@@ -119,6 +120,8 @@ class HyVideoFP8Loader:
         dtype = HIGH_PRECISION_DTYPES[node_policy.policy.compute_dtype]
         transformer, cfg, info = load_model_file(path, node_policy, mm.get_torch_device(), mm.unet_offload_device(),
                                                  check_config=lambda c: comfy_model_config(c, dtype))
+        # which kernel runs each part on the GPU it will sample on: decided and logged once, at load
+        kernel_plan(transformer, mm.get_torch_device(), dtype)
         model = wrap_transformer(transformer, cfg, node_policy.policy.compute_dtype, node_policy.hybrid,
                                  info={"policy": node_policy.policy.to_dict(), "file": model_name}, block_swap=swap)
         logger.info("[hyvideo_fp8] loaded %s (%s) under policy '%s' (hybrid steps %s)", model_name, cfg.describe(),

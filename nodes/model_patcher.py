@@ -86,7 +86,13 @@ def patcher_class():
                     logger.warning("[hyvideo_fp8] ComfyUI can give this model %s of GPU memory, it needs %s: loading "
                                    "it whole anyway (block_swap is off; set block_swap to auto on the loader to "
                                    "stream the blocks that do not fit)", _gib(budget), _gib(self.model_size()))
-                super().load(device_to, 0, force_patch_weights, full_load=True)
+                try:
+                    super().load(device_to, 0, force_patch_weights, full_load=True)
+                except torch.OutOfMemoryError as e:
+                    raise torch.OutOfMemoryError(
+                        f"the HunyuanVideo FP8 model ({_gib(self.model_size())}) does not fit in GPU memory with "
+                        f"block_swap {self.block_swap!r}: set block_swap to auto on the HunyuanVideo FP8 Loader to "
+                        "stream the blocks that do not fit from host memory") from e
                 return
             self._load_streaming(plan, device_to, budget, force_patch_weights)
 

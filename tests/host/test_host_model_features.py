@@ -105,3 +105,20 @@ def test_torch_compile_model_runs_our_model(host):
     assert torch.isfinite(compiled).all()
     # bf16 both: inductor fuses and rounds differently from eager (measured 1.1e-2 on 0.29.0's CPU inductor)
     assert rel(compiled, plain) < 3e-2, rel(compiled, plain)
+
+
+def test_ten_prompts_in_a_row_hold_a_constant_memory(host):
+    """The same loaded MODEL sampling ten prompts (new noise each time): the server's resident memory settles
+    instead of growing with every prompt (no tensors kept per run by our model, patcher or wrappers)."""
+    import psutil
+
+    server = psutil.Process(host.proc.pid)
+    sizes = []
+    for seed in range(10):
+        prompt = native_prompt(host, f"latents/leak_{seed}", stock=False, preset="fp8-balanced")
+        prompt[find(prompt, "RandomNoise")]["inputs"]["noise_seed"] = 100 + seed
+        run_logged(host, prompt)
+        sizes.append(server.memory_info().rss)
+    growth = sizes[-1] - sizes[2]
+    print("resident MiB per prompt:", [round(s / 2**20) for s in sizes])
+    assert growth < 32 * 2**20, [round(s / 2**20) for s in sizes]
