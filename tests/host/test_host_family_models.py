@@ -13,7 +13,8 @@ import torch
 
 from hyvideo_fp8.hunyuan.config import tiny_variant_config
 from hyvideo_fp8.hunyuan.loader import load_transformer
-from tests.host.test_host_family_parity import COMFY_BYT5, _comfy, _fields, _rel, _weights
+from tests.host.native import comfy_on_cpu
+from tests.host.test_host_family_parity import COMFY_BYT5, _fields, _rel, _weights
 
 # What ComfyUI's detection can express: head dim 128, RoPE axes (16, 56, 56), a 768-d pooled vector for v1.
 V1 = dict(hidden_size=128, num_heads=1, axes_dim=(16, 56, 56), depth=1, vec_in_dim=768)
@@ -22,7 +23,7 @@ V15 = dict(hidden_size=128, num_heads=1, axes_dim=(16, 56, 56), depth=2, byt5_di
 
 def _both(cfg, seed: int = 0):
     """(ours, ComfyUI's own) MODEL of the same random weights, fp32."""
-    _comfy()
+    comfy_on_cpu()
     import comfy.sd
 
     from hyvideo_fp8.nodes.comfy_model import wrap_transformer
@@ -117,7 +118,7 @@ def test_v15_models(variant, meanflow):
 
 
 def test_v15_on_a_comfyui_without_it_names_the_version_needed():
-    _comfy()
+    comfy_on_cpu()
     import comfy.supported_models
 
     if hasattr(comfy.supported_models, "HunyuanVideo15"):
@@ -150,7 +151,7 @@ def test_v15_fp8_scaled_file_reads_as_comfyui_reads_it(tmp_path, fp8):
     ours read the same weights (ours dequantized here, fp32), so the samples agree."""
     if "vision_in_dim" not in _fields():
         pytest.skip("this ComfyUI has no HunyuanVideo 1.5 (0.29+ has)")
-    _comfy()
+    comfy_on_cpu()
     import comfy.sd
 
     from hyvideo_fp8.hunyuan.checkpoint import load_canonical_state_dict
@@ -178,7 +179,7 @@ def test_converted_v15_file_runs_in_comfyuis_own_loader(tmp_path, output_format)
     converted file and samples what ours samples from it (ours dequantized here, fp32)."""
     if "vision_in_dim" not in _fields():
         pytest.skip("this ComfyUI has no HunyuanVideo 1.5 (0.29+ has)")
-    _comfy()
+    comfy_on_cpu()
     import comfy.sd
 
     from hyvideo_fp8.hunyuan.checkpoint import load_canonical_state_dict

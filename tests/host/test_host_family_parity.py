@@ -9,42 +9,20 @@ Runs only when ``COMFYUI_PATH`` points at a ComfyUI source tree that imports; th
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 
 import pytest
 import torch
 
 from hyvideo_fp8.hunyuan.config import canonical_shapes, detect_config, tiny_variant_config
 from hyvideo_fp8.hunyuan.loader import load_transformer, random_state_dict
+from tests.host.native import comfy_on_cpu
 
 BOUND = 1e-4  # the v1 parity bound (tests/host/test_host_model_parity.py)
 COMFY_BYT5 = (1472, 2048, 2048)  # ComfyUI builds the byT5 mapper at these sizes whatever the checkpoint says
 
 
-def _comfy():
-    path = os.environ.get("COMFYUI_PATH")
-    if not path or not os.path.isdir(os.path.join(path, "comfy")):
-        pytest.skip("set COMFYUI_PATH to a ComfyUI source tree to run the host parity test")
-    if path not in sys.path:
-        sys.path.insert(0, path)
-    try:
-        import comfy.options
-
-        comfy.options.enable_args_parsing(False)
-        import comfy.cli_args
-
-        comfy.cli_args.args.cpu = True  # must precede comfy.model_management (device selection at import)
-        import comfy.model_management  # noqa: F401
-        import comfy.ops
-        from comfy.ldm.hunyuan_video import model
-    except Exception as e:  # a tree that does not import is an environment problem, not a parity failure
-        pytest.skip(f"ComfyUI at {path} does not import here: {e!r}")
-    return model, comfy.ops.disable_weight_init
-
-
 def _fields() -> set[str]:
-    model, _ = _comfy()
+    model, _ = comfy_on_cpu()
     return {f.name for f in dataclasses.fields(model.HunyuanVideoParams)}
 
 
@@ -91,7 +69,7 @@ def _native_params(cfg) -> dict:
 
 def _models(cfg, seed: int):
     """ComfyUI's model (its state-dict spelling from its own ``process_unet_state_dict``) and ours, same weights."""
-    model, ops = _comfy()
+    model, ops = comfy_on_cpu()
     import comfy.supported_models
 
     sd = _weights(cfg, seed)
@@ -280,7 +258,7 @@ def test_detection_agrees_with_comfyui(variant, comfy_class):
     the config fields ours detects."""
     if variant.startswith("1.5"):
         _needs_15()
-    _comfy()
+    comfy_on_cpu()
     import comfy.model_detection
 
     over = dict(_STOCK)

@@ -6,37 +6,13 @@ Runs only when ``COMFYUI_PATH`` points at a ComfyUI source tree that imports (e.
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 import torch
 
 from hyvideo_fp8.hunyuan.config import tiny_config
 from hyvideo_fp8.hunyuan.loader import load_transformer, random_state_dict
 from hyvideo_fp8.hunyuan.policies import get_preset
-
-
-def _import_comfy():
-    path = os.environ.get("COMFYUI_PATH")
-    if not path or not os.path.isdir(os.path.join(path, "comfy")):
-        pytest.skip("set COMFYUI_PATH to a ComfyUI source tree to run the host parity test")
-    if path not in sys.path:
-        sys.path.insert(0, path)
-    try:
-        import comfy.options
-
-        comfy.options.enable_args_parsing(False)
-        import comfy.cli_args
-
-        comfy.cli_args.args.cpu = True  # must precede comfy.model_management (device selection at import)
-        import comfy.model_management  # noqa: F401
-        import comfy.ops
-        from comfy.ldm.hunyuan_video.model import HunyuanVideo
-    except Exception as e:  # a tree that does not import is an environment problem, not a parity failure
-        pytest.skip(f"ComfyUI at {path} does not import here: {e!r}")
-    return HunyuanVideo, comfy.ops.disable_weight_init
-
+from tests.host.native import comfy_on_cpu
 
 CFG = tiny_config()
 
@@ -72,7 +48,8 @@ def _native_params() -> dict:
 def _models(seed: int):
     """ComfyUI's own model (its state dict spelling applied by its own ``process_unet_state_dict``) and ours, from
     the same weights."""
-    HunyuanVideo, ops = _import_comfy()
+    native, ops = comfy_on_cpu()
+    HunyuanVideo = native.HunyuanVideo
     import comfy.supported_models
 
     sd = _weights(seed)
