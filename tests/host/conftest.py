@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -124,6 +125,23 @@ class Host:
             return client.run(prompt, on_event)
         finally:
             client.close()
+
+    def run_and_interrupt(self, prompt: dict, at_step: int) -> None:
+        """Queue ``prompt`` and interrupt it (``POST /interrupt``) once its progress reaches ``at_step``."""
+        client = self.client()
+        stopped = threading.Event()
+
+        def interrupt_on_progress(message):
+            if message["type"] == "progress" and message["data"]["value"] >= at_step and not stopped.is_set():
+                stopped.set()
+                client.interrupt()
+
+        try:
+            with pytest.raises(Exception, match="interrupted"):
+                client.run(prompt, interrupt_on_progress)
+        finally:
+            client.close()
+        assert stopped.is_set(), "the prompt ended before it was interrupted"
 
 
 def find(prompt: dict, class_type: str) -> str:

@@ -4,8 +4,6 @@ Skipped without Ray."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
@@ -46,18 +44,7 @@ def test_interrupt_leaves_the_workers_usable(host):
         save_latent_instead_of_video(host.tiny_prompt(OURS, steps=4), "latents/parallel-before"))))
     long = on_two_workers(save_latent_instead_of_video(host.tiny_prompt(OURS, steps=500), "latents/parallel-long"))
     long[find(long, "HyVideoFP8Sampler")]["inputs"].update(hybrid_first_steps=500)  # as the 4-step runs: no FP8
-    client = host.client()
-    stopped = threading.Event()
-
-    def interrupt_on_progress(message):
-        if message["type"] == "progress" and message["data"]["value"] >= 2 and not stopped.is_set():
-            stopped.set()
-            client.interrupt()
-
-    with pytest.raises(Exception, match="interrupted"):
-        client.run(long, interrupt_on_progress)
-    client.close()
-    assert stopped.is_set()
+    host.run_and_interrupt(long, at_step=2)
     after = latent_of(host, host.run(on_two_workers(
         save_latent_instead_of_video(host.tiny_prompt(OURS, steps=4), "latents/parallel-after"))))
     assert torch.equal(before, after)

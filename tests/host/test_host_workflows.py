@@ -4,7 +4,6 @@ video, agree with each other, and an interrupted prompt leaves the server and th
 from __future__ import annotations
 
 import copy
-import threading
 
 import pytest
 import torch
@@ -109,18 +108,7 @@ def test_interrupt_leaves_server_and_model_usable(host):
     long = save_latent_instead_of_video(host.tiny_prompt(OURS, steps=500), "latents/long")
     sampler = find(long, "HyVideoFP8Sampler")
     long[sampler]["inputs"].update(hybrid_first_steps=500)  # interrupted inside a high-precision stretch
-    client = host.client()
-    stopped = threading.Event()
-
-    def interrupt_on_progress(message):
-        if message["type"] == "progress" and message["data"]["value"] >= 2 and not stopped.is_set():
-            stopped.set()
-            client.interrupt()
-
-    with pytest.raises(Exception, match="interrupted"):
-        client.run(long, interrupt_on_progress)
-    client.close()
-    assert stopped.is_set()
+    host.run_and_interrupt(long, at_step=2)
 
     again = save_latent_instead_of_video(host.tiny_prompt(OURS, steps=4), "latents/after")
     again[sampler]["inputs"].update(hybrid_first_steps=2, hybrid_last_steps=2)  # = the policy's: new inputs only
