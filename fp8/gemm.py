@@ -120,8 +120,11 @@ def scaled_gemm(
 
 
 def _aligned(t: torch.Tensor) -> torch.Tensor:
-    """``t``, or a copy of it where a view left its address off cuBLASLt's alignment (a pointer check, no sync)."""
-    return t if t.data_ptr() % _ALIGN_BYTES == 0 else t.clone()
+    """``t``, or a copy of it where a view left its address off cuBLASLt's alignment (a pointer check, no sync).
+    Under torch.compile there is no address to check: its buffers are allocated aligned."""
+    if torch.compiler.is_compiling() or t.data_ptr() % _ALIGN_BYTES == 0:
+        return t
+    return t.clone()
 
 
 def _without_kernel_for_shape(a_q: torch.Tensor, w_t: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor,

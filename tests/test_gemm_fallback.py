@@ -38,3 +38,10 @@ def test_misaligned_views_give_the_same_result():
     assert a_s[1:].data_ptr() % 16 != 0  # a row offset of one fp32 scale
     got = gemm.scaled_gemm(a_q[1:], a_s[1:], w_q, w_s, bias)
     assert torch.equal(got, want)
+
+
+def test_scaled_gemm_traces_whole_under_torch_compile():
+    """The alignment check reads an address only in eager mode: torch.compile traces scaled_gemm in one graph."""
+    a_q, a_s, w_q, w_s, bias = operands(16, 32, 64, seed=3)
+    compiled = torch.compile(gemm.scaled_gemm, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(a_q, a_s, w_q, w_s, bias), gemm.scaled_gemm(a_q, a_s, w_q, w_s, bias))
