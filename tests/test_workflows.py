@@ -1,7 +1,8 @@
 """Shipped workflows: valid UI (litegraph 0.4) and API JSON, the two formats agree, every node type exists.
 
-Core node schemas are listed here (ComfyUI 0.3.64); ``tests/host/test_host_workflows.py`` checks this list against a
-real server's ``/object_info``. Our nodes' schemas come from ``hyvideo_fp8.nodes`` directly.
+Core node schemas are listed here (ComfyUI 0.3.64, plus the HunyuanVideo 1.5 nodes that came later: see
+``NEWER_CORE_NODES``); ``tests/host/test_host_nodes.py`` checks this list against a real server's ``/object_info``.
+Our nodes' schemas come from ``hyvideo_fp8.nodes`` directly.
 """
 
 import json
@@ -42,8 +43,27 @@ CORE_NODES: dict[str, tuple[list[tuple[str, str]], set[str], list[str]]] = {
     "CreateVideo": ([("images", "IMAGE"), ("fps", "WIDGET"), ("audio", "AUDIO")], set(), ["VIDEO"]),
     "SaveVideo": ([("video", "VIDEO"), ("filename_prefix", "WIDGET"), ("format", "WIDGET"), ("codec", "WIDGET")],
                   set(), []),
+    "CFGGuider": ([("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("cfg", "WIDGET")],
+                  set(), ["GUIDER"]),
+    "LoadImage": ([("image", "WIDGET")], set(), ["IMAGE", "MASK"]),
+    "CLIPVisionLoader": ([("clip_name", "WIDGET")], set(), ["CLIP_VISION"]),
+    "CLIPVisionEncode": ([("clip_vision", "CLIP_VISION"), ("image", "IMAGE"), ("crop", "WIDGET")], set(),
+                         ["CLIP_VISION_OUTPUT"]),
+    "EmptyHunyuanVideo15Latent": ([("width", "WIDGET"), ("height", "WIDGET"), ("length", "WIDGET"),
+                                   ("batch_size", "WIDGET")], set(), ["LATENT"]),
+    "HunyuanVideo15ImageToVideo": ([("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("vae", "VAE"),
+                                    ("width", "WIDGET"), ("height", "WIDGET"), ("length", "WIDGET"),
+                                    ("batch_size", "WIDGET"), ("start_image", "IMAGE"),
+                                    ("clip_vision_output", "CLIP_VISION_OUTPUT")], set(),
+                                   ["CONDITIONING", "CONDITIONING", "LATENT"]),
 }
-CORE_OPTIONAL = {("DualCLIPLoader", "device"), ("CreateVideo", "audio")}
+CORE_OPTIONAL = {("DualCLIPLoader", "device"), ("CreateVideo", "audio"), ("HunyuanVideo15ImageToVideo", "start_image"),
+                 ("HunyuanVideo15ImageToVideo", "clip_vision_output")}
+# core nodes that ComfyUI 0.3.64 lacks -> the first ComfyUI release that has them (HunyuanVideo 1.5)
+NEWER_CORE_NODES = {"EmptyHunyuanVideo15Latent": "0.3.71", "HunyuanVideo15ImageToVideo": "0.3.71"}
+# values the frontend stores after a node's declared widgets (LoadImage's upload button)
+UI_ONLY_WIDGET_VALUES = {"LoadImage": ["image"]}
+HUNYUAN_15 = "hunyuan_video15_"  # the 1.5 workflows' file-name prefix
 
 
 def our_nodes() -> dict:
@@ -87,12 +107,36 @@ def test_every_ui_workflow_has_an_api_twin_and_vice_versa():
 
 
 def test_workflows_cover_both_sampling_paths():
-    used = {p.name: {n["type"] for n in load_pair(p)[0]["nodes"]} for p in PAIRS}
+    used = {p.name: {n["type"] for n in load_pair(p)[0]["nodes"]} for p in PAIRS if not p.name.startswith(HUNYUAN_15)}
     assert any({"HyVideoFP8Loader", "ModelSamplingSD3", "SamplerCustomAdvanced", "FluxGuidance"} <= u
                for u in used.values())
     assert any({"HyVideoFP8Loader", "HyVideoFP8Sampler"} <= u for u in used.values())
     for u in used.values():
         assert {"DualCLIPLoader", "CLIPTextEncode", "VAELoader", "EmptyHunyuanLatentVideo"} <= u
+
+
+def test_hunyuan_15_workflows_use_comfyuis_own_15_nodes():
+    """Text-to-video, image-to-video and the step-distilled image-to-video, each on ComfyUI's 1.5 text encoder
+    (Qwen2.5-VL + byT5), VAE, latent / image conditioning and native sampling, with our loader for the model."""
+    pairs = {p.stem[len(HUNYUAN_15):]: load_pair(p) for p in PAIRS if p.name.startswith(HUNYUAN_15)}
+    assert sorted(pairs) == ["fp8_i2v", "fp8_i2v_step_distilled", "fp8_t2v"]
+    base = {"DualCLIPLoader", "CLIPTextEncode", "VAELoader", "HyVideoFP8Loader", "ModelSamplingSD3", "CFGGuider",
+            "SamplerCustomAdvanced", "VAEDecode", "CreateVideo", "SaveVideo"}
+    i2v = {"LoadImage", "CLIPVisionLoader", "CLIPVisionEncode", "HunyuanVideo15ImageToVideo"}
+    for name, (ui, api) in pairs.items():
+        used = {n["type"] for n in ui["nodes"]}
+        assert used >= base | (i2v if "i2v" in name else {"EmptyHunyuanVideo15Latent"}), name
+        assert not used & {"UNETLoader", "EmptyHunyuanLatentVideo", "FluxGuidance"}, name
+        by_type = {e["class_type"]: e["inputs"] for e in api.values()}
+        assert by_type["DualCLIPLoader"]["type"] == "hunyuan_video_15"
+        assert by_type["ModelSamplingSD3"]["shift"] >= 5.0
+        if "i2v" in name:  # the image reaches the model both as VAE latent and as SigLIP states
+            i2v_node = by_type["HunyuanVideo15ImageToVideo"]
+            assert i2v_node["start_image"] and i2v_node["clip_vision_output"]
+    # the step-distilled model runs few steps without CFG (it was distilled with guidance)
+    distilled = {e["class_type"]: e["inputs"] for e in pairs["fp8_i2v_step_distilled"][1].values()}
+    assert distilled["CFGGuider"]["cfg"] == 1.0 and distilled["BasicScheduler"]["steps"] <= 12
+    assert "step_distilled" in distilled["HyVideoFP8Loader"]["model_name"]
 
 
 @pytest.mark.parametrize("ui_path", PAIRS, ids=lambda p: p.stem)
@@ -127,6 +171,7 @@ def test_ui_and_api_agree(ui_path):
             if name in controls:
                 expected.append(node["widgets_values"][len(expected)])
                 assert expected[-1] in SEED_CONTROLS
+        expected += UI_ONLY_WIDGET_VALUES.get(node["type"], [])
         assert node["widgets_values"] == expected, f"{node['type']} widgets differ between UI and API"
         # sockets: same links in both formats, types consistent with both ends
         sockets = [(n, k) for n, k in inputs if k != "WIDGET"]

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+import torch
 
-from hyvideo_fp8.hunyuan.config import tiny_config
+from hyvideo_fp8.hunyuan.config import tiny_config, tiny_variant_config
 from tests.checkpoint_factory import write_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +44,17 @@ STOCK_MODEL = "hyvideo_tiny_stock_bf16.safetensors"
 FP8_MODEL = "hyvideo_tiny_fp8_ours.safetensors"
 VAE = "hyvideo_tiny_vae.safetensors"
 STARTUP_TIMEOUT_S = 180
+# HunyuanVideo 1.5 (fixture ``family_files``): T2V and I2V share one architecture; the step-distilled I2V adds meanflow
+# at the sizes ComfyUI's own detection can express (head dim 128, RoPE axes (16, 56, 56), its fixed byT5 mapper and
+# SigLIP width), so that its UNETLoader runs the same files
+_COMFY15 = dict(hidden_size=128, num_heads=1, axes_dim=(16, 56, 56), depth=2, byt5_dims=(1472, 2048, 2048),
+                vision_in_dim=1152)
+CFG15 = tiny_variant_config("1.5", **_COMFY15)
+CFG15_DISTILLED = tiny_variant_config("1.5", meanflow=True, **_COMFY15)
+MODEL15 = "hyvideo15_tiny_bf16.safetensors"
+MODEL15_DISTILLED = "hyvideo15_tiny_step_distilled_bf16.safetensors"
+VAE15 = "hyvideo15_tiny_vae.safetensors"
+START_IMAGE = "hyvideo_start.png"
 
 _VAE_SCRIPT = r"""
 import sys, torch
@@ -62,6 +74,27 @@ for k, v in vae.first_stage_model.state_dict().items():
         continue
     norm = "norm" in k and k.endswith(".weight")
     out[k] = (torch.ones(v.shape) if norm else torch.randn(v.shape, generator=g) * 0.02).to(torch.bfloat16)
+save_file(out, sys.argv[1])
+print(len(out), sum(t.numel() for t in out.values()))
+"""
+
+# HunyuanVideo 1.5's latent (32 channels, 16x spatial, 4x temporal) through ComfyUI's own VAE class: its tiny
+# autoencoder for 1.5 (lighttae), which ComfyUI detects from these two keys; the full 1.5 VAE has 1.3B parameters.
+_VAE15_SCRIPT = r"""
+import sys, torch
+from safetensors.torch import save_file
+import comfy.options
+comfy.options.enable_args_parsing(False)
+import comfy.cli_args
+comfy.cli_args.args.cpu = True
+import comfy.sd
+vae = comfy.sd.VAE(sd={"decoder.1.weight": torch.zeros(256, 32, 3, 3), "decoder.22.bias": torch.zeros(12)})
+assert vae.latent_channels == 32 and vae.downscale_ratio[1:] == (16, 16), "not HunyuanVideo 1.5's VAE"
+g = torch.Generator().manual_seed(0)
+out = {}
+for k, v in vae.first_stage_model.state_dict().items():  # variance-preserving random convolutions
+    scale = v[0].numel() ** -0.5 if v.ndim > 1 else 0.02
+    out[k] = (torch.randn(v.shape, generator=g) * scale).to(torch.bfloat16)
 save_file(out, sys.argv[1])
 print(len(out), sum(t.numel() for t in out.values()))
 """
@@ -95,24 +128,36 @@ class Host:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def tiny_prompt(self, workflow: str, steps: int = 3, model: str = BF16_MODEL, cfg=CFG) -> dict:
-        """A shipped API workflow at test size: test conditioning instead of the text encoder, tiny files, 5
-        frames of 32x32, ``steps`` steps."""
+    def tiny_prompt(self, workflow: str, steps: int = 3, model: str = BF16_MODEL, cfg=CFG, vae: str = VAE) -> dict:
+        """A shipped API workflow at test size: test conditioning instead of the text encoder (and, for 1.5, test
+        SigLIP states instead of the vision encoder; byT5 states where the model has a byT5 input), tiny files, 5
+        frames of 32x32 (64x64 for 1.5's 16x VAE), ``steps`` steps."""
         prompt = copy.deepcopy(json.loads((REPO / "workflows" / workflow).read_text()))
-        for nid in [n for n, e in prompt.items() if e["class_type"] == "DualCLIPLoader"]:
+        for nid in [n for n, e in prompt.items() if e["class_type"] in ("DualCLIPLoader", "CLIPVisionLoader")]:
             del prompt[nid]
+        texts = 0
         for entry in prompt.values():
             kind, inputs = entry["class_type"], entry["inputs"]
             if kind == "CLIPTextEncode":
+                texts += 1  # positive and negative prompts get different states
                 entry["class_type"] = "HyVideoFP8TestConditioning"
-                entry["inputs"] = {"seed": 1, "tokens": 7, "context_dim": cfg.context_in_dim,
+                entry["inputs"] = {"seed": texts, "tokens": 7, "context_dim": cfg.context_in_dim,
                                    "pooled_dim": cfg.vec_in_dim, "padding": 2}
+                if cfg.byt5_dims:  # 1.5's encoder pads no single prompt (ComfyUI's model takes no mask with byT5)
+                    entry["inputs"].update(padding=0, byt5_tokens=3 + texts, byt5_dim=cfg.byt5_dims[0])
+            elif kind == "CLIPVisionEncode":
+                entry["class_type"] = "HyVideoFP8TestVisionOutput"
+                entry["inputs"] = {"seed": 3, "tokens": 5, "dim": cfg.vision_in_dim}
+            elif kind == "LoadImage":
+                inputs["image"] = START_IMAGE
             elif kind == "HyVideoFP8Loader":
                 inputs["model_name"] = model
             elif kind == "EmptyHunyuanLatentVideo":
                 inputs.update(width=32, height=32, length=5)
+            elif kind in ("EmptyHunyuanVideo15Latent", "HunyuanVideo15ImageToVideo"):
+                inputs.update(width=64, height=64, length=5)
             elif kind == "VAELoader":
-                inputs["vae_name"] = VAE
+                inputs["vae_name"] = vae
             elif kind in ("BasicScheduler", "HyVideoFP8Sampler"):
                 inputs["steps"] = steps
             elif kind == "SaveVideo":
@@ -161,6 +206,14 @@ def save_latent_instead_of_video(prompt: dict, prefix: str) -> dict:
     return prompt
 
 
+def _make_vae(script: str, path: Path, comfy_path: Path, cwd: Path) -> None:
+    made = subprocess.run([sys.executable, "-c", script, str(path)], cwd=cwd,
+                          env={**_CHILD_ENV, "PYTHONPATH": str(comfy_path)}, capture_output=True, text=True,
+                          timeout=300)
+    if made.returncode:
+        pytest.fail(f"could not make the test VAE with ComfyUI's VAE class:\n{made.stderr[-3000:]}")
+
+
 @pytest.fixture(scope="session")
 def comfy_path() -> Path:
     path = os.environ.get("COMFYUI_PATH")
@@ -179,11 +232,7 @@ def host(comfy_path: Path, tmp_path_factory) -> Any:
     write_checkpoint(models / "diffusion_models" / BF16_MODEL, layout="comfyui", config=CFG, seed=11)
     write_checkpoint(models / "diffusion_models" / FP8_MODEL, layout="comfyui", fp8="ours", config=CFG, seed=12)
     write_checkpoint(models / "diffusion_models" / STOCK_MODEL, layout="comfyui", config=STOCK_CFG, seed=13)
-    made = subprocess.run([sys.executable, "-c", _VAE_SCRIPT, str(models / "vae" / VAE)], cwd=root,
-                          env={**_CHILD_ENV, "PYTHONPATH": str(comfy_path)}, capture_output=True, text=True,
-                          timeout=300)
-    if made.returncode:
-        pytest.fail(f"could not make the test VAE with ComfyUI's VAE class:\n{made.stderr[-3000:]}")
+    _make_vae(_VAE_SCRIPT, models / "vae" / VAE, comfy_path, root)
     nodes = root / "custom_nodes"
     nodes.mkdir()
     (nodes / "hyvideo_fp8").symlink_to(REPO, target_is_directory=True)
@@ -225,3 +274,21 @@ def host(comfy_path: Path, tmp_path_factory) -> Any:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def family_files(host: Host, comfy_path: Path) -> Host:
+    """HunyuanVideo 1.5 files beside the running server's (ComfyUI re-lists a model folder when it changes): tiny
+    1.5 and step-distilled 1.5 checkpoints, a random 1.5 VAE and a start image. Skips on a ComfyUI without 1.5."""
+    if "HunyuanVideo15ImageToVideo" not in host.object_info:
+        pytest.skip("this ComfyUI has no HunyuanVideo 1.5 nodes (0.3.71 and later have)")
+    from PIL import Image
+
+    models = host.root / "models"
+    write_checkpoint(models / "diffusion_models" / MODEL15, layout="comfyui", config=CFG15, seed=21)
+    write_checkpoint(models / "diffusion_models" / MODEL15_DISTILLED, layout="comfyui", config=CFG15_DISTILLED,
+                     seed=22)
+    _make_vae(_VAE15_SCRIPT, models / "vae" / VAE15, comfy_path, host.root)
+    pixels = torch.rand(40, 56, 3, generator=torch.Generator().manual_seed(4))  # another aspect than the video's
+    Image.fromarray((pixels * 255).to(torch.uint8).numpy()).save(host.root / "in" / START_IMAGE)
+    return host

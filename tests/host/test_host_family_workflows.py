@@ -1,0 +1,93 @@
+"""The shipped HunyuanVideo 1.5 API workflows (text-to-video, image-to-video, step-distilled image-to-video) at test
+size through POST /prompt on a real ComfyUI: ComfyUI's own 1.5 latent, image-to-video conditioning and VAE nodes feed
+our loader's MODEL; each decodes to a video, gives the latent that ComfyUI's own UNETLoader gives for the same file,
+and the start image reaches the model both as VAE latent and as SigLIP states.
+
+Runs on ComfyUI 0.3.71 and later (0.29.0 in CI); skipped on older ComfyUI, which has no 1.5 nodes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hyvideo_fp8.hunyuan.policies import get_preset
+from tests.host.conftest import CFG15, CFG15_DISTILLED, MODEL15, MODEL15_DISTILLED, VAE15, find
+from tests.host.test_host_workflows import check_video, latent_of
+
+T2V = "hunyuan_video15_fp8_t2v_api.json"
+I2V = "hunyuan_video15_fp8_i2v_api.json"
+DISTILLED = "hunyuan_video15_fp8_i2v_step_distilled_api.json"
+# T2V and I2V 1.5 checkpoints share one architecture; the step-distilled one adds the meanflow time_r input
+FILES = {T2V: (MODEL15, CFG15), I2V: (MODEL15, CFG15), DISTILLED: (MODEL15_DISTILLED, CFG15_DISTILLED)}
+WORKFLOWS = sorted(FILES)
+# the latent of 5 frames of 64x64: 32 channels, 16x spatial and 4x temporal compression
+LATENT_SHAPE = (1, 32, 2, 4, 4)
+
+
+def tiny(host, workflow: str, steps: int = 3) -> dict:
+    model, cfg = FILES[workflow]
+    return host.tiny_prompt(workflow, steps=steps, model=model, cfg=cfg, vae=VAE15)
+
+
+def latent_only(prompt: dict, prefix: str) -> dict:
+    """Save the sampler's latent instead of decoding it (the VAE stays: image-to-video encodes the start image)."""
+    decode = find(prompt, "VAEDecode")
+    source = prompt[decode]["inputs"]["samples"]
+    for kind in ("VAEDecode", "CreateVideo", "SaveVideo"):
+        del prompt[find(prompt, kind)]
+    prompt["90"] = {"class_type": "SaveLatent", "inputs": {"samples": source, "filename_prefix": prefix}}
+    return prompt
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS)
+def test_15_workflow_runs_and_decodes_a_video(family_files, workflow):
+    host = family_files
+    progress = []
+    entry = host.run(tiny(host, workflow), on_event=lambda m: m["type"] == "progress" and progress.append(m))
+    check_video(host, entry)
+    assert any(p["data"]["max"] == 3 for p in progress), "no per-step progress from the sampler"
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS)
+def test_15_workflow_matches_comfyuis_own_loader(family_files, workflow):
+    """The same workflow with ComfyUI's UNETLoader on the same file: same latent. Ours runs every step in fp32 (the
+    policy's hybrid steps), so that the two models' numerics, not FP8 rounding, are compared; the step-distilled
+    model's meanflow target comes from the sampler's sigmas on both."""
+    host, steps = family_files, 3
+    model, _ = FILES[workflow]
+    ours = latent_only(tiny(host, workflow, steps), f"latents/{workflow}_ours")
+    policy = get_preset("fp8-balanced").with_overrides(name="fp8-balanced-fp32", compute_dtype="fp32",
+                                                       default_mode="fp32").to_json()
+    ours["30"] = {"class_type": "HyVideoFP8Policy", "inputs": {
+        "preset": "fp8-balanced", "attention": "preset", "attention_linears": "preset", "mlp_linears": "preset",
+        "single_block_linears": "preset", "modulation_linears": "preset", "boundary_blocks": -1,
+        "hybrid_first_steps": steps, "hybrid_last_steps": 0, "policy_json": policy, "fast_accumulation": "preset"}}
+    ours[find(ours, "HyVideoFP8Loader")]["inputs"]["policy"] = ["30", 0]
+    stock = latent_only(tiny(host, workflow, steps), f"latents/{workflow}_stock")
+    stock[find(stock, "HyVideoFP8Loader")] = {"class_type": "UNETLoader",
+                                              "inputs": {"unet_name": model, "weight_dtype": "default"}}
+    got, want = latent_of(host, host.run(ours)), latent_of(host, host.run(stock))
+    assert got.shape == LATENT_SHAPE and torch.isfinite(got).all()
+    assert rel(got, want) < 1e-4  # the fp32 parity bound of tests/host/test_host_family_models.py
+
+
+@pytest.mark.parametrize("workflow", [I2V, DISTILLED])
+def test_start_image_reaches_the_model_as_latent_and_as_vision_states(family_files, workflow):
+    host = family_files
+    latents = {}
+    for case in ("both", "no start_image", "no clip_vision_output", "other vision states"):
+        prompt = latent_only(tiny(host, workflow), f"latents/{workflow}_{case.replace(' ', '_')}")
+        i2v = prompt[find(prompt, "HunyuanVideo15ImageToVideo")]["inputs"]
+        if case.startswith("no "):
+            del i2v[case[3:]]
+        elif case == "other vision states":
+            prompt[find(prompt, "HyVideoFP8TestVisionOutput")]["inputs"]["seed"] = 4
+        latents[case] = latent_of(host, host.run(prompt))
+        assert latents[case].shape == LATENT_SHAPE and torch.isfinite(latents[case]).all()
+    for case in ("no start_image", "no clip_vision_output", "other vision states"):
+        assert rel(latents[case], latents["both"]) > 1e-3, case
