@@ -8,11 +8,13 @@ Runs on ComfyUI 0.3.71 and later (0.29.0 in CI); skipped on older ComfyUI, which
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from hyvideo_fp8.hunyuan.policies import get_preset
-from tests.host.conftest import CFG15, CFG15_DISTILLED, MODEL15, MODEL15_DISTILLED, VAE15, find
+from tests.host.conftest import CFG15, CFG15_DISTILLED, MODEL15, MODEL15_DISTILLED, REPO, VAE15, find
 from tests.host.test_host_workflows import check_video, latent_of
 
 T2V = "hunyuan_video15_fp8_t2v_api.json"
@@ -42,6 +44,26 @@ def latent_only(prompt: dict, prefix: str) -> dict:
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS)
+def test_15_workflow_values_are_valid_on_this_server(family_files, workflow):
+    """The shipped file as a user runs it (full size): every choice is one this ComfyUI offers (the text encoder
+    type, crop, sampler, scheduler...) and every number within its node's range; file names are the user's."""
+    api = json.loads((REPO / "workflows" / workflow).read_text())
+    for nid, entry in api.items():
+        info = family_files.object_info[entry["class_type"]]
+        declared = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        for name, value in entry["inputs"].items():
+            decl = declared[name]
+            opts = decl[1] if len(decl) > 1 else {}
+            if isinstance(value, list) or str(value).endswith((".safetensors", ".png")):
+                continue
+            choices = decl[0] if isinstance(decl[0], list) else opts.get("options")
+            if choices is not None:
+                assert value in choices, (nid, entry["class_type"], name, value)
+            elif "min" in opts:
+                assert opts["min"] <= value <= opts["max"], (nid, entry["class_type"], name, value)
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS)
