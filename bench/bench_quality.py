@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     g = torch.Generator().manual_seed(args.seed)
     context = torch.randn(1, args.text_tokens, cfg.context_in_dim, generator=g)
     y = torch.randn(1, cfg.vec_in_dim, generator=g)
-    inputs = QualityInputs(context, y, (1, cfg.in_channels, (frames - 1) // 4 + 1, height // 8, width // 8),
+    inputs = QualityInputs(context, y, cfg.latent_shape(1, width, height, frames),
                            None, args.seed, args.steps, conditioning="seeded random, 256 tokens")
     model = build_random(cfg, get_preset("bf16"), seed=args.seed, device=args.device)
     setup = {"model": f"{'tiny' if args.tiny else 'full 13B'} config, random weights (seed {args.seed})",

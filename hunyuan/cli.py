@@ -48,7 +48,7 @@ def _demo(args: argparse.Namespace) -> int:
         raise SystemExit(f"--frames must be 4n+1 (got {frames})")
     if height % 16 or width % 16:
         raise SystemExit(f"--height and --width must be multiples of 16 (got {height}x{width})")
-    shape = (1, cfg.in_channels, (frames - 1) // 4 + 1, height // 8, width // 8)
+    shape = cfg.latent_shape(1, width, height, frames)
     context = torch.randn(1, 12, cfg.context_in_dim, generator=g)
     mask = torch.ones(1, 12)
     mask[:, 9:] = 0  # padded text, as the text encoder delivers it

@@ -88,6 +88,17 @@ class HunyuanConfig:
             return "v1-skyreels-i2v"
         return "v1"
 
+    @property
+    def vae_spatial_compression(self) -> int:
+        """Pixels per latent pixel of the family member's VAE (1.5's VAE compresses 16x, v1's 8x; both 4x in time)."""
+        return 16 if self.is_v15 else 8
+
+    def latent_shape(self, batch: int, width: int, height: int, frames: int) -> tuple[int, int, int, int, int]:
+        """The denoised latent of a ``width`` x ``height`` x ``frames`` video: ``out_channels`` channels (the
+        image-conditioning channels a model also takes come from the conditioning, not the latent)."""
+        s = self.vae_spatial_compression
+        return (batch, self.out_channels, (frames - 1) // 4 + 1, height // s, width // s)
+
     def describe(self) -> str:
         """One line naming the variant and its size, for ``inspect``, the converter and the loader's log."""
         extra = ", step-distilled (meanflow time_r)" if self.meanflow else ""

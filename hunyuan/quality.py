@@ -617,7 +617,7 @@ def checkpoint_quality(
         cfg = info.config
         model = lambda policy: load_transformer(sd, policy, device, config=cfg)  # noqa: E731
     context, y, mask, cond_text = _conditioning(cond, cfg, seed, tokens)
-    latent = (context.shape[0], cfg.in_channels, (frames - 1) // 4 + 1, height // 8, width // 8)
+    latent = cfg.latent_shape(context.shape[0], width, height, frames)
     inputs = QualityInputs(context, y, latent, mask, seed, steps, shift, guidance, cond_text)
     setup = {"checkpoint": f"{checkpoint} ({info.layout} layout, "
                            f"{info.fp8_flavour + ' FP8' if info.fp8_flavour else 'high precision'})",

@@ -203,6 +203,12 @@ def sample(
     options = dict(transformer_options or {})
     options["sample_sigmas"] = sigmas.to(device)
 
+    # A model that also takes image-conditioning channels (image-to-video, 1.5) gets zeros there: text-to-video, as
+    # ComfyUI feeds them without an image.
+    extra_channels = getattr(getattr(model, "config", None), "in_channels", noise.shape[1]) - noise.shape[1]
+    if extra_channels < 0:
+        raise ValueError(f"latent has {noise.shape[1]} channels but the model takes {noise.shape[1] + extra_channels} "
+                         "input channels in all: pass the latent to denoise alone")
     x = noise.to(device=device, dtype=torch.float32)
     with contextlib.ExitStack() as stack:
         high_now = False
@@ -217,6 +223,8 @@ def sample(
             xin = torch.cat([x, x]) if use_cfg else x
             t = torch.full((batch,), sigma * TIMESTEP_SCALE, device=device, dtype=torch.float32)
             options["sigmas"] = sigmas[i : i + 1].to(device)
+            if extra_channels:
+                xin = torch.cat([xin, xin.new_zeros(xin.shape[0], extra_channels, *xin.shape[2:])], dim=1)
             out = model(xin.to(dtype), t, ctx, vec, guidance=g, attention_mask=mask, transformer_options=options)
             v = out.float()
             if not bool(torch.isfinite(v).all()):

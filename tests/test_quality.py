@@ -287,6 +287,29 @@ def test_cli_writes_report_files(tmp_path):
     assert "verdicts:" in (out / "report.txt").read_text()
 
 
+@pytest.mark.parametrize("variant", ["1.5", "v1-i2v"])
+def test_cli_reports_on_image_conditioned_family_members(tmp_path, variant):
+    """1.5 and v1 image-to-video checkpoints: the latent has the model's output channels (1.5: 32, 16x spatial VAE)
+    and the image-conditioning channels get zeros, as ComfyUI's text-to-video does; the report is finite."""
+    from safetensors.torch import save_file
+
+    from hyvideo_fp8.hunyuan.config import tiny_variant_config
+
+    cfg = tiny_variant_config(variant)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in random_state_dict(cfg, seed=4).items()}, str(ckpt))
+    out = tmp_path / "report"
+    rc = run_quality_cli([str(ckpt), "--policies", "fp8-max", "--steps", "2", "--size", "64x64x5", "--tokens", "5",
+                          "--out", str(out), "--device", "cpu"])
+    assert rc == 0
+    data = json.loads((out / "report.json").read_text())
+    spatial = 64 // cfg.vae_spatial_compression
+    assert data["setup"]["latent"] == [1, cfg.out_channels, 2, spatial, spatial]
+    errors = data["candidates"][0]["one_step_rel_l2"]
+    assert data["candidates"][0]["nonfinite_step"] is None
+    assert all(math.isfinite(e) for e in errors) and max(errors) > 0  # FP8 really ran, and stayed finite
+
+
 def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "report"
     assert run_quality_cli([str(tmp_path / "none.safetensors"), "--size", "30x32x5", "--out", str(out)]) == 2

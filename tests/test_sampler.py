@@ -297,3 +297,14 @@ def test_hybrid_on_the_real_transformer():
     assert torch.equal(fp8, sample(model, shape, context, y, steps=4, seed=1))
     assert torch.isfinite(mixed).all() and 0 < rel_l2(fp8, high) < 1e-2  # measured 3.2e-4 (tiny random model)
     assert rel_l2(mixed, high) < rel_l2(fp8, high)
+
+
+def test_a_latent_wider_than_the_model_input_is_refused():
+    from hyvideo_fp8.hunyuan.config import tiny_variant_config
+    from hyvideo_fp8.hunyuan.loader import build_random
+
+    cfg = tiny_variant_config("1.5")
+    model = build_random(cfg, None, seed=1)
+    context = torch.randn(1, 3, cfg.context_in_dim)
+    with pytest.raises(ValueError, match="pass the latent to denoise alone"):
+        sample(model, (1, cfg.in_channels + 1, 1, 4, 4), context, torch.zeros(1, 0), steps=1)
