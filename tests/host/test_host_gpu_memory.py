@@ -59,6 +59,7 @@ def _setup_comfy(path: str):
     except ImportError:  # 0.3.64: no dynamic VRAM
         return mm, dynamic
     if comfy.cli_args.enables_dynamic_vram() and mm.is_nvidia():
+        comfy_aimdo.control.init()  # loads the allocator library; init_devices does nothing without it
         devices = [d.index for d in mm.get_all_torch_devices()]
         try:
             ok = comfy_aimdo.control.init_devices((d, int(comfy.cli_args.args.vram_headroom * 2**30)) for d in devices)
