@@ -1,12 +1,22 @@
-"""One denoising step of the full 13B HunyuanVideo on one GPU: ours (bf16 and FP8 presets) vs ComfyUI native.
+"""One denoising step of the full HunyuanVideo on one GPU: ours (bf16 and FP8 presets) vs ComfyUI native.
 
-Random weights (no checkpoint), batch 1, 256 text tokens, embedded guidance 6. Every variant runs in the
-same process on the same weights and inputs; per variant and size: median step time after warm-up (CUDA
-events), peak GPU memory, weight memory, the share of kernel time in attention / GEMMs / the rest (one
-profiled step), and the relative L2 error of the output against our bf16 output.
+``--family v1`` is the 13B v1 text-to-video transformer, ``--family 1.5`` the 8.3B HunyuanVideo 1.5 (its T2V inputs:
+the image-conditioning channels zero, no byT5 glyph tokens). Random weights (no checkpoint), batch 1, 256 text tokens
+(v1: embedded guidance 6). Every variant runs in the same process on the same weights and inputs.
 
-    python bench/bench_step.py --comfyui /path/to/ComfyUI            # H200: all sizes, all variants
-    python bench/bench_step.py --tiny --device cpu                     # smoke test of the harness
+The native variants are ComfyUI's own model as its "Load Diffusion Model" node builds it
+(``comfy.sd.load_diffusion_model_state_dict`` on the same weights, fully loaded on the GPU):
+``native-bf16``; ``native-fp8_e4m3fn_fast`` (weight_dtype fp8_e4m3fn_fast: e4m3 weights, unit scales); and
+``native-comfy_quant`` (a ComfyUI-format FP8 checkpoint, every block linear e4m3 with one scale per tensor: ComfyUI's
+own W8A8).
+
+Per variant and size: median step time after warm-up (CUDA events), peak GPU memory, weight memory, the share of
+kernel time in attention / GEMMs / the rest (one profiled step), and the relative L2 error of the output against our
+bf16 output.
+
+    python bench/bench_step.py --comfyui /path/to/ComfyUI                      # v1: all sizes, all variants
+    python bench/bench_step.py --comfyui /path/to/ComfyUI --family 1.5         # 1.5 at 480p and 720p
+    python bench/bench_step.py --tiny --device cpu                              # smoke test of the harness
 """
 
 from __future__ import annotations
@@ -15,19 +25,24 @@ import argparse
 import gc
 import math
 import sys
+import traceback
 
 import torch
-from common import environment, load_pack, markdown_table, median, time_cuda, write_result
+from common import environment, import_comfy, load_pack, markdown_table, median, time_cuda, write_result
 
 SIZES = {"480x848x61f": (480, 848, 61), "544x960x129f": (544, 960, 129), "720x1280x129f": (720, 1280, 129)}
+SIZES_15 = {"480x848x121f": (480, 848, 121), "720x1280x121f": (720, 1280, 121)}
 OURS = ["ours-bf16", "fp8-weight-only", "fp8-balanced+sdpa", "fp8-balanced", "fp8-max"]
-NATIVE = ["native-bf16", "native-fp8_e4m3fn_fast"]
+NATIVE = ["native-bf16", "native-fp8_e4m3fn_fast", "native-comfy_quant"]
 ATTN_KERNELS = ("fmha", "flash", "attn", "attention", "sdpa", "cudnn_generated")
 GEMM_KERNELS = ("gemm", "nvjet", "cutlass", "xmma", "scaled_mm", "cublas", "wgmma")
 
 
-def latent_shape(h: int, w: int, f: int) -> tuple[int, int, int, int, int]:
-    return (1, 16, (f - 1) // 4 + 1, h // 8, w // 8)
+def latent_shape(h: int, w: int, f: int, cfg=None) -> tuple[int, int, int, int, int]:
+    """The denoised latent of an ``h`` x ``w`` x ``f`` video (v1's 16 channels at 8x unless ``cfg`` says otherwise)."""
+    if cfg is None:
+        return (1, 16, (f - 1) // 4 + 1, h // 8, w // 8)
+    return cfg.latent_shape(1, w, h, f)
 
 
 def random_canonical(cfg, device: str, seed: int) -> dict[str, torch.Tensor]:
@@ -51,13 +66,20 @@ def random_canonical(cfg, device: str, seed: int) -> dict[str, torch.Tensor]:
 
 
 def make_inputs(cfg, size, device: str, seed: int, text_tokens: int):
+    """The model's inputs for one step; the channels past the latent's (1.5's image latent and mask) are zeros, as
+    in ComfyUI's text-to-video."""
     g = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn(latent_shape(*size), generator=g)
-    ctx = torch.randn(1, text_tokens, cfg.context_in_dim, generator=g)
-    y = torch.randn(1, cfg.vec_in_dim, generator=g)
+    shape = latent_shape(*size, cfg=cfg)
+    x = torch.zeros(shape[0], cfg.in_channels, *shape[2:])
+    x[:, : shape[1]] = torch.randn(shape, generator=g)
     to = dict(device=device, dtype=torch.bfloat16)
-    return dict(x=x.to(**to), timestep=torch.tensor([500.0], device=device), context=ctx.to(**to), y=y.to(**to),
-                guidance=torch.tensor([6.0], device=device))
+    inputs = dict(x=x.to(**to), timestep=torch.tensor([500.0], device=device),
+                  context=torch.randn(1, text_tokens, cfg.context_in_dim, generator=g).to(**to))
+    if cfg.vec_in_dim:
+        inputs["y"] = torch.randn(1, cfg.vec_in_dim, generator=g).to(**to)
+    if cfg.guidance_embed:
+        inputs["guidance"] = torch.tensor([6.0], device=device)
+    return inputs
 
 
 def build_ours(variant: str, sd: dict, cfg, device: str):
@@ -86,24 +108,38 @@ def known_variant(variant: str) -> bool:
                                  and set(options) <= {"sdpa", "swap", "compile"})
 
 
-def build_native(variant: str, sd: dict, cfg, device: str, comfy_path: str):
-    sys.path.insert(0, comfy_path)
-    import comfy.ldm.hunyuan_video.model as hv
-    import comfy.ops
+def comfy_quant_state_dict(sd: dict, device: str) -> dict:
+    """``sd`` as a ComfyUI-format FP8 checkpoint: every linear of the double/single blocks in e4m3 with one fp32 scale
+    per tensor and its ``comfy_quant`` entry (what our converter's ``comfy_quant`` output holds)."""
+    from hyvideo_fp8.fp8.quantize import quantize_tensorwise
+    from hyvideo_fp8.hunyuan.checkpoint.writer import layer_tensors
+    from hyvideo_fp8.hunyuan.config import is_linear_weight
 
-    unet = dict(image_model="hunyuan_video", in_channels=cfg.in_channels, out_channels=cfg.out_channels,
-                vec_in_dim=cfg.vec_in_dim, context_in_dim=cfg.context_in_dim, hidden_size=cfg.hidden_size,
-                mlp_ratio=cfg.mlp_ratio, num_heads=cfg.num_heads, depth=cfg.depth,
-                depth_single_blocks=cfg.depth_single_blocks, axes_dim=list(cfg.axes_dim), theta=int(cfg.theta),
-                patch_size=list(cfg.patch_size), qkv_bias=True, guidance_embed=cfg.guidance_embed,
-                byt5=False, meanflow=False)
+    out = {}
+    for name, t in sd.items():
+        if name.startswith(("double_blocks.", "single_blocks.")) and is_linear_weight(name, t.shape):
+            q, scale = quantize_tensorwise(t.to(device).float())
+            out.update({k: v.cpu() for k, v in layer_tensors(name[: -len(".weight")], q, scale, "comfy_quant").items()})
+        else:
+            out[name] = t
+    return out
+
+
+def build_native(variant: str, sd: dict, device: str, comfy_path: str):
+    """ComfyUI's own model for these weights, as its "Load Diffusion Model" node loads it, fully on the GPU."""
+    comfy_sd, mm = import_comfy(comfy_path)
     if variant == "native-bf16":
-        ops, dtype = comfy.ops.disable_weight_init, torch.bfloat16
-    else:  # what UNETLoader weight_dtype=fp8_e4m3fn_fast builds: e4m3 weights, unit-scale _scaled_mm
-        ops, dtype = comfy.ops.fp8_ops, torch.float8_e4m3fn
-    with torch.device("meta"):
-        model = hv.HunyuanVideo(**unet, dtype=dtype, operations=ops)
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, strict=True, assign=True)
+        weights, options = dict(sd), {"dtype": torch.bfloat16}
+    elif variant == "native-fp8_e4m3fn_fast":
+        weights, options = dict(sd), {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True}
+    else:
+        weights, options = comfy_quant_state_dict(sd, device), {}
+    patcher = comfy_sd.load_diffusion_model_state_dict(weights, model_options=options)
+    if patcher is None:
+        raise RuntimeError("ComfyUI did not recognise these weights as a diffusion model")
+    mm.load_models_gpu([patcher], force_full_load=True)
+    model = patcher.model.diffusion_model
+    model.comfy_patcher = patcher  # keeps ComfyUI's handle alive while the model is timed
     return model.eval()
 
 
@@ -129,7 +165,9 @@ def kernel_split(fn) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default=",".join(SIZES), help=f"comma list of {list(SIZES)}")
+    ap.add_argument("--family", choices=("v1", "1.5"), default="v1", help="v1 (13B) or HunyuanVideo 1.5 (8.3B)")
+    ap.add_argument("--sizes", default=None, help=f"comma list of v1 {list(SIZES)} or 1.5 {list(SIZES_15)} "
+                                                 "(default: all of the family's)")
     ap.add_argument("--variants", default=",".join(OURS + NATIVE))
     ap.add_argument("--comfyui", default=None, help="ComfyUI source tree: adds the native variants")
     ap.add_argument("--runs", type=int, default=3, help="timed steps at the first size")
@@ -146,11 +184,22 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     load_pack()
-    from hyvideo_fp8.hunyuan.config import RELEASED, tiny_config
+    from hyvideo_fp8.hunyuan.config import RELEASED, RELEASED_15, tiny_config, tiny_variant_config
 
-    cfg = tiny_config() if args.tiny else RELEASED
-    tiny_sizes = {"tiny-64x96x9f": (64, 96, 9), "tiny-32x64x5f": (32, 64, 5)}
-    sizes = tiny_sizes if args.tiny else {k: SIZES[k] for k in args.sizes.split(",")}
+    v15 = args.family == "1.5"
+    if args.tiny:
+        # head dim 128 and 1.5's byT5 sizes: what ComfyUI's detection assumes, so the native variants load too
+        head128 = dict(hidden_size=256, num_heads=2, axes_dim=(16, 56, 56))
+        cfg = (tiny_variant_config("1.5", byt5_dims=(1472, 2048, 2048), depth=4, **head128) if v15
+               else tiny_config(vec_in_dim=768, **head128))
+        sizes = {"tiny-64x96x9f": (64, 96, 9), "tiny-32x64x5f": (32, 64, 5)}
+    else:
+        cfg, known = (RELEASED_15, SIZES_15) if v15 else (RELEASED, SIZES)
+        names = args.sizes.split(",") if args.sizes else list(known)
+        if set(names) - set(known):
+            ap.error(f"unknown sizes {sorted(set(names) - set(known))} for --family {args.family}; "
+                     f"known: {list(known)}")
+        sizes = {k: known[k] for k in names}
     unknown = [v for v in args.variants.split(",") if not known_variant(v)]
     if unknown:
         ap.error(f"unknown variants {unknown}; e.g. {OURS + NATIVE} or fp8-balanced+swap, fp8-max+compile")
@@ -172,11 +221,12 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.reset_peak_memory_stats()
         try:
             if variant in NATIVE:
-                model = build_native(variant, sd, cfg, args.device, args.comfyui)
+                model = build_native(variant, sd, args.device, args.comfyui)
             else:
                 model = build_ours(variant, sd, cfg, args.device)
         except Exception as e:  # a variant that cannot build is reported, not fatal
             print(f"[bench_step] {variant}: build failed: {type(e).__name__}: {e}", flush=True)
+            traceback.print_exc()
             results.append(dict(variant=variant, error=f"{type(e).__name__}: {e}"))
             continue
         weight_gib = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers())) / 2**30
@@ -194,19 +244,15 @@ def main(argv: list[str] | None = None) -> int:
                 torch.cuda.reset_peak_memory_stats()
             try:
                 with torch.inference_mode():
-                    first = None
-                    if warmup == 0:  # kernels already warm from the first size: the timed steps give the output
-                        kept = {}
+                    kept = {}
 
-                        def fn_keep(fn=fn, kept=kept):
-                            kept["out"] = fn()
+                    def fn_keep(fn=fn, kept=kept):
+                        kept["out"] = fn()
 
-                        times = time_cuda(fn_keep, warmup=0, runs=runs)
-                        out = kept.pop("out")
-                    else:
-                        first = time_cuda(fn, warmup=0, runs=1)[0]  # includes JIT / torch.compile on first use
-                        out = fn()  # the output for the error column
-                        times = time_cuda(fn, warmup=warmup - 1, runs=runs)
+                    # the first step at the first size includes JIT / torch.compile; later sizes reuse the kernels
+                    first = time_cuda(fn, warmup=0, runs=1)[0] if warmup else None
+                    times = time_cuda(fn_keep, warmup=max(warmup - 1, 0), runs=runs)
+                    out = kept.pop("out")
                     # Peak before profiling: the profiled step was seen to inflate the peak (2026-11-29 run).
                     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
                     split = kernel_split(fn) if (size_name in args.profile.split(",") and cuda) else None
@@ -231,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench_step] {row}", flush=True)
             del out
         del model
+        if args.comfyui and variant in NATIVE:
+            import_comfy(args.comfyui)[1].unload_all_models()
 
     rows = []
     for size_name in sizes:
@@ -252,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(["size", "variant", "step s (median)", "first step s (JIT/compile)", "vs native bf16",
                             "peak GiB", "weights GiB", "rel L2 vs ours-bf16", "attn / GEMM / other"], rows)
     if not args.no_save and not args.tiny:
-        path = write_result("step", env, table, {"results": results})
+        path = write_result("step-15" if v15 else "step", env, table, {"results": results, "family": args.family})
         print(f"wrote {path}")
     print(table)
     return 0

@@ -10,27 +10,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 
 import torch
 from bench_step import latent_shape
-from common import environment, markdown_table, write_result
+from common import environment, import_comfy, markdown_table, write_result
 
 SIZES = {"544x960x129f": (544, 960, 129), "720x1280x129f": (720, 1280, 129)}
 TEMPLATE_TILING = dict(tile_size=256, overlap=64, temporal_size=64, temporal_overlap=8)
-
-
-def comfy(path: str):
-    sys.path.insert(0, path)
-    sys.dont_write_bytecode = True
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    import comfy.model_management
-    import comfy.sd
-
-    return comfy.sd, comfy.model_management
 
 
 def random_vae(sd_module):
@@ -84,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_vae_decode needs a CUDA GPU")
-    sd_module, mm = comfy(args.comfyui)
+    sd_module, mm = import_comfy(args.comfyui)
     vae = random_vae(sd_module)
     fell_back = []
     handler = logging.Handler()

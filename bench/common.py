@@ -29,6 +29,24 @@ def load_pack() -> None:
     _load()
 
 
+def import_comfy(path: str):
+    """``(comfy.sd, comfy.model_management)`` from the ComfyUI source tree at ``path``, imported as a library (no
+    argument parsing), once per process."""
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    sys.dont_write_bytecode = True
+    import comfy.options
+
+    comfy.options.enable_args_parsing(False)
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = not torch.cuda.is_available()  # read when comfy.model_management is imported
+    import comfy.model_management
+    import comfy.sd
+
+    return comfy.sd, comfy.model_management
+
+
 def environment() -> dict:
     """Date, GPU, torch/Triton/CUDA versions and the command line: what every result file records."""
     env = {

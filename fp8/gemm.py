@@ -102,8 +102,8 @@ def scaled_gemm(
         out = torch._scaled_mm(a_q, w_t, scale_a=one, scale_b=one, out_dtype=torch.float32,
                                use_fast_accum=use_fast_accum)
         out = out * a_s.reshape(-1, 1) * w_s.reshape(1, -1)
-        if bias is not None:
-            out = out + bias.float()
+        if bias is not None:  # rounded as the fused bias of the row-wise path is
+            out = out + (bias.to(out_dtype) if fused_bias else bias).float()
         return out.to(out_dtype)
     a_q, scale_a, scale_b = _aligned(a_q), _aligned(scale_a), _aligned(scale_b)
     fused = bias.to(out_dtype) if bias is not None and fused_bias else None

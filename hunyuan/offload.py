@@ -219,6 +219,6 @@ def enable_block_swap(model: nn.Module, n_double: int, n_single: int,
     chosen = [*doubles[len(doubles) - n_double:], *singles[len(singles) - n_single:]]
     swap = BlockSwap(chosen, device, first_trigger=model)
     model.block_swap = swap
-    logger.info("[hyvideo_fp8] block swap: %d double + %d single blocks (%.2f GiB) live in pinned CPU memory",
+    logger.debug("[hyvideo_fp8] block swap: %d double + %d single blocks (%.2f GiB) live in pinned CPU memory",
                 n_double, n_single, swap.host_bytes / 2**30)
     return swap
