@@ -89,7 +89,9 @@ class PrecisionPolicy:
     ``compute_dtype`` with SDPA attention, which protects the most error-sensitive blocks of video DiTs. A block's
     attention kernel is likewise the first matching ``attention_rules`` glob over its name prefix, else
     ``attention``. The softmax always runs in fp32.
-    ``error_budget`` is the accepted relative L2 error of one step's output against the bf16 reference.
+    ``error_budget`` is the accepted relative L2 error of one step's output against the bf16 reference;
+    ``error_budgets`` states it per model family where one family's measurement differs (``{"1.5": 0.1}``), and
+    ``budget_for`` picks.
     W8A8 layers with at most ``fast_accum_max_k`` input features accumulate entirely in the tensor cores' fast
     (reduced-precision) accumulator instead of promoting partial sums to fp32: faster, and its extra error stays
     small while K is short (0 turns it off).
@@ -108,6 +110,7 @@ class PrecisionPolicy:
     activation_scaling: str = "per-token"
     high_precision_boundary_blocks: int = 0
     error_budget: float = 0.0
+    error_budgets: tuple[tuple[str, float], ...] = ()
     fast_accum_max_k: int = 0
 
     def __post_init__(self) -> None:
@@ -150,6 +153,14 @@ class PrecisionPolicy:
         if type(b) not in (int, float) or not math.isfinite(b) or b < 0:
             raise ValueError(f"policy field 'error_budget' must be a finite number >= 0, got {b!r}")
         object.__setattr__(self, "error_budget", float(b))
+        pairs = self.error_budgets
+        pairs = list(pairs.items()) if isinstance(pairs, Mapping) else pairs
+        if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence) or any(
+                not isinstance(p, Sequence) or len(p) != 2 or not isinstance(p[0], str) or not p[0]
+                or type(p[1]) not in (int, float) or not math.isfinite(p[1]) or p[1] < 0 for p in pairs):
+            raise ValueError("policy field 'error_budgets' must map model family names to finite numbers >= 0, "
+                             f"e.g. {{\"1.5\": 0.1}}, got {self.error_budgets!r}")
+        object.__setattr__(self, "error_budgets", tuple(sorted((k, float(v)) for k, v in pairs)))
 
     # --- decisions ------------------------------------------------------------------------------------------------
 
@@ -174,6 +185,10 @@ class PrecisionPolicy:
                 return rule.mode
         return self.default_mode
 
+    def budget_for(self, family: str | None) -> float:
+        """The error budget for a model of ``family`` (its own entry in ``error_budgets``, else ``error_budget``)."""
+        return dict(self.error_budgets).get(family, self.error_budget)
+
     def fast_accum_for(self, in_features: int) -> bool:
         """Whether a W8A8 layer with ``in_features`` inputs uses the fast FP8 accumulator."""
         return 0 < in_features <= self.fast_accum_max_k
@@ -195,6 +210,7 @@ class PrecisionPolicy:
         d["rules"] = [[r.pattern, r.mode.value] for r in self.rules]
         d["attention_rules"] = [[r.pattern, r.kernel] for r in self.attention_rules]
         d["default_mode"] = self.default_mode.value
+        d["error_budgets"] = dict(self.error_budgets)
         return d
 
     @classmethod

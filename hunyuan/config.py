@@ -72,6 +72,11 @@ class HunyuanConfig:
         return bool(self.vision_in_dim) or self.cond_type_embedding
 
     @property
+    def family(self) -> str:
+        """``"1.5"`` or ``"v1"``: what a policy's per-family error budgets are keyed by."""
+        return "1.5" if self.is_v15 else "v1"
+
+    @property
     def meanflow_sum(self) -> bool:
         """The meanflow embedding is added to the timestep's (1.5) rather than averaged with it."""
         return self.is_v15

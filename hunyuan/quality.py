@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ContextManager
 
@@ -128,6 +128,7 @@ class QualityInputs:
     shift: float = DEFAULT_SHIFT
     guidance: float | None = DEFAULT_GUIDANCE
     conditioning: str = "given"
+    model_inputs: Mapping[str, Tensor] = field(default_factory=dict)  # 1.5's txt_byt5 / clip_fea, batch first
 
     def __post_init__(self) -> None:
         if len(self.latent_shape) != 5:
@@ -200,7 +201,7 @@ def _sample_recorded(model: nn.Module, inputs: QualityInputs, noise: Tensor, hyb
         try:
             latent = sample(model, noise.clone(), inputs.context, inputs.y, attention_mask=inputs.attention_mask,
                             steps=inputs.steps, shift=inputs.shift, guidance=inputs.guidance, seed=inputs.seed,
-                            hybrid=hybrid, callback=callback, device=device)
+                            hybrid=hybrid, callback=callback, device=device, model_inputs=inputs.model_inputs)
         except NonFiniteStepError:
             if recorder.nonfinite_step is None:
                 raise
@@ -482,8 +483,9 @@ def run_quality(
                 rec = _StepRecorder(trace)
                 latent, wall, peak = _sample_recorded(m, inputs, noise, cand.hybrid, rec, step_callback)
                 fp8_now, rounded = _layer_counts(m)
+                family = getattr(getattr(m, "config", None), "family", None)
                 run = RunResult(cand.name, "candidate", _describe(cand.policy, cand.hybrid),
-                                budget=cand.policy.error_budget, hybrid=cand.hybrid, wall_s=wall,
+                                budget=cand.policy.budget_for(family), hybrid=cand.hybrid, wall_s=wall,
                                 peak_memory_bytes=peak, fp8_layers=fp8_now, rounded_high_precision_layers=rounded,
                                 one_step_rel_l2=_one_step_errors(m, trace, cand.hybrid))
                 _compare(run, rec, latent, ref_latent, _decode(vae_decode, latent) if vae_decode else None,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterator, Optional, Sequence, Union
+from typing import Callable, ContextManager, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -161,6 +161,7 @@ def sample(
     device: Optional[Union[str, torch.device]] = None,
     dtype: Optional[torch.dtype] = None,
     transformer_options: Optional[dict] = None,
+    model_inputs: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> torch.Tensor:
     """Denoise from pure noise to a clean latent (fp32, model latent space, on ``device``).
 
@@ -172,6 +173,8 @@ def sample(
         cfg: true classifier-free guidance; > 1 needs ``negative`` and doubles the batch.
         hybrid: (N, M) steps at the start and end run under ``high_precision(model)``.
         dtype: activation dtype fed to the model (default: ``model.dtype``, else fp32).
+        model_inputs: further conditioning tensors the model takes by keyword, batch first (1.5's ``txt_byt5``
+            glyph tokens, ``clip_fea`` image features); with true CFG the negative half gets the same.
     """
     pos = TextCondition(context, y, attention_mask)
     if cfg < 1.0:
@@ -200,6 +203,12 @@ def sample(
     mask = cond.attention_mask.to(device) if cond.attention_mask is not None else None
     batch = ctx.shape[0]
     g = None if guidance is None else torch.full((batch,), float(guidance), device=device, dtype=dtype)
+    extra = {}
+    for key, value in (model_inputs or {}).items():
+        if value.shape[0] != noise.shape[0]:
+            raise ValueError(f"model input {key!r} has batch {value.shape[0]}, the latent {noise.shape[0]}")
+        value = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+        extra[key] = torch.cat([value, value]) if use_cfg else value
     options = dict(transformer_options or {})
     options["sample_sigmas"] = sigmas.to(device)
 
@@ -225,7 +234,8 @@ def sample(
             options["sigmas"] = sigmas[i : i + 1].to(device)
             if extra_channels:
                 xin = torch.cat([xin, xin.new_zeros(xin.shape[0], extra_channels, *xin.shape[2:])], dim=1)
-            out = model(xin.to(dtype), t, ctx, vec, guidance=g, attention_mask=mask, transformer_options=options)
+            out = model(xin.to(dtype), t, ctx, vec, guidance=g, attention_mask=mask, transformer_options=options,
+                        **extra)
             v = out.float()
             if not bool(torch.isfinite(v).all()):
                 raise NonFiniteStepError(
