@@ -1,8 +1,10 @@
-"""The README's benchmark tables, generated from the step results in bench/results so they cannot drift.
+"""The README's benchmark tables, generated from the results in bench/results so they cannot drift.
 
-For every variant and video size the newest ``step-*.json`` that timed both it and ComfyUI's native bf16 model at
-that size gives the cell; its speed-up is against native bf16 *of the same run* (same process, same GPU). The
-README holds the output between two marker lines:
+For every variant and video size the newest step result (``step-*.json`` for v1, ``step-15-*.json`` for
+HunyuanVideo 1.5) that timed both it and ComfyUI's native bf16 model at that size gives the cell; its speed-up is
+against native bf16 *of the same run* (same process, same GPU). The memory table comes from the newest
+``memory-*.json`` (the step under GPU memory caps, with block swap) and ``vae-decode-*.json`` (the decode after it).
+The README holds the output between two marker lines:
 
     python bench/readme_tables.py            # print the tables
     python bench/readme_tables.py --write    # replace the block in README.md
@@ -26,32 +28,38 @@ END = "<!-- end of generated benchmark tables -->"
 
 BASELINE = "native-bf16"
 SIZES = ("480x848x61f", "544x960x129f", "720x1280x129f")
+SIZES_15 = ("480x848x121f", "720x1280x121f")
 # Peaks that bench/results/README.md records as inflated (a profiled step ran before they were read).
 INFLATED_PEAKS = {("step-2026-11-29-h200.json", "480x848x61f"), ("step-2026-11-29-h200.json", "544x960x129f")}
 VARIANTS = {  # variant in the result files -> row label
     "native-bf16": "ComfyUI native bf16",
     "native-fp8_e4m3fn_fast": "ComfyUI native `fp8_e4m3fn_fast`",
+    "native-comfy_quant": "ComfyUI native FP8 (`comfy_quant` file)",
     "ours-bf16": "ours, `bf16`",
     "fp8-balanced": "ours, `fp8-balanced` (default)",
     "fp8-max": "ours, `fp8-max`",
 }
 
 
-def load_runs(results: Path = RESULTS) -> list[dict]:
-    """Every step result file: ``{"file", "date", "gpu", "rows": {(variant, size): record}}``."""
+def _family_of(path: Path) -> str:
+    return "1.5" if path.name.startswith("step-15-") else "v1"
+
+
+def load_runs(results: Path = RESULTS, family: str = "v1") -> list[dict]:
+    """Every step result file of ``family``: ``{"file", "date", "gpu", "rows": {(variant, size): record}}``."""
     runs = []
-    for path in sorted(results.glob("step-*.json")):
+    for path in sorted(p for p in results.glob("step-*.json") if _family_of(p) == family):
         data = json.loads(path.read_text(encoding="utf-8"))
         rows = {(r["variant"], r["size"]): r for r in data["data"]["results"]}
         runs.append({"file": path.name, "date": data["env"]["date"], "gpu": data["env"]["gpu"], "rows": rows})
     return sorted(runs, key=lambda run: run["date"], reverse=True)
 
 
-def cells(runs: list[dict]) -> dict[tuple[str, str], tuple[dict, dict, dict]]:
+def cells(runs: list[dict], sizes: tuple[str, ...] = SIZES) -> dict[tuple[str, str], tuple[dict, dict, dict]]:
     """(variant, size) -> (record, the same run's native bf16 record, run), newest run first."""
     found = {}
     for variant in VARIANTS:
-        for size in SIZES:
+        for size in sizes:
             for run in runs:
                 if (variant, size) in run["rows"] and (BASELINE, size) in run["rows"]:
                     found[variant, size] = (run["rows"][variant, size], run["rows"][BASELINE, size], run)
@@ -64,10 +72,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def tables(runs: list[dict]) -> str:
-    """The markdown block: step time with speed-up, output error, memory, and the files it came from."""
-    found = cells(runs)
-    sizes = [s for s in SIZES if any((v, s) in found for v in VARIANTS)]
+def tables(runs: list[dict], all_sizes: tuple[str, ...] = SIZES) -> str:
+    """Step time with speed-up, output error, memory, and the files they came from."""
+    found = cells(runs, all_sizes)
+    if not found:
+        return ""
+    sizes = [s for s in all_sizes if any((v, s) in found for v in VARIANTS)]
     variants = [v for v in VARIANTS if any((v, s) in found for s in sizes)]
     speed, memory = [], []
     for v in variants:
@@ -101,8 +111,63 @@ def tables(runs: list[dict]) -> str:
     return "\n".join(out)
 
 
-def block(runs: list[dict]) -> str:
-    return f"{BEGIN}\n{tables(runs)}\n{END}"
+def _newest(results: Path, pattern: str) -> dict | None:
+    paths = sorted(results.glob(pattern))
+    datas = [dict(json.loads(p.read_text(encoding="utf-8")), file=p.name) for p in paths]
+    return max(datas, key=lambda d: d["env"]["date"], default=None)
+
+
+def memory_table(results: Path = RESULTS) -> str:
+    """Your card, what fits, what it costs: the fp8-balanced step under each GPU memory cap (block swap streaming what
+    does not fit), and which VAE decode fits under the same cap."""
+    memory = _newest(results, "memory-*.json")
+    if memory is None:
+        return ""
+    vae = _newest(results, "vae-decode-*.json")
+    decodes = {} if vae is None else {(r["size"], r["decode"]): r for r in vae["data"]["rows"]}
+    rows = []
+    for r in memory["data"]["rows"]:
+        if r.get("token_chunk") is not None:
+            continue
+        base = next(b for b in memory["data"]["rows"] if b["size"] == r["size"] and b.get("cap_gib") is None
+                    and b.get("token_chunk") is None)
+        cap = r.get("cap_gib")
+        if cap is None:
+            fits, what = "all resident", f"{r['seconds']:.2f} s (1.00x)"
+        elif r["seconds"] != r["seconds"]:  # NaN: out of memory
+            fits, what = f"{r['streamed_blocks']} blocks streamed", "out of memory"
+        else:
+            fits = f"{r['n_double']} double + {r['n_single']} single blocks streamed"
+            what = f"{r['seconds']:.2f} s ({r['seconds'] / base['seconds']:.2f}x)"
+        whole = decodes.get((r["size"], "VAEDecode"))
+        tiled = decodes.get((r["size"], "VAEDecodeTiled (template)"))
+        if whole is None or tiled is None:
+            decode = "–"
+        elif cap is None or whole["peak"] / 2**30 <= cap:
+            decode = f"VAEDecode ({whole['peak'] / 2**30:.1f} GiB)"
+        else:
+            decode = f"**VAEDecodeTiled** ({tiled['peak'] / 2**30:.1f} GiB; whole: {whole['peak'] / 2**30:.1f} GiB)"
+        rows.append([r["size"], "no cap" if cap is None else f"{cap:g} GiB", fits, f"{r['peak'] / 2**30:.1f}", what,
+                     decode])
+    sources = [f"`{d['file']}` ({d['env']['gpu']}, {d['env']['date']})" for d in (memory, vae) if d is not None]
+    return "\n".join([
+        _table(["video", "GPU memory", "what fits (fp8-balanced, block swap `auto`)", "step peak GiB",
+                "step time (vs all resident)", "VAE decode that fits"], rows),
+        "",
+        "The 13B v1 model in fp8-balanced; each cap is `torch.cuda.set_per_process_memory_fraction` on one GPU, and "
+        "the blocks that do not fit stream from pinned host memory. Runs: " + "; ".join(sources) + ".",
+    ])
+
+
+def block(runs: list[dict], runs15: list[dict] | None = None, results: Path = RESULTS) -> str:
+    parts = [tables(runs)]
+    v15 = tables(runs15 or [], SIZES_15)
+    if v15:
+        parts += ["", "**HunyuanVideo 1.5** (8.3B), one step at 121 frames:", "", v15]
+    memory = memory_table(results)
+    if memory:
+        parts += ["", "**Memory: your card, what fits, what it costs** (720p and 544p, 129 frames):", "", memory]
+    return f"{BEGIN}\n" + "\n".join(parts) + f"\n{END}"
 
 
 def replace_block(readme: str, new_block: str) -> str:
@@ -118,7 +183,7 @@ def main(argv: list[str]) -> int:
     mode.add_argument("--write", action="store_true", help="replace the block in README.md")
     mode.add_argument("--check", action="store_true", help="exit 1 when README.md's block is out of date")
     args = ap.parse_args(argv)
-    new_block = block(load_runs())
+    new_block = block(load_runs(), load_runs(family="1.5"))
     if not (args.write or args.check):
         print(new_block)
         return 0
