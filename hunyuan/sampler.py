@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -99,15 +99,8 @@ def _pad_tokens(cond: TextCondition, length: int) -> tuple[torch.Tensor, torch.T
     return ctx, torch.nn.functional.pad(mask, (0, length - n))
 
 
-def _batch_conditions(pos: TextCondition, neg: Optional[TextCondition]) -> TextCondition:
+def _batch_conditions(pos: TextCondition, neg: TextCondition) -> TextCondition:
     """Stack positive then negative along the batch (one forward per step for true CFG)."""
-    if neg is None:
-        return pos
-    if neg.context.shape[0] != pos.context.shape[0] or neg.context.shape[2] != pos.context.shape[2]:
-        raise ValueError(
-            f"negative prompt shape {tuple(neg.context.shape)} does not match the positive "
-            f"{tuple(pos.context.shape)} in batch or width"
-        )
     if pos.attention_mask is None and neg.attention_mask is None and pos.context.shape[1] == neg.context.shape[1]:
         return TextCondition(torch.cat([pos.context, neg.context]), torch.cat([pos.y, neg.y]))
     length = max(pos.context.shape[1], neg.context.shape[1])
@@ -141,6 +134,64 @@ def default_high_precision(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             model.policy = policy
 
 
+def _inputs_on(inputs: Optional[Mapping[str, Any]], batch: int, device, dtype: torch.dtype,
+               which: str) -> dict[str, Any]:
+    """Further model inputs on the device: tensors batch first (floating ones in the activation dtype), other values
+    (flags such as ``disable_time_r``) as given."""
+    out = {}
+    for key, value in (inputs or {}).items():
+        if not isinstance(value, torch.Tensor):
+            out[key] = value
+            continue
+        if value.dim() == 0 or value.shape[0] != batch:
+            raise ValueError(f"{which}model input {key!r} has shape {tuple(value.shape)}: it must be batch first, "
+                             f"batch {batch} as the latent")
+        out[key] = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+    return out
+
+
+def _channels_on(channels: Optional[torch.Tensor], noise: torch.Tensor, extra: int, device, dtype: torch.dtype,
+                 which: str) -> Optional[torch.Tensor]:
+    """The image-conditioning channels concatenated after the latent: as given (shape checked), zeros where the
+    model takes some and none are given (text-to-video), None where the model takes none."""
+    expected = (noise.shape[0], extra, *noise.shape[2:])
+    if channels is None:
+        return noise.new_zeros(expected, device=device, dtype=dtype) if extra else None
+    if tuple(channels.shape) != expected:
+        raise ValueError(f"{which}image_channels has shape {tuple(channels.shape)}; this model takes {extra} image-"
+                         f"conditioning channels beside the {noise.shape[1]}-channel latent, i.e. {expected} "
+                         "[batch, channels, frames, height, width] at the latent's batch and size")
+    return channels.to(device=device, dtype=dtype)
+
+
+def _stackable(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two halves' inputs go through one forward as a batch (same keys, shapes and flags)."""
+    if a.keys() != b.keys():
+        return False
+    for key, va in a.items():
+        vb = b[key]
+        if isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor):
+            if va.shape != vb.shape:
+                return False
+        elif isinstance(va, torch.Tensor) or isinstance(vb, torch.Tensor) or va != vb:
+            return False
+    return True
+
+
+@dataclass
+class _Call:
+    """One model call per step: the rows of the latent it takes (1 or 2 copies, for stacked true CFG) and its
+    conditioning."""
+
+    copies: int
+    context: torch.Tensor
+    y: torch.Tensor
+    attention_mask: Optional[torch.Tensor]
+    guidance: Optional[torch.Tensor]
+    channels: Optional[torch.Tensor]
+    inputs: dict[str, Any]
+
+
 @torch.no_grad()
 def sample(
     model: torch.nn.Module,
@@ -161,20 +212,31 @@ def sample(
     device: Optional[Union[str, torch.device]] = None,
     dtype: Optional[torch.dtype] = None,
     transformer_options: Optional[dict] = None,
-    model_inputs: Optional[Mapping[str, torch.Tensor]] = None,
+    model_inputs: Optional[Mapping[str, Any]] = None,
+    image_channels: Optional[torch.Tensor] = None,
+    negative_model_inputs: Optional[Mapping[str, Any]] = None,
+    negative_image_channels: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Denoise from pure noise to a clean latent (fp32, model latent space, on ``device``).
 
     Args:
         model: a transformer with ComfyUI's HunyuanVideo forward signature.
         noise_or_shape: the starting noise ``[B, C, T, H, W]`` (used as is), or a shape to draw it for ``seed``.
-        context, y, attention_mask: the positive prompt (``[B, L, D]``, ``[B, 768]``, optional 0/1 ``[B, L]``).
+        context, y, attention_mask: the positive prompt (``[B, L, D]``, ``[B, 768]`` (``[B, 0]`` for a model without a
+            pooled input), optional 0/1 ``[B, L]``).
         guidance: embedded guidance scale (None: the model gets no guidance input).
         cfg: true classifier-free guidance; > 1 needs ``negative`` and doubles the batch.
         hybrid: (N, M) steps at the start and end run under ``high_precision(model)``.
         dtype: activation dtype fed to the model (default: ``model.dtype``, else fp32).
-        model_inputs: further conditioning tensors the model takes by keyword, batch first (1.5's ``txt_byt5``
-            glyph tokens, ``clip_fea`` image features); with true CFG the negative half gets the same.
+        model_inputs: further conditioning the model takes by keyword: tensors batch first (1.5's ``txt_byt5`` glyph
+            tokens, ``clip_fea`` image features, v1 I2V's ``guiding_frame_index``, ``ref_latent``), or flags such as
+            ``disable_time_r``.
+        image_channels: what a model with more input channels than the latent has (``model.config.in_channels``)
+            takes there: the image-to-video conditioning (image latent and mask) ``[B, in_channels - C, T, H, W]``,
+            concatenated after the latent at every step. None: zeros, text-to-video as ComfyUI feeds it.
+        negative_model_inputs, negative_image_channels: the negative prompt's own (true CFG; default: the
+            positive's). Where the two halves' inputs cannot stack (other keys or shapes), each step runs them as
+            two forwards, as ComfyUI does with conditionings that cannot be batched.
     """
     pos = TextCondition(context, y, attention_mask)
     if cfg < 1.0:
@@ -182,6 +244,9 @@ def sample(
     use_cfg = cfg > 1.0
     if use_cfg and negative is None:
         raise ValueError(f"cfg {cfg} > 1 needs a negative prompt; connect one or set cfg to 1")
+    if use_cfg and (negative.context.shape[0] != pos.context.shape[0] or negative.context.shape[2] != context.shape[2]):
+        raise ValueError(f"negative prompt shape {tuple(negative.context.shape)} does not match the positive "
+                         f"{tuple(context.shape)} in batch or width")
     sigmas = flow_sigmas(steps, shift)
     plan = precision_plan(steps, hybrid)
     if isinstance(noise_or_shape, torch.Tensor):
@@ -196,28 +261,41 @@ def sample(
         device = noise.device
     dtype = dtype or model_compute_dtype(model)
     high_precision = high_precision or default_high_precision
+    batch = noise.shape[0]
 
-    cond = _batch_conditions(pos, negative if use_cfg else None)
-    ctx = cond.context.to(device=device, dtype=dtype)
-    vec = cond.y.to(device=device, dtype=dtype)
-    mask = cond.attention_mask.to(device) if cond.attention_mask is not None else None
-    batch = ctx.shape[0]
-    g = None if guidance is None else torch.full((batch,), float(guidance), device=device, dtype=dtype)
-    extra = {}
-    for key, value in (model_inputs or {}).items():
-        if value.shape[0] != noise.shape[0]:
-            raise ValueError(f"model input {key!r} has batch {value.shape[0]}, the latent {noise.shape[0]}")
-        value = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
-        extra[key] = torch.cat([value, value]) if use_cfg else value
-    options = dict(transformer_options or {})
-    options["sample_sigmas"] = sigmas.to(device)
-
-    # A model that also takes image-conditioning channels (image-to-video, 1.5) gets zeros there: text-to-video, as
-    # ComfyUI feeds them without an image.
     extra_channels = getattr(getattr(model, "config", None), "in_channels", noise.shape[1]) - noise.shape[1]
     if extra_channels < 0:
         raise ValueError(f"latent has {noise.shape[1]} channels but the model takes {noise.shape[1] + extra_channels} "
                          "input channels in all: pass the latent to denoise alone")
+    pos_inputs = _inputs_on(model_inputs, batch, device, dtype, "")
+    pos_channels = _channels_on(image_channels, noise, extra_channels, device, dtype, "")
+    halves = [(pos, pos_inputs, pos_channels)]
+    if use_cfg:
+        neg_inputs = pos_inputs if negative_model_inputs is None else _inputs_on(
+            negative_model_inputs, batch, device, dtype, "negative ")
+        neg_channels = pos_channels if negative_image_channels is None else _channels_on(
+            negative_image_channels, noise, extra_channels, device, dtype, "negative ")
+        halves.append((negative, neg_inputs, neg_channels))
+
+    def call(cond: TextCondition, copies: int, inputs: dict, channels: Optional[torch.Tensor]) -> _Call:
+        rows = batch * copies
+        g = None if guidance is None else torch.full((rows,), float(guidance), device=device, dtype=dtype)
+        mask = cond.attention_mask.to(device) if cond.attention_mask is not None else None
+        return _Call(copies, cond.context.to(device=device, dtype=dtype), cond.y.to(device=device, dtype=dtype),
+                     mask, g, channels, inputs)
+
+    if not use_cfg:
+        calls = [call(pos, 1, pos_inputs, pos_channels)]
+    elif _stackable(pos_inputs, halves[1][1]):
+        stacked = {k: torch.cat([v, halves[1][1][k]]) if isinstance(v, torch.Tensor) else v
+                   for k, v in pos_inputs.items()}
+        channels = None if pos_channels is None else torch.cat([pos_channels, halves[1][2]])
+        calls = [call(_batch_conditions(pos, negative), 2, stacked, channels)]
+    else:
+        calls = [call(cond, 1, inputs, channels) for cond, inputs, channels in halves]
+
+    options = dict(transformer_options or {})
+    options["sample_sigmas"] = sigmas.to(device)
     x = noise.to(device=device, dtype=torch.float32)
     with contextlib.ExitStack() as stack:
         high_now = False
@@ -229,14 +307,15 @@ def sample(
                     stack.close()
                 high_now = plan[i]
             sigma = sigmas[i].item()
-            xin = torch.cat([x, x]) if use_cfg else x
-            t = torch.full((batch,), sigma * TIMESTEP_SCALE, device=device, dtype=torch.float32)
             options["sigmas"] = sigmas[i : i + 1].to(device)
-            if extra_channels:
-                xin = torch.cat([xin, xin.new_zeros(xin.shape[0], extra_channels, *xin.shape[2:])], dim=1)
-            out = model(xin.to(dtype), t, ctx, vec, guidance=g, attention_mask=mask, transformer_options=options,
-                        **extra)
-            v = out.float()
+            outs = []
+            for c in calls:
+                xin = torch.cat([x] * c.copies) if c.copies > 1 else x
+                t = torch.full((xin.shape[0],), sigma * TIMESTEP_SCALE, device=device, dtype=torch.float32)
+                xin = xin.to(dtype) if c.channels is None else torch.cat([xin.to(dtype), c.channels], dim=1)
+                outs.append(model(xin, t, c.context, c.y, guidance=c.guidance, attention_mask=c.attention_mask,
+                                  transformer_options=options, **c.inputs).float())
+            v = torch.cat(outs) if len(outs) > 1 else outs[0]
             if not bool(torch.isfinite(v).all()):
                 raise NonFiniteStepError(
                     f"sampling step {i + 1} of {steps} (sigma {sigma:.4f}) gave NaN/Inf from the model: stopped "

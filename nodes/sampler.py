@@ -1,19 +1,44 @@
-"""Sampler node: our flow-matching Euler sampler with the hybrid precision schedule, on a MODEL from our loader."""
+"""Sampler node: our flow-matching Euler sampler with the hybrid precision schedule, on a MODEL from our loader.
+
+The CONDITIONING becomes the transformer's inputs through the MODEL itself: our loader's MODEL is ComfyUI's own
+``model_base`` class for the file (``HunyuanVideo``, ``HunyuanVideoI2V``, ``HunyuanVideo15``...), and its
+``extra_conds`` gives the text states, pooled vector, mask, the image-to-video channels (``c_concat``), 1.5's byT5 and
+vision states, the guiding frame and the reference latent exactly as ComfyUI's samplers get them. What this sampler
+cannot apply (areas, masks, ControlNet, hooks, timestep ranges, a masked latent) is refused by name.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 
+from ..hunyuan.config import HunyuanConfig
 from ..hunyuan.sampler import TextCondition, initial_noise, sample
 from . import widgets
 from .comfy_model import PACK_KEY, our_transformer
 from .policy import CATEGORY
 
+# Conditioning entries the HunyuanVideo family's ``extra_conds`` turns into model inputs: the text encoders' pooled
+# vector, mask and byT5 states, FluxGuidance's guidance, the image-to-video nodes' image latent, mask, vision states,
+# guiding frame and reference latent, the super-resolution node's noise augmentation.
+MODEL_CONDITIONING = frozenset({
+    "pooled_output", "attention_mask", "conditioning_byt5small", "guidance", "concat_latent_image", "concat_mask",
+    "clip_vision_output", "guiding_frame_index", "ref_latent", "noise_augmentation",
+})
+# What ``extra_conds`` gives besides the text, pooled vector, mask, guidance and image channels: transformer keywords.
+TRANSFORMER_KEYWORDS = frozenset({"txt_byt5", "clip_fea", "guiding_frame_index", "ref_latent", "disable_time_r"})
+# Latent entries that describe the tensor (ComfyUI's empty-latent nodes set them); anything else is refused.
+LATENT_METADATA = frozenset({"samples", "downscale_ratio_spacial", "downscale_ratio_temporal"})
+# The empty-latent and image-to-video nodes that make a family member's latent, by the VAE's spatial compression.
+LATENT_NODES = {8: "'EmptyHunyuanLatentVideo' or 'HunyuanImageToVideo'",
+                16: "'EmptyHunyuanVideo15Latent' or 'HunyuanVideo15ImageToVideo'"}
+ENCODERS = "DualCLIPLoader type hunyuan_video for v1, hunyuan_video_15 for 1.5"
 
-def text_condition(conditioning: Any, batch: int, which: str = "positive") -> TextCondition:
-    """ComfyUI CONDITIONING ``[[tokens [B, L, 4096], {"pooled_output": [B, 768], "attention_mask"?}]]`` -> ours."""
+
+def _single_entry(conditioning: Any, which: str) -> tuple[torch.Tensor, dict]:
+    """The one ``[tokens, extras]`` entry of a CONDITIONING (combined or area prompts are refused)."""
     if not isinstance(conditioning, (list, tuple)) or len(conditioning) == 0:
         raise ValueError(f"{which} conditioning is empty: connect a text encoder (CLIPTextEncode with a "
                          "DualCLIPLoader of type hunyuan_video)")
@@ -21,8 +46,18 @@ def text_condition(conditioning: Any, batch: int, which: str = "positive") -> Te
         raise ValueError(f"{which} conditioning has {len(conditioning)} entries (combined prompts); this sampler "
                          "takes one prompt: use ConditioningConcat or KSampler for combined/area prompts")
     tokens, extras = conditioning[0][0], conditioning[0][1]
-    pooled = extras.get("pooled_output")
-    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3 or pooled is None:
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3 or "pooled_output" not in extras:
+        raise ValueError(f"{which} conditioning is not HunyuanVideo text conditioning (needs token states "
+                         f"[B, L, dim] and the encoder's pooled output entry): encode with CLIPTextEncode and a "
+                         f"{ENCODERS}")
+    return tokens, extras
+
+
+def text_condition(conditioning: Any, batch: int, which: str = "positive") -> TextCondition:
+    """ComfyUI CONDITIONING ``[[tokens [B, L, 4096], {"pooled_output": [B, 768], "attention_mask"?}]]`` -> ours."""
+    tokens, extras = _single_entry(conditioning, which)
+    pooled = extras["pooled_output"]
+    if pooled is None:
         raise ValueError(f"{which} conditioning is not HunyuanVideo text conditioning (needs token states "
                          "[B, L, 4096] and a pooled CLIP-L output): encode with DualCLIPLoader type hunyuan_video")
     mask = extras.get("attention_mask")
@@ -34,26 +69,98 @@ def text_condition(conditioning: Any, batch: int, which: str = "positive") -> Te
     return TextCondition(tokens, pooled, mask)
 
 
-def check_latent(samples: torch.Tensor, in_channels: int, patch_size: tuple[int, int, int]) -> None:
-    """Reject latents the transformer cannot take, in video terms the user set."""
+@dataclass(frozen=True)
+class ModelConditioning:
+    """One prompt as the transformer takes it: the text, the image-conditioning channels (None: the model has none)
+    and further keyword inputs."""
+
+    text: TextCondition
+    image_channels: Optional[torch.Tensor]
+    inputs: dict[str, Any]
+
+
+def model_conditioning(model, cfg: HunyuanConfig, conditioning: Any, noise: torch.Tensor,
+                       latent_image: torch.Tensor, seed: int, guidance: float,
+                       which: str = "positive") -> ModelConditioning:
+    """A CONDITIONING through the MODEL's own ``extra_conds`` (called with the entries, noise, device, latent and seed
+    as ComfyUI's samplers call it), at the latent's batch; entries and inputs this sampler cannot apply are refused.
+    ``guidance`` is the node's embedded guidance, which a guidance set on the conditioning must agree with."""
+    tokens, extras = _single_entry(conditioning, which)
+    batch = noise.shape[0]
+    unknown = sorted(set(extras) - MODEL_CONDITIONING)
+    if unknown:
+        raise ValueError(f"{which} conditioning carries {', '.join(map(repr, unknown))}, which the HunyuanVideo FP8 "
+                         "Sampler does not apply (it takes one prompt from the text encoder and the HunyuanVideo "
+                         "image-to-video nodes): sample with KSampler or SamplerCustomAdvanced")
+    if cfg.guidance_embed and "guidance" in extras and (
+            extras["guidance"] is None or float(extras["guidance"]) != float(guidance)):
+        raise ValueError(f"the {which} conditioning sets guidance {extras['guidance']} (FluxGuidance) and the "
+                         f"sampler's guidance widget is {guidance}: the widget is the embedded guidance here; set it "
+                         "and remove FluxGuidance")
+    if tokens.shape[0] not in (1, batch):
+        raise ValueError(f"{which} conditioning batch {tokens.shape[0]} does not match the latent batch {batch}")
+    if tokens.shape[2] != cfg.context_in_dim:
+        raise ValueError(f"{which} conditioning has {tokens.shape[2]}-wide token states and this model "
+                         f"({cfg.describe()}) takes {cfg.context_in_dim}: encode the prompt with this model's text "
+                         f"encoder ({ENCODERS})")
+    params = {**extras, "cross_attn": tokens, "device": noise.device, "noise": noise, "latent_image": latent_image,
+              "denoise_mask": None, "seed": seed, "prompt_type": which}
+    conds = {key: cond.process_cond(batch_size=batch, area=None).cond
+             for key, cond in model.model.extra_conds(**params).items()}
+    context = conds.pop("c_crossattn")
+    y = conds.pop("y", None)
+    if y is None:
+        if cfg.vec_in_dim:
+            raise ValueError(f"{which} conditioning has no pooled text vector, which this model ({cfg.describe()}) "
+                             f"needs: encode the prompt with this model's text encoder ({ENCODERS})")
+        y = context.new_zeros(batch, 0)
+    mask = conds.pop("attention_mask", None)
+    conds.pop("guidance", None)  # the node's guidance widget runs (checked above)
+    channels = conds.pop("c_concat", None)
+    leftover = sorted(set(conds) - TRANSFORMER_KEYWORDS)
+    if leftover:
+        raise ValueError(f"{which} conditioning gives the model {', '.join(map(repr, leftover))}, which the "
+                         "HunyuanVideo FP8 Sampler does not pass on: sample with KSampler or SamplerCustomAdvanced")
+    return ModelConditioning(TextCondition(context, y, mask), channels, conds)
+
+
+def check_latent(samples: torch.Tensor, channels: int, patch_size: tuple[int, int, int],
+                 spatial_compression: int = 8) -> None:
+    """Reject latents the transformer cannot take, in video terms the user set: ``channels`` is the model's latent
+    (output) channels, ``spatial_compression`` its VAE's pixels per latent pixel."""
+    s = spatial_compression
+    node = LATENT_NODES.get(s, "an empty video latent node for this model")
     if samples.dim() != 5:
         raise ValueError(f"latent has shape {tuple(samples.shape)}; HunyuanVideo needs a video latent "
-                         "[batch, 16, frames, height/8, width/8] from 'EmptyHunyuanLatentVideo'")
-    if samples.shape[1] != in_channels:
-        raise ValueError(f"latent has {samples.shape[1]} channels, the model takes {in_channels}: use "
-                         "'EmptyHunyuanLatentVideo' (16 channels)")
+                         f"[batch, {channels}, frames, height/{s}, width/{s}] from {node}")
+    if samples.shape[1] != channels:
+        raise ValueError(f"latent has {samples.shape[1]} channels, the model takes {channels}: use {node} "
+                         f"({channels} channels)")
     _, ph, pw = patch_size
     if samples.shape[3] % ph or samples.shape[4] % pw:
-        raise ValueError(f"video size {samples.shape[4] * 8}x{samples.shape[3] * 8} is not a multiple of "
-                         f"{8 * pw}x{8 * ph}: pick a width and height divisible by 16")
+        raise ValueError(f"video size {samples.shape[4] * s}x{samples.shape[3] * s} is not a multiple of "
+                         f"{s * pw}x{s * ph}: pick a width and height divisible by {s * max(ph, pw)}")
+
+
+def check_latent_entries(latent: dict) -> None:
+    """This sampler denoises the whole latent from pure noise: a noise mask or batch index is refused by name."""
+    unknown = sorted(set(latent) - LATENT_METADATA)
+    if unknown:
+        raise ValueError(f"the latent carries {', '.join(map(repr, unknown))}, which the HunyuanVideo FP8 Sampler "
+                         "does not apply (it denoises the whole latent from pure noise; a noise_mask comes from "
+                         "HunyuanImageToVideo's 'v2 (replace)' guidance or a masked latent): use 'v1 (concat)' "
+                         "guidance, or sample with KSampler or SamplerCustomAdvanced")
 
 
 class HyVideoFP8Sampler:
     """ComfyUI node: sample a video latent with the hybrid FP8/high-precision schedule."""
 
-    DESCRIPTION = ("Flow-matching Euler sampler of the released HunyuanVideo (shift, embedded guidance, optional "
-                   "true CFG) with a hybrid schedule: the first and last steps in high precision, the rest in FP8, "
-                   "on the same weights. Needs a MODEL from the HunyuanVideo FP8 Loader.")
+    DESCRIPTION = ("Flow-matching Euler sampler (shift, embedded guidance, optional true CFG) with a hybrid schedule: "
+                   "the first and last steps in high precision, the rest in FP8, on the same weights. Runs every "
+                   "model the HunyuanVideo FP8 Loader loads: HunyuanVideo text-to-video and image-to-video "
+                   "(HunyuanImageToVideo 'v1 (concat)', SkyReels), HunyuanVideo 1.5 text-to-video and "
+                   "image-to-video (HunyuanVideo15ImageToVideo), step-distilled included, with ComfyUI's own text "
+                   "encoder and conditioning nodes. Needs a MODEL from the HunyuanVideo FP8 Loader.")
     CATEGORY = CATEGORY
     FUNCTION = "run"
     RETURN_TYPES = ("LATENT",)
@@ -63,19 +170,27 @@ class HyVideoFP8Sampler:
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The model from the HunyuanVideo FP8 Loader."}),
-                "positive": widgets.positive(),
+                "model": ("MODEL", {"tooltip": "The model from the HunyuanVideo FP8 Loader (v1 or 1.5, text- or "
+                                               "image-to-video)."}),
+                "positive": widgets.positive(
+                    f"The prompt: CLIPTextEncode with the model's text encoder ({ENCODERS}); for image-to-video "
+                    "through HunyuanImageToVideo or HunyuanVideo15ImageToVideo."),
                 "latent": ("LATENT", {"tooltip": (
-                    "From EmptyHunyuanLatentVideo: sets frames, size and batch. Sampling starts from pure noise.")}),
+                    "From EmptyHunyuanLatentVideo (v1), EmptyHunyuanVideo15Latent (1.5) or the image-to-video node: "
+                    "sets frames, size and batch. Sampling starts from pure noise.")}),
                 "seed": widgets.seed("Noise seed; the noise is drawn on the CPU, so a seed gives the same video on any "
                                      "GPU (and the same noise as KSampler).", control_after_generate=True),
                 "steps": ("INT", {"default": 30, "min": 1, "max": 1000, "tooltip": (
-                    "Denoising steps (the official scripts use 50, ComfyUI's template 20).")}),
-                "shift": widgets.shift("Flow time shift; 7.0 for the released model. Lower (2-5) for small videos."),
-                "guidance": widgets.guidance("Embedded guidance scale (6.0 default; replaces FluxGuidance)."),
+                    "Denoising steps (the official scripts use 50, ComfyUI's template 20; step-distilled 1.5 "
+                    "models 8).")}),
+                "shift": widgets.shift("Flow time shift; 7.0 for the released v1 model (1.5: as its workflows set "
+                                       "it). Lower (2-5) for small videos."),
+                "guidance": widgets.guidance("Embedded guidance scale (6.0 default; replaces FluxGuidance). Only "
+                                             "models with a guidance embedding (v1) use it."),
                 "cfg": ("FLOAT", {"default": 1.0, "min": 1.0, "max": 100.0, "step": 0.1, "tooltip": (
-                    "True classifier-free guidance with the negative prompt. 1 = off (the released model relies "
-                    "on embedded guidance); above 1 doubles the cost of each step.")}),
+                    "True classifier-free guidance with the negative prompt. 1 = off (v1 relies on embedded "
+                    "guidance; 1.5 text-to-video and image-to-video use true CFG, the step-distilled model 1); "
+                    "above 1 doubles the cost of each step.")}),
                 "hybrid_first_steps": ("INT", {"default": -1, "min": -1, "max": 1000, "tooltip": (
                     "First steps computed in high precision on the same FP8 weights. -1 = as set on the "
                     "loader's policy (0 without a policy).")}),
@@ -83,7 +198,8 @@ class HyVideoFP8Sampler:
                     "Last steps computed in high precision. -1 = as set on the loader's policy.")}),
             },
             "optional": {
-                "negative": ("CONDITIONING", {"tooltip": "Negative prompt, used only when cfg > 1."}),
+                "negative": ("CONDITIONING", {"tooltip": "Negative prompt, used only when cfg > 1 (for "
+                                                         "image-to-video, the image node's negative output)."}),
             },
         }
 
@@ -93,21 +209,26 @@ class HyVideoFP8Sampler:
         import latent_preview
 
         transformer = our_transformer(model)
-        if transformer.config.variant != "v1":
-            raise ValueError(f"the HunyuanVideo FP8 Sampler runs v1 text-to-video models and this MODEL is "
-                             f"{transformer.config.describe()}: sample it with KSampler or SamplerCustomAdvanced and "
-                             "ComfyUI's own conditioning nodes for it (the loader's MODEL works there)")
+        config = transformer.config
         samples = latent["samples"]
-        pack = model.model_options.get(PACK_KEY, {})
-        check_latent(samples, pack["config"]["in_channels"], tuple(pack["config"]["patch_size"]))
+        check_latent_entries(latent)
+        check_latent(samples, config.out_channels, config.patch_size, config.vae_spatial_compression)
         if cfg > 1.0 and negative is None:
             raise ValueError(f"cfg is {cfg} but no negative prompt is connected: connect one or set cfg to 1")
+        pack = model.model_options.get(PACK_KEY, {})
         policy_hybrid = pack.get("hybrid", (0, 0))
         hybrid = (policy_hybrid[0] if hybrid_first_steps < 0 else hybrid_first_steps,
                   policy_hybrid[1] if hybrid_last_steps < 0 else hybrid_last_steps)
-        batch = samples.shape[0]
-        pos = text_condition(positive, batch)
-        neg = text_condition(negative, batch, "negative") if negative is not None and cfg > 1.0 else None
+
+        # the conditioning is resolved on the CPU, before the model loads (a refused entry loads nothing)
+        noise = initial_noise(samples.shape, seed)
+        # as ComfyUI's guider: the model sees a non-empty latent in its own scale (v1 I2V's concat falls back to it)
+        latent_image = model.model.process_latent_in(samples) if torch.count_nonzero(samples) else samples
+        pos = model_conditioning(model, config, positive, noise, latent_image.to(noise.device), seed, guidance)
+        neg = None
+        if cfg > 1.0:
+            neg = model_conditioning(model, config, negative, noise, latent_image.to(noise.device), seed, guidance,
+                                     "negative")
 
         mm.load_models_gpu([model])
         device = model.load_device
@@ -117,9 +238,12 @@ class HyVideoFP8Sampler:
             mm.throw_exception_if_processing_interrupted()
             preview(step, x0, None, total)
 
-        noise = initial_noise(samples.shape, seed)
-        out = sample(transformer, noise.to(device), pos.context, pos.y, attention_mask=pos.attention_mask,
-                     steps=steps, shift=shift, guidance=guidance, cfg=cfg, negative=neg, hybrid=hybrid,
-                     callback=on_step, device=device)
+        out = sample(transformer, noise.to(device), pos.text.context, pos.text.y,
+                     attention_mask=pos.text.attention_mask, steps=steps, shift=shift,
+                     guidance=guidance if config.guidance_embed else None, cfg=cfg,
+                     negative=neg.text if neg is not None else None, hybrid=hybrid, callback=on_step, device=device,
+                     model_inputs=pos.inputs, image_channels=pos.image_channels,
+                     negative_model_inputs=neg.inputs if neg is not None else None,
+                     negative_image_channels=neg.image_channels if neg is not None else None)
         out = model.model.process_latent_out(out.to(mm.intermediate_device()))
         return ({"samples": out},)

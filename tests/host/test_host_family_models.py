@@ -131,20 +131,6 @@ def test_v15_on_a_comfyui_without_it_names_the_version_needed():
         wrap_transformer(transformer, cfg, "fp32")
 
 
-@pytest.mark.parametrize("variant", ["v1-i2v", "1.5"])
-def test_our_sampler_node_points_image_to_video_to_comfyuis_samplers(variant):
-    if variant == "1.5" and "vision_in_dim" not in _fields():
-        pytest.skip("this ComfyUI has no HunyuanVideo 1.5 (0.29+ has)")
-    cfg = tiny_variant_config(variant, **(V15 if variant == "1.5" else V1))
-    ours, _ = _both(cfg)
-    from hyvideo_fp8.nodes.sampler import HyVideoFP8Sampler
-
-    with pytest.raises(ValueError, match="sample it with KSampler or SamplerCustomAdvanced"):
-        HyVideoFP8Sampler().run(ours, _positive(cfg, {}), {"samples": torch.zeros(1, cfg.out_channels, 3, 4, 4)},
-                                seed=0, steps=2, shift=7.0, guidance=6.0, cfg=1.0, hybrid_first_steps=0,
-                                hybrid_last_steps=0)
-
-
 @pytest.mark.parametrize("fp8", ["scaled_fp8", "comfy_quant"])
 def test_v15_fp8_scaled_file_reads_as_comfyui_reads_it(tmp_path, fp8):
     """A 1.5 file in ComfyUI's FP8 formats (what Comfy-Org's ``*_fp8_scaled`` files use): ComfyUI's own loader and
