@@ -178,6 +178,24 @@ def _stackable(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return True
 
 
+def _mask_on(mask: Optional[torch.Tensor], keep: Optional[torch.Tensor], noise: torch.Tensor,
+             device) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The denoise mask (0/1 or soft, broadcast over the latent) and the latent kept where it is 0, fp32 on the
+    device; both or neither."""
+    if mask is None and keep is None:
+        return None, None
+    if mask is None or keep is None:
+        raise ValueError("denoise_mask and keep_latent go together: the mask says where the kept latent stays")
+    b, c, *size = noise.shape
+    if tuple(keep.shape) != tuple(noise.shape):
+        raise ValueError(f"keep_latent has shape {tuple(keep.shape)}, the latent {tuple(noise.shape)}")
+    if mask.dim() != 5 or mask.shape[0] not in (1, b) or mask.shape[1] not in (1, c) or list(mask.shape[2:]) != size:
+        raise ValueError(f"denoise_mask has shape {tuple(mask.shape)}; it must be [{b} or 1, {c} or 1, "
+                         f"{', '.join(map(str, size))}] over the latent {tuple(noise.shape)}")
+    return (mask.to(device=device, dtype=torch.float32).expand(noise.shape),
+            keep.to(device=device, dtype=torch.float32))
+
+
 @dataclass
 class _Call:
     """One model call per step: the rows of the latent it takes (1 or 2 copies, for stacked true CFG) and its
@@ -216,6 +234,8 @@ def sample(
     image_channels: Optional[torch.Tensor] = None,
     negative_model_inputs: Optional[Mapping[str, Any]] = None,
     negative_image_channels: Optional[torch.Tensor] = None,
+    denoise_mask: Optional[torch.Tensor] = None,
+    keep_latent: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Denoise from pure noise to a clean latent (fp32, model latent space, on ``device``).
 
@@ -237,6 +257,10 @@ def sample(
         negative_model_inputs, negative_image_channels: the negative prompt's own (true CFG; default: the
             positive's). Where the two halves' inputs cannot stack (other keys or shapes), each step runs them as
             two forwards, as ComfyUI does with conditionings that cannot be batched.
+        denoise_mask, keep_latent: a masked latent (given together, ``[B or 1, C or 1, T, H, W]`` and ``[B, C, T, H,
+            W]``): where the mask is 0 the model sees ``keep_latent`` at every step, its estimate of the clean latent
+            is ``keep_latent`` there and so is the sample (HunyuanImageToVideo's "v2 (replace)" start frames), as
+            ComfyUI's samplers treat a noise mask; where it is 1 the latent is denoised.
     """
     pos = TextCondition(context, y, attention_mask)
     if cfg < 1.0:
@@ -296,6 +320,7 @@ def sample(
 
     options = dict(transformer_options or {})
     options["sample_sigmas"] = sigmas.to(device)
+    mask, keep = _mask_on(denoise_mask, keep_latent, noise, device)
     x = noise.to(device=device, dtype=torch.float32)
     with contextlib.ExitStack() as stack:
         high_now = False
@@ -308,9 +333,10 @@ def sample(
                 high_now = plan[i]
             sigma = sigmas[i].item()
             options["sigmas"] = sigmas[i : i + 1].to(device)
+            seen = x if mask is None else x * mask + keep * (1 - mask)
             outs = []
             for c in calls:
-                xin = torch.cat([x] * c.copies) if c.copies > 1 else x
+                xin = torch.cat([seen] * c.copies) if c.copies > 1 else seen
                 t = torch.full((xin.shape[0],), sigma * TIMESTEP_SCALE, device=device, dtype=torch.float32)
                 xin = xin.to(dtype) if c.channels is None else torch.cat([xin.to(dtype), c.channels], dim=1)
                 outs.append(model(xin, t, c.context, c.y, guidance=c.guidance, attention_mask=c.attention_mask,
@@ -325,6 +351,8 @@ def sample(
             if use_cfg:
                 v_pos, v_neg = v.chunk(2)
                 v = v_neg + cfg * (v_pos - v_neg)
+            if mask is not None:  # the clean estimate is the kept latent where masked; step from the sampler's x
+                v = (x - ((seen - sigma * v) * mask + keep * (1 - mask))) / sigma
             if callback is not None:
                 callback(i, steps, x - sigma * v)
             x = x + v * (sigmas[i + 1].item() - sigma)

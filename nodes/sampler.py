@@ -4,7 +4,8 @@ The CONDITIONING becomes the transformer's inputs through the MODEL itself: our 
 ``model_base`` class for the file (``HunyuanVideo``, ``HunyuanVideoI2V``, ``HunyuanVideo15``...), and its
 ``extra_conds`` gives the text states, pooled vector, mask, the image-to-video channels (``c_concat``), 1.5's byT5 and
 vision states, the guiding frame and the reference latent exactly as ComfyUI's samplers get them. What this sampler
-cannot apply (areas, masks, ControlNet, hooks, timestep ranges, a masked latent) is refused by name.
+cannot apply (areas, masks, ControlNet, hooks, timestep ranges, a latent's batch index) is refused by name. A latent's
+noise mask (HunyuanImageToVideo's "v2 (replace)" start frames) is applied as ComfyUI's samplers apply it.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ MODEL_CONDITIONING = frozenset({
 })
 # What ``extra_conds`` gives besides the text, pooled vector, mask, guidance and image channels: transformer keywords.
 TRANSFORMER_KEYWORDS = frozenset({"txt_byt5", "clip_fea", "guiding_frame_index", "ref_latent", "disable_time_r"})
-# Latent entries that describe the tensor (ComfyUI's empty-latent nodes set them); anything else is refused.
-LATENT_METADATA = frozenset({"samples", "downscale_ratio_spacial", "downscale_ratio_temporal"})
+# Latent entries this sampler applies: the tensor, what describes it (ComfyUI's empty-latent nodes set that) and a
+# noise mask (the latent stays where it is 0); anything else is refused.
+LATENT_ENTRIES = frozenset({"samples", "downscale_ratio_spacial", "downscale_ratio_temporal", "noise_mask"})
 # The empty-latent and image-to-video nodes that make a family member's latent, by the VAE's spatial compression.
 LATENT_NODES = {8: "'EmptyHunyuanLatentVideo' or 'HunyuanImageToVideo'",
                 16: "'EmptyHunyuanVideo15Latent' or 'HunyuanVideo15ImageToVideo'"}
@@ -80,10 +82,11 @@ class ModelConditioning:
 
 
 def model_conditioning(model, cfg: HunyuanConfig, conditioning: Any, noise: torch.Tensor,
-                       latent_image: torch.Tensor, seed: int, guidance: float,
+                       latent_image: torch.Tensor, denoise_mask: Optional[torch.Tensor], seed: int, guidance: float,
                        which: str = "positive") -> ModelConditioning:
-    """A CONDITIONING through the MODEL's own ``extra_conds`` (called with the entries, noise, device, latent and seed
-    as ComfyUI's samplers call it), at the latent's batch; entries and inputs this sampler cannot apply are refused.
+    """A CONDITIONING through the MODEL's own ``extra_conds`` (called with the entries, noise, device, latent, denoise
+    mask and seed as ComfyUI's samplers call it), at the latent's batch; entries and inputs this sampler cannot apply
+    are refused.
     ``guidance`` is the node's embedded guidance, which a guidance set on the conditioning must agree with."""
     tokens, extras = _single_entry(conditioning, which)
     batch = noise.shape[0]
@@ -104,7 +107,7 @@ def model_conditioning(model, cfg: HunyuanConfig, conditioning: Any, noise: torc
                          f"({cfg.describe()}) takes {cfg.context_in_dim}: encode the prompt with this model's text "
                          f"encoder ({ENCODERS})")
     params = {**extras, "cross_attn": tokens, "device": noise.device, "noise": noise, "latent_image": latent_image,
-              "denoise_mask": None, "seed": seed, "prompt_type": which}
+              "denoise_mask": denoise_mask, "seed": seed, "prompt_type": which}
     conds = {key: cond.process_cond(batch_size=batch, area=None).cond
              for key, cond in model.model.extra_conds(**params).items()}
     context = conds.pop("c_crossattn")
@@ -142,14 +145,18 @@ def check_latent(samples: torch.Tensor, channels: int, patch_size: tuple[int, in
                          f"{s * pw}x{s * ph}: pick a width and height divisible by {s * max(ph, pw)}")
 
 
-def check_latent_entries(latent: dict) -> None:
-    """This sampler denoises the whole latent from pure noise: a noise mask or batch index is refused by name."""
-    unknown = sorted(set(latent) - LATENT_METADATA)
+def check_latent_entries(latent: dict, model_options: dict) -> None:
+    """Latent entries this sampler cannot apply (a batch index...) and a noise mask under a mask function are
+    refused by name."""
+    unknown = sorted(set(latent) - LATENT_ENTRIES)
     if unknown:
         raise ValueError(f"the latent carries {', '.join(map(repr, unknown))}, which the HunyuanVideo FP8 Sampler "
-                         "does not apply (it denoises the whole latent from pure noise; a noise_mask comes from "
-                         "HunyuanImageToVideo's 'v2 (replace)' guidance or a masked latent): use 'v1 (concat)' "
-                         "guidance, or sample with KSampler or SamplerCustomAdvanced")
+                         "does not apply (it samples the whole batch from the seed's noise): sample with KSampler or "
+                         "SamplerCustomAdvanced")
+    if "noise_mask" in latent and "denoise_mask_function" in model_options:
+        raise ValueError("the MODEL carries a denoise_mask_function (e.g. Differential Diffusion) for the latent's "
+                         "noise_mask, which the HunyuanVideo FP8 Sampler does not apply: sample with KSampler or "
+                         "SamplerCustomAdvanced")
 
 
 class HyVideoFP8Sampler:
@@ -157,10 +164,11 @@ class HyVideoFP8Sampler:
 
     DESCRIPTION = ("Flow-matching Euler sampler (shift, embedded guidance, optional true CFG) with a hybrid schedule: "
                    "the first and last steps in high precision, the rest in FP8, on the same weights. Runs every "
-                   "model the HunyuanVideo FP8 Loader loads: HunyuanVideo text-to-video and image-to-video "
-                   "(HunyuanImageToVideo 'v1 (concat)', SkyReels), HunyuanVideo 1.5 text-to-video and "
-                   "image-to-video (HunyuanVideo15ImageToVideo), step-distilled included, with ComfyUI's own text "
-                   "encoder and conditioning nodes. Needs a MODEL from the HunyuanVideo FP8 Loader.")
+                   "model the HunyuanVideo FP8 Loader loads, with ComfyUI's own text encoder and conditioning nodes: "
+                   "HunyuanVideo text-to-video and image-to-video (HunyuanImageToVideo's concat, replace and "
+                   "reference modes, SkyReels), HunyuanVideo 1.5 text-to-video, image-to-video "
+                   "(HunyuanVideo15ImageToVideo, step-distilled included) and super-resolution. Needs a MODEL from "
+                   "the HunyuanVideo FP8 Loader.")
     CATEGORY = CATEGORY
     FUNCTION = "run"
     RETURN_TYPES = ("LATENT",)
@@ -177,7 +185,8 @@ class HyVideoFP8Sampler:
                     "through HunyuanImageToVideo or HunyuanVideo15ImageToVideo."),
                 "latent": ("LATENT", {"tooltip": (
                     "From EmptyHunyuanLatentVideo (v1), EmptyHunyuanVideo15Latent (1.5) or the image-to-video node: "
-                    "sets frames, size and batch. Sampling starts from pure noise.")}),
+                    "sets frames, size and batch. Sampling starts from pure noise; where the latent has a noise "
+                    "mask (the image-to-video node's replaced start frames) the masked-out part is kept.")}),
                 "seed": widgets.seed("Noise seed; the noise is drawn on the CPU, so a seed gives the same video on any "
                                      "GPU (and the same noise as KSampler).", control_after_generate=True),
                 "steps": ("INT", {"default": 30, "min": 1, "max": 1000, "tooltip": (
@@ -206,12 +215,13 @@ class HyVideoFP8Sampler:
     def run(self, model, positive, latent: dict, seed: int, steps: int, shift: float, guidance: float, cfg: float,
             hybrid_first_steps: int, hybrid_last_steps: int, negative=None) -> tuple[dict]:
         import comfy.model_management as mm
+        import comfy.sampler_helpers
         import latent_preview
 
         transformer = our_transformer(model)
         config = transformer.config
         samples = latent["samples"]
-        check_latent_entries(latent)
+        check_latent_entries(latent, model.model_options)
         check_latent(samples, config.out_channels, config.patch_size, config.vae_spatial_compression)
         if cfg > 1.0 and negative is None:
             raise ValueError(f"cfg is {cfg} but no negative prompt is connected: connect one or set cfg to 1")
@@ -224,10 +234,14 @@ class HyVideoFP8Sampler:
         noise = initial_noise(samples.shape, seed)
         # as ComfyUI's guider: the model sees a non-empty latent in its own scale (v1 I2V's concat falls back to it)
         latent_image = model.model.process_latent_in(samples) if torch.count_nonzero(samples) else samples
-        pos = model_conditioning(model, config, positive, noise, latent_image.to(noise.device), seed, guidance)
+        latent_image = latent_image.to(device=noise.device, dtype=torch.float32)
+        denoise_mask = None
+        if "noise_mask" in latent:  # ComfyUI's own shaping of a noise mask to the latent
+            denoise_mask = comfy.sampler_helpers.prepare_mask(latent["noise_mask"], noise.shape, noise.device).float()
+        pos = model_conditioning(model, config, positive, noise, latent_image, denoise_mask, seed, guidance)
         neg = None
         if cfg > 1.0:
-            neg = model_conditioning(model, config, negative, noise, latent_image.to(noise.device), seed, guidance,
+            neg = model_conditioning(model, config, negative, noise, latent_image, denoise_mask, seed, guidance,
                                      "negative")
 
         mm.load_models_gpu([model])
@@ -244,6 +258,7 @@ class HyVideoFP8Sampler:
                      negative=neg.text if neg is not None else None, hybrid=hybrid, callback=on_step, device=device,
                      model_inputs=pos.inputs, image_channels=pos.image_channels,
                      negative_model_inputs=neg.inputs if neg is not None else None,
-                     negative_image_channels=neg.image_channels if neg is not None else None)
+                     negative_image_channels=neg.image_channels if neg is not None else None,
+                     denoise_mask=denoise_mask, keep_latent=latent_image if denoise_mask is not None else None)
         out = model.model.process_latent_out(out.to(mm.intermediate_device()))
         return ({"samples": out},)

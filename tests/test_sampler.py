@@ -440,3 +440,68 @@ def test_image_channels_on_the_real_15_transformer():
     start = torch.randn(1, extra, *shape[2:], generator=torch.Generator().manual_seed(5))
     i2v = sample(model, shape, context, y, steps=2, guidance=None, seed=4, image_channels=start)
     assert torch.isfinite(i2v).all() and rel_l2(i2v, t2v) > 1e-2  # measured 0.12
+
+
+# --- a masked latent (kept where the mask is 0) --------------------------------------------------------------------
+
+
+def test_masked_latent_keeps_its_frames_and_denoises_the_rest():
+    """On the straight path to ``target`` the sample is ``target`` where the mask is 1 and the kept latent where it is
+    0; the model sees the kept latent there at every step, and the preview's clean estimate is the blend."""
+    target, keep = torch.randn(SHAPE), torch.randn(SHAPE)
+    mask = torch.ones(1, 1, *SHAPE[2:])
+    mask[:, :, 0] = 0  # keep the first frame, as the image-to-video "replace" mode does
+    model = Recorder(lambda x, sigma, ctx: (x - target) / sigma.view(-1, 1, 1, 1, 1))
+    previews = []
+    out = sample(model, SHAPE, *text(), steps=6, seed=2, denoise_mask=mask, keep_latent=keep,
+                 callback=lambda i, n, x0: previews.append(x0))
+    expected = target * mask + keep * (1 - mask)
+    assert rel_l2(out, expected) < 1e-6  # measured below 5e-8 (fp32 rounding)
+    assert all(torch.equal(c["x"][:, :, 0], keep[:, :, 0]) for c in model.calls)
+    assert max(rel_l2(p, expected) for p in previews) < 1e-5
+    unmasked = sample(Recorder(model.field), SHAPE, *text(), steps=6, seed=2, denoise_mask=torch.ones(1, 1, *SHAPE[2:]),
+                      keep_latent=keep)
+    assert rel_l2(unmasked, sample(Recorder(model.field), SHAPE, *text(), steps=6, seed=2)) < 1e-6
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(denoise_mask=torch.ones(1, 1, *SHAPE[2:])), "go together"),
+    (dict(keep_latent=torch.zeros(SHAPE)), "go together"),
+    (dict(denoise_mask=torch.ones(1, 1, *SHAPE[2:]), keep_latent=torch.zeros(2, *SHAPE[1:])), "keep_latent has shape"),
+    (dict(denoise_mask=torch.ones(1, 2, *SHAPE[2:]), keep_latent=torch.zeros(SHAPE)), r"denoise_mask has shape"),
+    (dict(denoise_mask=torch.ones(1, 1, 2, 4, 6), keep_latent=torch.zeros(SHAPE)), r"\[1 or 1, 4 or 1, 3, 4, 6\]"),
+])
+def test_bad_masked_latent_rejected_before_any_model_call(kwargs, match):
+    model = Recorder(lambda x, sigma, ctx: torch.zeros_like(x))
+    with pytest.raises(ValueError, match=match):
+        sample(model, SHAPE, *text(), steps=1, **kwargs)
+    assert model.calls == []
+
+
+# --- the node's latent checks (no ComfyUI needed) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, match", [
+    ((1, 32, 45, 80), r"\[batch, 32, frames, height/16, width/16\] from 'EmptyHunyuanVideo15Latent'"),
+    ((1, 16, 3, 45, 80), "latent has 16 channels, the model takes 32: use 'EmptyHunyuanVideo15Latent' or "
+                         "'HunyuanVideo15ImageToVideo' \\(32 channels\\)"),
+])
+def test_latent_check_names_the_15_latent(shape, match):
+    from hyvideo_fp8.hunyuan.config import tiny_variant_config
+    from hyvideo_fp8.nodes.sampler import check_latent
+
+    cfg = tiny_variant_config("1.5")
+    with pytest.raises(ValueError, match=match):
+        check_latent(torch.zeros(shape), cfg.out_channels, cfg.patch_size, cfg.vae_spatial_compression)
+    check_latent(torch.zeros(1, 32, 31, 45, 80), cfg.out_channels, cfg.patch_size, cfg.vae_spatial_compression)
+
+
+def test_latent_entries_the_node_cannot_apply_are_named():
+    from hyvideo_fp8.nodes.sampler import check_latent_entries
+
+    check_latent_entries({"samples": torch.zeros(1), "downscale_ratio_spacial": 16, "noise_mask": torch.ones(1)}, {})
+    with pytest.raises(ValueError, match="'batch_index'"):
+        check_latent_entries({"samples": torch.zeros(1), "batch_index": [0]}, {})
+    with pytest.raises(ValueError, match="denoise_mask_function"):
+        check_latent_entries({"samples": torch.zeros(1), "noise_mask": torch.ones(1)},
+                             {"denoise_mask_function": print})

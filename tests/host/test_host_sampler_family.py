@@ -3,7 +3,8 @@ what KSampler runs: euler, simple schedule) on the same MODEL, seed and shift, w
 nodes make: 1.5 text-to-video (byT5 glyph text, a negative prompt of another length and without byT5), 1.5
 image-to-video and the step-distilled 1.5 image-to-video through ``HunyuanVideo15ImageToVideo`` (a tiny 1.5 VAE of
 ComfyUI's own class encodes the start image), 1.5 super-resolution through ``HunyuanVideo15SuperResolution``, v1
-image-to-video (``HunyuanImageToVideo``'s concat and reference latent), SkyReels. fp32 in-process on the CPU; what
+image-to-video (``HunyuanImageToVideo``'s concat, replace (a noise mask keeping the start frame) and reference
+latent), SkyReels. fp32 in-process on the CPU; what
 the node cannot apply is refused by name.
 
 Runs only when ``COMFYUI_PATH`` points at a ComfyUI source tree that imports; the 1.5 cases need ComfyUI 0.29+.
@@ -28,21 +29,22 @@ def _needs_15() -> None:
         pytest.skip("this ComfyUI has no HunyuanVideo 1.5 (0.29+ has)")
 
 
-def _node(model, positive, latent: torch.Tensor, cfg: float, negative=None, **kw) -> torch.Tensor:
+def _node(model, positive, latent: torch.Tensor, cfg: float, negative=None, noise_mask=None, **kw) -> torch.Tensor:
     from hyvideo_fp8.nodes.sampler import HyVideoFP8Sampler
 
     args = dict(seed=SEED, steps=STEPS, shift=model.model.model_sampling.shift, guidance=6.0, cfg=cfg,
                 hybrid_first_steps=0, hybrid_last_steps=0, negative=negative)
-    return HyVideoFP8Sampler().run(model, positive, {"samples": latent}, **{**args, **kw})[0]["samples"]
+    entry = {"samples": latent} if noise_mask is None else {"samples": latent, "noise_mask": noise_mask}
+    return HyVideoFP8Sampler().run(model, positive, entry, **{**args, **kw})[0]["samples"]
 
 
-def _comfy(model, positive, latent: torch.Tensor, cfg: float, negative=None) -> torch.Tensor:
+def _comfy(model, positive, latent: torch.Tensor, cfg: float, negative=None, noise_mask=None) -> torch.Tensor:
     """ComfyUI's KSampler path: its noise for the seed, euler, simple."""
     import comfy.sample
 
     noise = comfy.sample.prepare_noise(latent, SEED)
     return comfy.sample.sample(model, noise, STEPS, cfg, "euler", "simple", positive,
-                               positive if negative is None else negative, latent, seed=SEED)
+                               positive if negative is None else negative, latent, noise_mask=noise_mask, seed=SEED)
 
 
 def _negative(cfg, seed: int = 9) -> list:
@@ -136,6 +138,25 @@ V1_CONDITIONING = {
 }
 
 
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_v1_image_to_video_replace_mode(cfg_scale):
+    """HunyuanImageToVideo's "v2 (replace)": the start frame's latent in the latent, a noise mask keeping it, and the
+    guiding frame index (token replace) on the positive prompt only."""
+    cfg = tiny_variant_config("v1-i2v", **V1)
+    ours, _ = _both(cfg, seed=3)
+    latent = torch.zeros(1, 16, 3, 4, 4)
+    latent[:, :, :1] = torch.randn(1, 16, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    mask = torch.ones(1, 1, 3, 4, 4)
+    mask[:, :, :1] = 0.0
+    positive = _positive(cfg, {"guiding_frame_index": 0})
+    negative = None if cfg_scale == 1.0 else _negative(cfg)
+    got = _node(ours, positive, latent, cfg_scale, negative, noise_mask=mask)
+    want = _comfy(ours, positive, latent, cfg_scale, negative, noise_mask=mask)
+    assert torch.isfinite(got).all()
+    assert _rel(got, want) < BOUND  # measured 0 (cfg 1) and 2.7e-07 (cfg 2.5, two forwards) on 0.29.0 and 0.3.64
+    assert torch.allclose(got[:, :, :1], latent[:, :, :1], rtol=0, atol=1e-6)  # the start frame is kept
+
+
 @pytest.mark.parametrize("case", sorted(V1_CONDITIONING))
 def test_v1_image_to_video(case):
     variant, conditioning = V1_CONDITIONING[case]
@@ -159,12 +180,15 @@ def test_what_the_node_cannot_apply_is_refused_by_name():
     area = _positive(cfg, {"area": (2, 2, 0, 0), "strength": 1.0})
     with pytest.raises(ValueError, match="positive conditioning carries 'area', 'strength'.*KSampler"):
         _node(ours, area, latent, 1.0)
-    masked = {"samples": latent, "noise_mask": torch.ones(1, 1, 3, 4, 4)}  # HunyuanImageToVideo's "v2 (replace)"
     from hyvideo_fp8.nodes.sampler import HyVideoFP8Sampler
 
-    with pytest.raises(ValueError, match="latent carries 'noise_mask'.*v1 \\(concat\\)"):
-        HyVideoFP8Sampler().run(ours, _positive(cfg, {"guiding_frame_index": 0}), masked, seed=0, steps=2,
+    with pytest.raises(ValueError, match="latent carries 'batch_index'.*KSampler"):  # LatentFromBatch's
+        HyVideoFP8Sampler().run(ours, _positive(cfg, {}), {"samples": latent, "batch_index": [3]}, seed=0, steps=2,
                                 shift=7.0, guidance=6.0, cfg=1.0, hybrid_first_steps=0, hybrid_last_steps=0)
+    soft = ours.clone()
+    soft.model_options["denoise_mask_function"] = lambda sigma, mask, extra_options: mask  # Differential Diffusion's
+    with pytest.raises(ValueError, match="denoise_mask_function.*KSampler"):
+        _node(soft, _positive(cfg, {}), latent, 1.0, noise_mask=torch.ones(1, 1, 3, 4, 4))
     with pytest.raises(ValueError, match="guidance 3.5 \\(FluxGuidance\\).*widget is 6.0"):
         _node(ours, _positive(cfg, {"guidance": 3.5}), latent, 1.0)
     with pytest.raises(ValueError, match="negative conditioning has 3584-wide token states.*takes 32"):
