@@ -1,7 +1,8 @@
 """The shipped HunyuanVideo 1.5 API workflows (text-to-video, image-to-video, step-distilled image-to-video) at test
 size through POST /prompt on a real ComfyUI: ComfyUI's own 1.5 latent, image-to-video conditioning and VAE nodes feed
 our loader's MODEL; each decodes to a video, gives the latent that ComfyUI's own UNETLoader gives for the same file,
-and the start image reaches the model both as VAE latent and as SigLIP states.
+and the start image reaches the model both as VAE latent and as SigLIP states; with the HunyuanVideo FP8 Sampler in
+place of ComfyUI's sampler nodes each gives the native sampler's latent.
 
 Runs on ComfyUI 0.3.71 and later (0.29.0 in CI); skipped on older ComfyUI, which has no 1.5 nodes.
 """
@@ -113,3 +114,44 @@ def test_start_image_reaches_the_model_as_latent_and_as_vision_states(family_fil
         assert latents[case].shape == LATENT_SHAPE and torch.isfinite(latents[case]).all()
     for case in ("no start_image", "no clip_vision_output", "other vision states"):
         assert rel(latents[case], latents["both"]) > 1e-3, case
+
+
+def with_our_sampler(prompt: dict) -> dict:
+    """The workflow with the HunyuanVideo FP8 Sampler in place of ModelSamplingSD3 -> CFGGuider ->
+    SamplerCustomAdvanced: the loader's MODEL, the same prompts, latent, seed, steps, shift and CFG."""
+    shift, guider = prompt[find(prompt, "ModelSamplingSD3")], prompt[find(prompt, "CFGGuider")]["inputs"]
+    node = find(prompt, "SamplerCustomAdvanced")
+    inputs = {"model": shift["inputs"]["model"], "positive": guider["positive"], "negative": guider["negative"],
+              "latent": prompt[node]["inputs"]["latent_image"],
+              "seed": prompt[find(prompt, "RandomNoise")]["inputs"]["noise_seed"],
+              "steps": prompt[find(prompt, "BasicScheduler")]["inputs"]["steps"], "shift": shift["inputs"]["shift"],
+              "guidance": 6.0, "cfg": guider["cfg"], "hybrid_first_steps": -1, "hybrid_last_steps": -1}
+    for kind in ("ModelSamplingSD3", "CFGGuider", "BasicScheduler", "KSamplerSelect", "RandomNoise"):
+        del prompt[find(prompt, kind)]
+    prompt[node] = {"class_type": "HyVideoFP8Sampler", "inputs": inputs}
+    return prompt
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS)
+def test_15_workflow_with_our_sampler_gives_the_native_samplers_latent(family_files, workflow):
+    """The shipped 1.5 workflow with the HunyuanVideo FP8 Sampler in place of ComfyUI's sampler nodes (through
+    POST /prompt, ComfyUI's own 1.5 latent and image-to-video nodes feeding it): the native path's latent. Both run
+    every step in high precision (fp32) on the same MODEL, so the samplers, not FP8 rounding, are compared; 4 steps
+    divide 1000 (ComfyUI's simple schedule then picks our sigmas)."""
+    host, steps = family_files, 4
+    policy = get_preset("fp8-balanced").with_overrides(name="fp8-balanced-fp32", compute_dtype="fp32",
+                                                       default_mode="fp32").to_json()
+    latents = []
+    for ours in (False, True):
+        prompt = latent_only(tiny(host, workflow, steps), f"latents/{workflow}_{'ours' if ours else 'native'}")
+        prompt["30"] = {"class_type": "HyVideoFP8Policy", "inputs": {
+            "preset": "fp8-balanced", "attention": "preset", "attention_linears": "preset", "mlp_linears": "preset",
+            "single_block_linears": "preset", "modulation_linears": "preset", "boundary_blocks": -1,
+            "hybrid_first_steps": steps, "hybrid_last_steps": 0, "policy_json": policy, "fast_accumulation": "preset"}}
+        prompt[find(prompt, "HyVideoFP8Loader")]["inputs"]["policy"] = ["30", 0]
+        if ours:
+            prompt = with_our_sampler(prompt)
+        latents.append(latent_of(host, host.run(prompt)))
+    native, got = latents
+    assert got.shape == LATENT_SHAPE and torch.isfinite(got).all()
+    assert rel(got, native) < 1e-4  # measured 2.4e-06 (i2v, CFG 6), 1.6e-07 (step-distilled), 6.0e-07 (t2v)
