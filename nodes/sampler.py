@@ -43,7 +43,7 @@ def _single_entry(conditioning: Any, which: str) -> tuple[torch.Tensor, dict]:
     """The one ``[tokens, extras]`` entry of a CONDITIONING (combined or area prompts are refused)."""
     if not isinstance(conditioning, (list, tuple)) or len(conditioning) == 0:
         raise ValueError(f"{which} conditioning is empty: connect a text encoder (CLIPTextEncode with a "
-                         "DualCLIPLoader of type hunyuan_video)")
+                         f"{ENCODERS})")
     if len(conditioning) > 1:
         raise ValueError(f"{which} conditioning has {len(conditioning)} entries (combined prompts); this sampler "
                          "takes one prompt: use ConditioningConcat or KSampler for combined/area prompts")
