@@ -117,19 +117,22 @@ def test_workflows_cover_both_sampling_paths():
 
 def test_hunyuan_15_workflows_use_comfyuis_own_15_nodes():
     """Text-to-video, image-to-video and the step-distilled image-to-video, each on ComfyUI's 1.5 text encoder
-    (Qwen2.5-VL + byT5), VAE, latent / image conditioning and native sampling, with our loader for the model."""
+    (Qwen2.5-VL + byT5), VAE, latent / image conditioning and native sampling, with our loader for the model; and
+    image-to-video with the HunyuanVideo FP8 Sampler in place of the native sampling nodes."""
     pairs = {p.stem[len(HUNYUAN_15):]: load_pair(p) for p in PAIRS if p.name.startswith(HUNYUAN_15)}
-    assert sorted(pairs) == ["fp8_i2v", "fp8_i2v_step_distilled", "fp8_t2v"]
-    base = {"DualCLIPLoader", "CLIPTextEncode", "VAELoader", "HyVideoFP8Loader", "ModelSamplingSD3", "CFGGuider",
-            "SamplerCustomAdvanced", "VAEDecode", "CreateVideo", "SaveVideo"}
+    assert sorted(pairs) == ["fp8_i2v", "fp8_i2v_sampler", "fp8_i2v_step_distilled", "fp8_t2v"]
+    base = {"DualCLIPLoader", "CLIPTextEncode", "VAELoader", "HyVideoFP8Loader", "VAEDecode", "CreateVideo",
+            "SaveVideo"}
+    native = {"ModelSamplingSD3", "CFGGuider", "SamplerCustomAdvanced"}
     i2v = {"LoadImage", "CLIPVisionLoader", "CLIPVisionEncode", "HunyuanVideo15ImageToVideo"}
     for name, (ui, api) in pairs.items():
         used = {n["type"] for n in ui["nodes"]}
-        assert used >= base | (i2v if "i2v" in name else {"EmptyHunyuanVideo15Latent"}), name
-        assert not used & {"UNETLoader", "EmptyHunyuanLatentVideo", "FluxGuidance"}, name
+        sampling = {"HyVideoFP8Sampler"} if name.endswith("_sampler") else native
+        assert used >= base | sampling | (i2v if "i2v" in name else {"EmptyHunyuanVideo15Latent"}), name
+        assert not used & ({"UNETLoader", "EmptyHunyuanLatentVideo", "FluxGuidance"} | (native - sampling)), name
         by_type = {e["class_type"]: e["inputs"] for e in api.values()}
         assert by_type["DualCLIPLoader"]["type"] == "hunyuan_video_15"
-        assert by_type["ModelSamplingSD3"]["shift"] >= 5.0
+        assert by_type["ModelSamplingSD3" if sampling == native else "HyVideoFP8Sampler"]["shift"] >= 5.0
         if "i2v" in name:  # the image reaches the model both as VAE latent and as SigLIP states
             i2v_node = by_type["HunyuanVideo15ImageToVideo"]
             assert i2v_node["start_image"] and i2v_node["clip_vision_output"]
@@ -137,6 +140,16 @@ def test_hunyuan_15_workflows_use_comfyuis_own_15_nodes():
     distilled = {e["class_type"]: e["inputs"] for e in pairs["fp8_i2v_step_distilled"][1].values()}
     assert distilled["CFGGuider"]["cfg"] == 1.0 and distilled["BasicScheduler"]["steps"] <= 12
     assert "step_distilled" in distilled["HyVideoFP8Loader"]["model_name"]
+    # our sampler's image-to-video: the native one's file, image node, seed, steps, shift and CFG, the negative prompt
+    native_i2v = {e["class_type"]: e["inputs"] for e in pairs["fp8_i2v"][1].values()}
+    ours = {e["class_type"]: e["inputs"] for e in pairs["fp8_i2v_sampler"][1].values()}
+    sampler = ours["HyVideoFP8Sampler"]
+    assert ours["HyVideoFP8Loader"] == native_i2v["HyVideoFP8Loader"]
+    assert ours["HunyuanVideo15ImageToVideo"] == native_i2v["HunyuanVideo15ImageToVideo"]
+    assert (sampler["seed"], sampler["steps"], sampler["shift"], sampler["cfg"]) == (
+        native_i2v["RandomNoise"]["noise_seed"], native_i2v["BasicScheduler"]["steps"],
+        native_i2v["ModelSamplingSD3"]["shift"], native_i2v["CFGGuider"]["cfg"])
+    assert sampler["negative"][1] == 1 and sampler["latent"][1] == 2  # the image node's negative and latent
 
 
 @pytest.mark.parametrize("ui_path", PAIRS, ids=lambda p: p.stem)

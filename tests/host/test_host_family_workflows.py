@@ -21,9 +21,12 @@ from tests.host.test_host_workflows import check_video, latent_of
 T2V = "hunyuan_video15_fp8_t2v_api.json"
 I2V = "hunyuan_video15_fp8_i2v_api.json"
 DISTILLED = "hunyuan_video15_fp8_i2v_step_distilled_api.json"
+SAMPLER_I2V = "hunyuan_video15_fp8_i2v_sampler_api.json"  # image-to-video with the HunyuanVideo FP8 Sampler
 # T2V and I2V 1.5 checkpoints share one architecture; the step-distilled one adds the meanflow time_r input
-FILES = {T2V: (MODEL15, CFG15), I2V: (MODEL15, CFG15), DISTILLED: (MODEL15_DISTILLED, CFG15_DISTILLED)}
+FILES = {T2V: (MODEL15, CFG15), I2V: (MODEL15, CFG15), DISTILLED: (MODEL15_DISTILLED, CFG15_DISTILLED),
+         SAMPLER_I2V: (MODEL15, CFG15)}
 WORKFLOWS = sorted(FILES)
+NATIVE_WORKFLOWS = [w for w in WORKFLOWS if w != SAMPLER_I2V]  # sampled by ComfyUI's own sampler nodes
 # the latent of 5 frames of 64x64: 32 channels, 16x spatial and 4x temporal compression
 LATENT_SHAPE = (1, 32, 2, 4, 4)
 
@@ -31,6 +34,19 @@ LATENT_SHAPE = (1, 32, 2, 4, 4)
 def tiny(host, workflow: str, steps: int = 3) -> dict:
     model, cfg = FILES[workflow]
     return host.tiny_prompt(workflow, steps=steps, model=model, cfg=cfg, vae=VAE15)
+
+
+def all_steps_fp32(prompt: dict, steps: int) -> dict:
+    """Our loader under a policy that runs every one of ``steps`` steps in fp32 (its hybrid steps), so that samplers
+    or models, not FP8 rounding, are compared."""
+    policy = get_preset("fp8-balanced").with_overrides(name="fp8-balanced-fp32", compute_dtype="fp32",
+                                                       default_mode="fp32").to_json()
+    prompt["30"] = {"class_type": "HyVideoFP8Policy", "inputs": {
+        "preset": "fp8-balanced", "attention": "preset", "attention_linears": "preset", "mlp_linears": "preset",
+        "single_block_linears": "preset", "modulation_linears": "preset", "boundary_blocks": -1,
+        "hybrid_first_steps": steps, "hybrid_last_steps": 0, "policy_json": policy, "fast_accumulation": "preset"}}
+    prompt[find(prompt, "HyVideoFP8Loader")]["inputs"]["policy"] = ["30", 0]
+    return prompt
 
 
 def latent_only(prompt: dict, prefix: str) -> dict:
@@ -76,21 +92,14 @@ def test_15_workflow_runs_and_decodes_a_video(family_files, workflow):
     assert any(p["data"]["max"] == 3 for p in progress), "no per-step progress from the sampler"
 
 
-@pytest.mark.parametrize("workflow", WORKFLOWS)
+@pytest.mark.parametrize("workflow", NATIVE_WORKFLOWS)
 def test_15_workflow_matches_comfyuis_own_loader(family_files, workflow):
     """The same workflow with ComfyUI's UNETLoader on the same file: same latent. Ours runs every step in fp32 (the
     policy's hybrid steps), so that the two models' numerics, not FP8 rounding, are compared; the step-distilled
     model's meanflow target comes from the sampler's sigmas on both."""
     host, steps = family_files, 3
     model, _ = FILES[workflow]
-    ours = latent_only(tiny(host, workflow, steps), f"latents/{workflow}_ours")
-    policy = get_preset("fp8-balanced").with_overrides(name="fp8-balanced-fp32", compute_dtype="fp32",
-                                                       default_mode="fp32").to_json()
-    ours["30"] = {"class_type": "HyVideoFP8Policy", "inputs": {
-        "preset": "fp8-balanced", "attention": "preset", "attention_linears": "preset", "mlp_linears": "preset",
-        "single_block_linears": "preset", "modulation_linears": "preset", "boundary_blocks": -1,
-        "hybrid_first_steps": steps, "hybrid_last_steps": 0, "policy_json": policy, "fast_accumulation": "preset"}}
-    ours[find(ours, "HyVideoFP8Loader")]["inputs"]["policy"] = ["30", 0]
+    ours = all_steps_fp32(latent_only(tiny(host, workflow, steps), f"latents/{workflow}_ours"), steps)
     stock = latent_only(tiny(host, workflow, steps), f"latents/{workflow}_stock")
     stock[find(stock, "HyVideoFP8Loader")] = {"class_type": "UNETLoader",
                                               "inputs": {"unet_name": model, "weight_dtype": "default"}}
@@ -99,7 +108,7 @@ def test_15_workflow_matches_comfyuis_own_loader(family_files, workflow):
     assert rel(got, want) < 1e-4  # the fp32 parity bound of tests/host/test_host_family_models.py
 
 
-@pytest.mark.parametrize("workflow", [I2V, DISTILLED])
+@pytest.mark.parametrize("workflow", [I2V, DISTILLED, SAMPLER_I2V])
 def test_start_image_reaches_the_model_as_latent_and_as_vision_states(family_files, workflow):
     host = family_files
     latents = {}
@@ -132,26 +141,30 @@ def with_our_sampler(prompt: dict) -> dict:
     return prompt
 
 
-@pytest.mark.parametrize("workflow", WORKFLOWS)
+@pytest.mark.parametrize("workflow", NATIVE_WORKFLOWS)
 def test_15_workflow_with_our_sampler_gives_the_native_samplers_latent(family_files, workflow):
     """The shipped 1.5 workflow with the HunyuanVideo FP8 Sampler in place of ComfyUI's sampler nodes (through
     POST /prompt, ComfyUI's own 1.5 latent and image-to-video nodes feeding it): the native path's latent. Both run
     every step in high precision (fp32) on the same MODEL, so the samplers, not FP8 rounding, are compared; 4 steps
     divide 1000 (ComfyUI's simple schedule then picks our sigmas)."""
     host, steps = family_files, 4
-    policy = get_preset("fp8-balanced").with_overrides(name="fp8-balanced-fp32", compute_dtype="fp32",
-                                                       default_mode="fp32").to_json()
     latents = []
     for ours in (False, True):
-        prompt = latent_only(tiny(host, workflow, steps), f"latents/{workflow}_{'ours' if ours else 'native'}")
-        prompt["30"] = {"class_type": "HyVideoFP8Policy", "inputs": {
-            "preset": "fp8-balanced", "attention": "preset", "attention_linears": "preset", "mlp_linears": "preset",
-            "single_block_linears": "preset", "modulation_linears": "preset", "boundary_blocks": -1,
-            "hybrid_first_steps": steps, "hybrid_last_steps": 0, "policy_json": policy, "fast_accumulation": "preset"}}
-        prompt[find(prompt, "HyVideoFP8Loader")]["inputs"]["policy"] = ["30", 0]
+        prompt = all_steps_fp32(latent_only(tiny(host, workflow, steps),
+                                            f"latents/{workflow}_{'ours' if ours else 'native'}"), steps)
         if ours:
             prompt = with_our_sampler(prompt)
         latents.append(latent_of(host, host.run(prompt)))
     native, got = latents
     assert got.shape == LATENT_SHAPE and torch.isfinite(got).all()
     assert rel(got, native) < 1e-4  # measured 2.4e-06 (i2v, CFG 6), 1.6e-07 (step-distilled), 6.0e-07 (t2v)
+
+
+def test_shipped_sampler_workflow_gives_the_native_image_to_video_latent(family_files):
+    """The shipped image-to-video workflow with the HunyuanVideo FP8 Sampler and the native one: same latent (every
+    step in fp32, 4 steps)."""
+    host, steps = family_files, 4
+    got, native = (latent_of(host, host.run(all_steps_fp32(latent_only(tiny(host, w, steps), f"latents/{w}_shipped"),
+                                                            steps))) for w in (SAMPLER_I2V, I2V))
+    assert got.shape == LATENT_SHAPE and torch.isfinite(got).all()
+    assert rel(got, native) < 1e-4  # measured 2.4e-06 (CFG 6)
