@@ -291,15 +291,6 @@ def sample(
     if extra_channels < 0:
         raise ValueError(f"latent has {noise.shape[1]} channels but the model takes {noise.shape[1] + extra_channels} "
                          "input channels in all: pass the latent to denoise alone")
-    pos_inputs = _inputs_on(model_inputs, batch, device, dtype, "")
-    pos_channels = _channels_on(image_channels, noise, extra_channels, device, dtype, "")
-    halves = [(pos, pos_inputs, pos_channels)]
-    if use_cfg:
-        neg_inputs = pos_inputs if negative_model_inputs is None else _inputs_on(
-            negative_model_inputs, batch, device, dtype, "negative ")
-        neg_channels = pos_channels if negative_image_channels is None else _channels_on(
-            negative_image_channels, noise, extra_channels, device, dtype, "negative ")
-        halves.append((negative, neg_inputs, neg_channels))
 
     def call(cond: TextCondition, copies: int, inputs: dict, channels: Optional[torch.Tensor]) -> _Call:
         rows = batch * copies
@@ -308,15 +299,22 @@ def sample(
         return _Call(copies, cond.context.to(device=device, dtype=dtype), cond.y.to(device=device, dtype=dtype),
                      mask, g, channels, inputs)
 
+    pos_inputs = _inputs_on(model_inputs, batch, device, dtype, "")
+    pos_channels = _channels_on(image_channels, noise, extra_channels, device, dtype, "")
     if not use_cfg:
         calls = [call(pos, 1, pos_inputs, pos_channels)]
-    elif _stackable(pos_inputs, halves[1][1]):
-        stacked = {k: torch.cat([v, halves[1][1][k]]) if isinstance(v, torch.Tensor) else v
-                   for k, v in pos_inputs.items()}
-        channels = None if pos_channels is None else torch.cat([pos_channels, halves[1][2]])
-        calls = [call(_batch_conditions(pos, negative), 2, stacked, channels)]
     else:
-        calls = [call(cond, 1, inputs, channels) for cond, inputs, channels in halves]
+        neg_inputs = pos_inputs if negative_model_inputs is None else _inputs_on(
+            negative_model_inputs, batch, device, dtype, "negative ")
+        neg_channels = pos_channels if negative_image_channels is None else _channels_on(
+            negative_image_channels, noise, extra_channels, device, dtype, "negative ")
+        if _stackable(pos_inputs, neg_inputs):
+            stacked = {k: torch.cat([v, neg_inputs[k]]) if isinstance(v, torch.Tensor) else v
+                       for k, v in pos_inputs.items()}
+            channels = None if pos_channels is None else torch.cat([pos_channels, neg_channels])
+            calls = [call(_batch_conditions(pos, negative), 2, stacked, channels)]
+        else:
+            calls = [call(pos, 1, pos_inputs, pos_channels), call(negative, 1, neg_inputs, neg_channels)]
 
     options = dict(transformer_options or {})
     options["sample_sigmas"] = sigmas.to(device)
