@@ -30,7 +30,8 @@ BASELINE = "native-bf16"
 SIZES = ("480x848x61f", "544x960x129f", "720x1280x129f")
 SIZES_15 = ("480x848x121f", "720x1280x121f")
 # Peaks that bench/results/README.md records as inflated (a profiled step ran before they were read).
-INFLATED_PEAKS = {("step-2026-11-29-h200.json", "480x848x61f"), ("step-2026-11-29-h200.json", "544x960x129f")}
+INFLATED_PEAKS = {("step-2026-11-29-h200.json", "480x848x61f"), ("step-2026-11-29-h200.json", "544x960x129f"),
+                  ("step-15-2026-12-06-h100-80gb-hbm3.json", "480x848x121f")}
 VARIANTS = {  # variant in the result files -> row label
     "native-bf16": "ComfyUI native bf16",
     "native-fp8_e4m3fn_fast": "ComfyUI native `fp8_e4m3fn_fast`",
@@ -111,31 +112,45 @@ def tables(runs: list[dict], all_sizes: tuple[str, ...] = SIZES) -> str:
     return "\n".join(out)
 
 
-def _newest(results: Path, pattern: str) -> dict | None:
-    paths = sorted(results.glob(pattern))
-    datas = [dict(json.loads(p.read_text(encoding="utf-8")), file=p.name) for p in paths]
-    return max(datas, key=lambda d: d["env"]["date"], default=None)
+def _loaded(results: Path, pattern: str) -> list[dict]:
+    """The result files matching ``pattern``, newest first, each with its file name."""
+    datas = [dict(json.loads(p.read_text(encoding="utf-8")), file=p.name) for p in sorted(results.glob(pattern))]
+    return sorted(datas, key=lambda d: d["env"]["date"], reverse=True)
+
+
+def _memory_cells(runs: list[dict]) -> list[tuple[dict, dict, dict]]:
+    """(row, the same run's uncapped row, run) for every size and cap, from the newest run that has it."""
+    cells, seen = [], set()
+    for run in runs:
+        rows = [r for r in run["data"]["rows"] if r.get("token_chunk") is None]
+        for r in rows:
+            key = (r["size"], r.get("cap_gib"))
+            if key in seen:
+                continue
+            base = next(b for b in rows if b["size"] == r["size"] and b.get("cap_gib") is None)
+            seen.add(key)
+            cells.append((r, base, run))
+    order = {size: i for i, size in enumerate(SIZES)}
+    return sorted(cells, key=lambda c: (-order.get(c[0]["size"], -1), -(c[0].get("cap_gib") or 1e9)))
 
 
 def memory_table(results: Path = RESULTS) -> str:
     """Your card, what fits, what it costs: the fp8-balanced step under each GPU memory cap (block swap streaming what
     does not fit), and which VAE decode fits under the same cap."""
-    memory = _newest(results, "memory-*.json")
-    if memory is None:
+    runs = _loaded(results, "memory-*.json")
+    if not runs:
         return ""
-    vae = _newest(results, "vae-decode-*.json")
+    vaes = _loaded(results, "vae-decode-*.json")
+    vae = vaes[0] if vaes else None
     decodes = {} if vae is None else {(r["size"], r["decode"]): r for r in vae["data"]["rows"]}
-    rows = []
-    for r in memory["data"]["rows"]:
-        if r.get("token_chunk") is not None:
-            continue
-        base = next(b for b in memory["data"]["rows"] if b["size"] == r["size"] and b.get("cap_gib") is None
-                    and b.get("token_chunk") is None)
+    rows, used = [], {}
+    for r, base, run in _memory_cells(runs):
+        used[run["file"]] = run
         cap = r.get("cap_gib")
         if cap is None:
             fits, what = "all resident", f"{r['seconds']:.2f} s (1.00x)"
         elif r["seconds"] != r["seconds"]:  # NaN: out of memory
-            fits, what = f"{r['streamed_blocks']} blocks streamed", "out of memory"
+            fits, what = f"{r['n_double']} double + {r['n_single']} single blocks streamed", "out of memory"
         else:
             fits = f"{r['n_double']} double + {r['n_single']} single blocks streamed"
             what = f"{r['seconds']:.2f} s ({r['seconds'] / base['seconds']:.2f}x)"
@@ -147,12 +162,13 @@ def memory_table(results: Path = RESULTS) -> str:
             decode = f"VAEDecode ({whole['peak'] / 2**30:.1f} GiB)"
         else:
             decode = f"**VAEDecodeTiled** ({tiled['peak'] / 2**30:.1f} GiB; whole: {whole['peak'] / 2**30:.1f} GiB)"
-        rows.append([r["size"], "no cap" if cap is None else f"{cap:g} GiB", fits, f"{r['peak'] / 2**30:.1f}", what,
-                     decode])
-    sources = [f"`{d['file']}` ({d['env']['gpu']}, {d['env']['date']})" for d in (memory, vae) if d is not None]
+        peak = "–" if r["seconds"] != r["seconds"] else f"{r['peak'] / 2**30:.1f}"
+        rows.append([r["size"], "no cap" if cap is None else f"{cap:g} GiB", fits, peak, what, decode])
+    sources = [f"`{d['file']}` ({d['env']['gpu']}, {d['env']['date']})"
+               for d in sorted(used.values(), key=lambda d: d["env"]["date"]) + ([vae] if vae else [])]
     return "\n".join([
-        _table(["video", "GPU memory", "what fits (fp8-balanced, block swap `auto`)", "step peak GiB",
-                "step time (vs all resident)", "VAE decode that fits"], rows),
+        _table(["video", "GPU memory", "what fits (fp8-balanced, block swap)", "step peak GiB",
+                "step time (vs all resident, same run)", "VAE decode that fits"], rows),
         "",
         "The 13B v1 model in fp8-balanced; each cap is `torch.cuda.set_per_process_memory_fraction` on one GPU, and "
         "the blocks that do not fit stream from pinned host memory. Runs: " + "; ".join(sources) + ".",

@@ -40,8 +40,9 @@ MODULATION_LINEARS: tuple[str, ...] = LINEAR_GROUPS["modulation_linears"]
 REFINER_BLOCKS = "txt_in.*"
 
 # Error budgets: the worst one-step relative L2 error against bf16 that bench/bench_quality.py measured on the full
-# 13B config with random weights (bench/results/quality-2026-11-29-h200), rounded up. Random weights amplify rounding
-# through 60 blocks far more than trained ones, so these are upper bounds to re-measure on real checkpoints with
+# 13B config with random weights (bench/results/quality-2026-11-29-h200), rounded up; HunyuanVideo 1.5's come the same
+# way from its full 8.3B config (bench/results/quality-15-2026-12-06-h100-80gb-hbm3). Random weights amplify rounding
+# through 54-60 blocks far more than trained ones, so these are upper bounds to re-measure on real checkpoints with
 # `tools.py quality`.
 # Fast FP8 accumulation covers every linear of HunyuanVideo (the largest K is single_blocks.*.linear2's 15,360); its
 # speed and its extra error next to the FP8 rounding are in bench/results/linear-2026-11-29-h200-interleaved.md.
@@ -65,18 +66,20 @@ PRESETS: dict[str, PrecisionPolicy] = {
             default_mode=ComputeMode.BF16,
             attention="sdpa",
             error_budget=0.14,
+            error_budgets={"1.5": 0.12},
         ),
         PrecisionPolicy(
             name="fp8-balanced",
             description="W8A8 FP8 on the attention and MLP block linears (per-token activations), FP8 attention; "
-                        "modulation, embedders, token refiner (attention included) and final layer in bf16; first "
-                        "and last block in bf16.",
+                        "modulation, embedders (1.5: byT5 mapper, vision projection, time_r too), token refiner "
+                        "(attention included) and final layer in bf16; first and last block in bf16.",
             rules=tuple(Rule(p, FP8) for p in BLOCK_LINEARS),
             default_mode=ComputeMode.BF16,
             attention="fp8",
             attention_rules=(AttentionRule(REFINER_BLOCKS, "sdpa"),),
             high_precision_boundary_blocks=1,
             error_budget=0.12,
+            error_budgets={"1.5": 0.11},
             fast_accum_max_k=FAST_ACCUM_MAX_K,
         ),
         PrecisionPolicy(
@@ -86,6 +89,7 @@ PRESETS: dict[str, PrecisionPolicy] = {
             default_mode=FP8,
             attention="fp8",
             error_budget=0.22,
+            error_budgets={"1.5": 0.18},
             fast_accum_max_k=FAST_ACCUM_MAX_K,
         ),
     )

@@ -78,6 +78,9 @@ def test_presets_contents():
     assert get_preset("fp8-balanced").mode_for("double_blocks.0.img_mlp.0", BLOCK_ORDER) is hp  # boundary block
     # measured on the full 13B random model (bench/results/quality-2026-11-29-h200), rounded up ~10%
     assert [PRESETS[n].error_budget for n in PRESETS] == [0.0, 0.14, 0.12, 0.22]
+    # and on the full 8.3B HunyuanVideo 1.5 (bench/results/quality-15-2026-12-06-h100-80gb-hbm3), rounded up
+    assert [PRESETS[n].budget_for("1.5") for n in PRESETS] == [0.0, 0.12, 0.11, 0.18]
+    assert [PRESETS[n].budget_for("v1") for n in PRESETS] == [0.0, 0.14, 0.12, 0.22]
     # fast FP8 accumulation on every HunyuanVideo linear (K <= 15,360) in the W8A8 presets only
     assert [PRESETS[n].fast_accum_max_k for n in PRESETS] == [0, 0, 15360, 15360]
     assert PRESETS["fp8-max"].fast_accum_for(15360) and not PRESETS["fp8-max"].fast_accum_for(15361)
@@ -121,6 +124,10 @@ def test_unknown_fields_are_rejected():
     ("high_precision_boundary_blocks", -1, "'high_precision_boundary_blocks' must be an integer >= 0"),
     ("high_precision_boundary_blocks", 1.5, "'high_precision_boundary_blocks' must be an integer >= 0"),
     ("error_budget", -0.1, "'error_budget' must be a finite number >= 0"),
+    ("error_budgets", {"1.5": -1}, "'error_budgets' must map model family names"),
+    ("error_budgets", {"": 0.1}, "'error_budgets' must map model family names"),
+    ("error_budgets", "0.1", "'error_budgets' must map model family names"),
+    ("error_budgets", {"1.5": float("nan")}, "'error_budgets' must map model family names"),
     ("error_budget", "small", "'error_budget' must be a finite number >= 0"),
     ("fast_accum_max_k", -1, "'fast_accum_max_k' must be an integer >= 0"),
     ("fast_accum_max_k", 3072.0, "'fast_accum_max_k' must be an integer >= 0"),
