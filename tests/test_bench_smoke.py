@@ -15,6 +15,9 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 @pytest.mark.parametrize("script,args", [
     ("bench_step.py", ["--tiny", "--device", "cpu", "--variants", "ours-bf16,fp8-balanced,fp8-max+sdpa+swap",
                        "--runs", "1", "--runs-rest", "1", "--warmup-rest", "0"]),
+    ("bench_step.py", ["--tiny", "--device", "cpu", "--family", "1.5", "--variants", "ours-bf16,fp8-balanced",
+                       "--runs", "1"]),
+    ("bench_memory.py", ["--tiny", "--device", "cpu", "--runs", "1"]),
     ("bench_linear.py", ["--tiny"]),
 ])
 def test_benchmark_harness_runs_tiny_on_cpu(script, args, tmp_path):
