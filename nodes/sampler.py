@@ -159,6 +159,41 @@ def check_latent_entries(latent: dict, model_options: dict) -> None:
                          "SamplerCustomAdvanced")
 
 
+SAMPLER_FUNCTIONS = ("sampler_cfg_function", "sampler_post_cfg_function", "sampler_pre_cfg_function",
+                     "model_function_wrapper", "sampler_calc_cond_batch_function")
+
+
+def _registered(table: Any, what: str) -> list[str]:
+    """``"<what> <type> '<key>'"`` for each non-empty entry of a ComfyUI wrappers/callbacks table."""
+    found = []
+    for kind, by_key in (table or {}).items():
+        for key, fns in (by_key or {}).items():
+            if fns:
+                found.append(f"{what} {kind} {key!r}")
+    return found
+
+
+def unapplied_model_features(model, shift: float) -> list[str]:
+    """What other nodes attached to the MODEL that this sampler, which calls the transformer itself, would not apply:
+    ComfyUI's wrappers and callbacks (EasyCache...), CFG functions (SkipLayerGuidance, RescaleCFG...), transformer
+    patches, and a model_sampling patch whose shift differs from the sampler's."""
+    options = model.model_options
+    transformer_options = options.get("transformer_options", {})
+    found = _registered(getattr(model, "wrappers", None), "wrapper")
+    found += _registered(getattr(model, "callbacks", None), "callback")
+    found += _registered(transformer_options.get("wrappers"), "wrapper")
+    found += _registered(transformer_options.get("callbacks"), "callback")
+    found += [name for name in SAMPLER_FUNCTIONS if options.get(name)]
+    for key in ("patches", "patches_replace"):
+        found += [f"transformer_options {key} {name!r}" for name, v in transformer_options.get(key, {}).items() if v]
+    patched = getattr(model, "object_patches", {}).get("model_sampling")
+    patched_shift = getattr(patched, "shift", None)
+    if patched_shift is not None and abs(float(patched_shift) - shift) > 1e-6:
+        found.append(f"a model_sampling patch with shift {float(patched_shift):g} (ModelSamplingSD3; the sampler's "
+                     f"shift widget is {shift:g})")
+    return found
+
+
 class HyVideoFP8Sampler:
     """ComfyUI node: sample a video latent with the hybrid FP8/high-precision schedule."""
 
@@ -222,6 +257,11 @@ class HyVideoFP8Sampler:
         config = transformer.config
         samples = latent["samples"]
         check_latent_entries(latent, model.model_options)
+        unapplied = unapplied_model_features(model, shift)
+        if unapplied:
+            raise ValueError(f"the MODEL carries {', '.join(unapplied)}, which the HunyuanVideo FP8 Sampler does not "
+                             "apply (it calls the transformer itself): sample with KSampler or SamplerCustomAdvanced, "
+                             "which run them on this MODEL, or remove those nodes (for a shift, set the sampler's)")
         check_latent(samples, config.out_channels, config.patch_size, config.vae_spatial_compression)
         if cfg > 1.0 and negative is None:
             raise ValueError(f"cfg is {cfg} but no negative prompt is connected: connect one or set cfg to 1")

@@ -204,3 +204,26 @@ def test_15_model_refuses_a_v1_latent_and_v1_text():
     v1_text = [[torch.randn(1, 6, 4096), {"pooled_output": torch.randn(1, 768)}]]
     with pytest.raises(ValueError, match="4096-wide token states.*hunyuan_video_15"):
         _node(ours, v1_text, torch.zeros(1, 32, 3, 4, 4), 1.0)
+
+
+def test_model_features_it_would_not_apply_are_refused_by_name():
+    """EasyCache (wrappers), SkipLayerGuidanceDiT (a post-CFG function) and ModelSamplingSD3 with another shift than
+    the sampler's, each from ComfyUI's own node, stop the sampler with their names before anything loads; the same
+    shift as the widget is fine."""
+    from comfy_extras.nodes_easycache import EasyCacheNode
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+    from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
+
+    cfg = tiny_variant_config("v1-i2v", **V1)
+    ours, _ = _both(cfg, seed=3)
+    latent, positive = torch.zeros(1, 16, 3, 4, 4), _positive(cfg, {})
+    cached = EasyCacheNode.execute(ours, 0.2, 0.15, 0.95, False).result[0]
+    with pytest.raises(ValueError, match="wrapper .*'easycache'.*KSampler or SamplerCustomAdvanced"):
+        _node(cached, positive, latent, 1.0)
+    slg = SkipLayerGuidanceDiT.execute(ours, 3.0, 0.0, 1.0, "1", "1").result[0]
+    with pytest.raises(ValueError, match="sampler_post_cfg_function"):
+        _node(slg, positive, latent, 1.0)
+    shifted = ModelSamplingSD3().patch(ours, 3.0)[0]
+    with pytest.raises(ValueError, match="model_sampling patch with shift 3 .*widget is 7"):
+        _node(shifted, positive, latent, 1.0, shift=7.0)
+    assert torch.isfinite(_node(shifted, positive, latent, 1.0, shift=3.0)).all()
