@@ -129,6 +129,7 @@ class QualityInputs:
     guidance: float | None = DEFAULT_GUIDANCE
     conditioning: str = "given"
     model_inputs: Mapping[str, Tensor] = field(default_factory=dict)  # 1.5's txt_byt5 / clip_fea, batch first
+    image_channels: Tensor | None = None  # image-to-video: the model's image-conditioning input channels (else zeros)
 
     def __post_init__(self) -> None:
         if len(self.latent_shape) != 5:
@@ -201,7 +202,8 @@ def _sample_recorded(model: nn.Module, inputs: QualityInputs, noise: Tensor, hyb
         try:
             latent = sample(model, noise.clone(), inputs.context, inputs.y, attention_mask=inputs.attention_mask,
                             steps=inputs.steps, shift=inputs.shift, guidance=inputs.guidance, seed=inputs.seed,
-                            hybrid=hybrid, callback=callback, device=device, model_inputs=inputs.model_inputs)
+                            hybrid=hybrid, callback=callback, device=device, model_inputs=inputs.model_inputs,
+                            image_channels=inputs.image_channels)
         except NonFiniteStepError:
             if recorder.nonfinite_step is None:
                 raise

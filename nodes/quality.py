@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 
 from ..hunyuan.quality import Candidate, QualityInputs, parse_candidates, run_quality
+from ..hunyuan.sampler import initial_noise
 from . import widgets
-from .comfy_model import PACK_KEY, our_transformer
+from .comfy_model import our_transformer
 from .policy import CATEGORY, POLICY_TYPE, NodePolicy
-from .sampler import check_latent, text_condition
+from .sampler import check_latent, check_latent_entries, model_conditioning, unapplied_model_features
 
 __all__ = ["HyVideoFP8QualityReport", "node_candidates"]
 
@@ -56,7 +57,8 @@ class HyVideoFP8QualityReport:
                                                "preset it gives an exact reference; loaded in FP8, the reference "
                                                "carries that FP8 weight rounding (the report says so)."}),
                 "positive": widgets.positive(),
-                "latent": ("LATENT", {"tooltip": "EmptyHunyuanLatentVideo: sets frames and size (keep it small)."}),
+                "latent": ("LATENT", {"tooltip": "EmptyHunyuanLatentVideo (v1), EmptyHunyuanVideo15Latent (1.5) or an "
+                                             "image-to-video node's latent: sets frames and size (keep it small)."}),
                 "candidates": ("STRING", {"default": "fp8-balanced\nfp8-max", "multiline": True, "tooltip": (
                     "One candidate per line (or comma-separated): a preset name or policy JSON file, optionally "
                     "with +hybrid=N/M, +attention=sdpa|fp8, +boundary=N, +budget=X; or a policy JSON object on "
@@ -86,13 +88,24 @@ class HyVideoFP8QualityReport:
         import folder_paths
 
         transformer = our_transformer(model)
+        config = transformer.config
         samples = latent["samples"]
-        pack = model.model_options.get(PACK_KEY, {})
-        check_latent(samples, pack["config"]["in_channels"], tuple(pack["config"]["patch_size"]))
+        check_latent_entries(latent, model.model_options)
+        if "noise_mask" in latent:
+            raise ValueError("the latent carries a noise_mask, which the quality report does not apply (every run "
+                             "samples the whole latent from noise): connect the latent without it")
+        unapplied = unapplied_model_features(model, shift)
+        if unapplied:
+            raise ValueError(f"the MODEL carries {', '.join(unapplied)}, which the quality report does not apply (it "
+                             "calls the transformer itself): connect the loader's MODEL without those nodes")
+        check_latent(samples, config.out_channels, config.patch_size, config.vae_spatial_compression)
         cands = node_candidates(candidates, [policy_a, policy_b])
-        cond = text_condition(positive, samples.shape[0])
-        inputs = QualityInputs(cond.context, cond.y, tuple(samples.shape), cond.attention_mask, seed, steps, shift,
-                               guidance, "the connected prompt")
+        noise = initial_noise(samples.shape, seed)
+        latent_image = model.model.process_latent_in(samples) if torch.count_nonzero(samples) else samples
+        cond = model_conditioning(model, config, positive, noise, latent_image.float(), None, seed, guidance)
+        inputs = QualityInputs(cond.text.context, cond.text.y, tuple(samples.shape), cond.text.attention_mask, seed,
+                               steps, shift, guidance if config.guidance_embed else None, "the connected prompt",
+                               model_inputs=cond.inputs, image_channels=cond.image_channels)
         mm.load_models_gpu([model])
         runs = 1 + int(noise_floor) + len(cands)
         bar = comfy.utils.ProgressBar(runs * steps)

@@ -227,3 +227,30 @@ def test_model_features_it_would_not_apply_are_refused_by_name():
     with pytest.raises(ValueError, match="model_sampling patch with shift 3 .*widget is 7"):
         _node(shifted, positive, latent, 1.0, shift=7.0)
     assert torch.isfinite(_node(shifted, positive, latent, 1.0, shift=3.0)).all()
+
+
+def test_quality_report_node_on_a_15_model(tmp_path):
+    """The Quality Report node takes a 1.5 model with ComfyUI-style 1.5 conditioning (byT5 glyph tokens, no pooled
+    vector) and judges it by 1.5's error budgets."""
+    _needs_15()
+    import folder_paths
+
+    from hyvideo_fp8.hunyuan.loader import load_transformer
+    from hyvideo_fp8.hunyuan.policies import get_preset
+    from hyvideo_fp8.nodes.comfy_model import wrap_transformer
+    from hyvideo_fp8.nodes.quality import HyVideoFP8QualityReport
+    from tests.host.test_host_family_models import _weights
+
+    cfg = tiny_variant_config("1.5", **V15)
+    model = wrap_transformer(load_transformer(_weights(cfg, 5), get_preset("bf16")), cfg, "bf16")
+    positive = _positive(cfg, {"conditioning_byt5small": _byt5()})
+    before = folder_paths.get_output_directory()
+    folder_paths.set_output_directory(str(tmp_path))
+    try:
+        out = HyVideoFP8QualityReport().report(model, positive, {"samples": torch.zeros(1, 32, 3, 4, 4)}, "fp8-max",
+                                               steps=2, seed=3, shift=7.0, guidance=6.0, noise_floor=False)
+    finally:
+        folder_paths.set_output_directory(before)
+    text = out["result"][0]
+    assert f"budget {get_preset('fp8-max').budget_for('1.5'):g}" in text and "fp8-max: PASS" in text, text
+    assert list(tmp_path.rglob("report.json"))
