@@ -210,12 +210,12 @@ def test_model_features_it_would_not_apply_are_refused_by_name():
     """EasyCache (wrappers), SkipLayerGuidanceDiT (a post-CFG function) and ModelSamplingSD3 with another shift than
     the sampler's, each from ComfyUI's own node, stop the sampler with their names before anything loads; the same
     shift as the widget is fine."""
+    cfg = tiny_variant_config("v1-i2v", **V1)
+    ours, _ = _both(cfg, seed=3)  # skips without a ComfyUI tree
     from comfy_extras.nodes_easycache import EasyCacheNode
     from comfy_extras.nodes_model_advanced import ModelSamplingSD3
     from comfy_extras.nodes_slg import SkipLayerGuidanceDiT
 
-    cfg = tiny_variant_config("v1-i2v", **V1)
-    ours, _ = _both(cfg, seed=3)
     latent, positive = torch.zeros(1, 16, 3, 4, 4), _positive(cfg, {})
     cached = EasyCacheNode.execute(ours, 0.2, 0.15, 0.95, False).result[0]
     with pytest.raises(ValueError, match="wrapper .*'easycache'.*KSampler or SamplerCustomAdvanced"):
