@@ -164,11 +164,12 @@ SAMPLER_FUNCTIONS = ("sampler_cfg_function", "sampler_post_cfg_function", "sampl
 
 
 def _registered(table: Any, what: str) -> list[str]:
-    """``"<what> <type> '<key>'"`` for each non-empty entry of a ComfyUI wrappers/callbacks table."""
+    """``"<what> <type> '<key>'"`` for each non-empty entry of a ComfyUI wrappers/callbacks table (but the pack's own:
+    its hybrid-steps wrapper, whose work this sampler does itself)."""
     found = []
     for kind, by_key in (table or {}).items():
         for key, fns in (by_key or {}).items():
-            if fns:
+            if fns and key != PACK_KEY:
                 found.append(f"{what} {kind} {key!r}")
     return found
 
