@@ -49,17 +49,24 @@ def _setup_comfy(path: str):
 
     comfy.options.enable_args_parsing(False)
     import comfy.cli_args
+
+    try:
+        import comfy_aimdo.control
+    except ImportError:  # 0.3.64: no dynamic VRAM
+        comfy_aimdo = None
+    if comfy_aimdo is not None and comfy.cli_args.enables_dynamic_vram():
+        # as main.py: the allocator library loads before ComfyUI's device set-up touches CUDA, and init_devices
+        # does nothing without it
+        comfy_aimdo.control.init()
     import comfy.model_management as mm
     import comfy.model_patcher
 
     dynamic = False
-    try:
-        import comfy.memory_management
-        import comfy_aimdo.control
-    except ImportError:  # 0.3.64: no dynamic VRAM
+    if comfy_aimdo is None:
         return mm, dynamic
+    import comfy.memory_management
+
     if comfy.cli_args.enables_dynamic_vram() and mm.is_nvidia():
-        comfy_aimdo.control.init()  # loads the allocator library; init_devices does nothing without it
         devices = [d.index for d in mm.get_all_torch_devices()]
         try:
             ok = comfy_aimdo.control.init_devices((d, int(comfy.cli_args.args.vram_headroom * 2**30)) for d in devices)
