@@ -17,7 +17,7 @@ from ..hunyuan.sampler import initial_noise
 from . import widgets
 from .comfy_model import our_transformer
 from .policy import CATEGORY, POLICY_TYPE, NodePolicy
-from .sampler import check_latent, check_latent_entries, model_conditioning, unapplied_model_features
+from .sampler import check_latent, check_latent_entries, model_conditioning, model_latent, unapplied_model_features
 
 __all__ = ["HyVideoFP8QualityReport", "node_candidates"]
 
@@ -101,8 +101,7 @@ class HyVideoFP8QualityReport:
         check_latent(samples, config.out_channels, config.patch_size, config.vae_spatial_compression)
         cands = node_candidates(candidates, [policy_a, policy_b])
         noise = initial_noise(samples.shape, seed)
-        latent_image = model.model.process_latent_in(samples) if torch.count_nonzero(samples) else samples
-        cond = model_conditioning(model, config, positive, noise, latent_image.float(), None, seed, guidance)
+        cond = model_conditioning(model, config, positive, noise, model_latent(model, samples), None, seed, guidance)
         inputs = QualityInputs(cond.text.context, cond.text.y, tuple(samples.shape), cond.text.attention_mask, seed,
                                steps, shift, guidance if config.guidance_embed else None, "the connected prompt",
                                model_inputs=cond.inputs, image_channels=cond.image_channels)

@@ -145,6 +145,12 @@ def check_latent(samples: torch.Tensor, channels: int, patch_size: tuple[int, in
                          f"{s * pw}x{s * ph}: pick a width and height divisible by {s * max(ph, pw)}")
 
 
+def model_latent(model, samples: torch.Tensor) -> torch.Tensor:
+    """The LATENT's samples as the model's conditioning sees them (fp32): as ComfyUI's guider, a non-empty latent in
+    the model's own scale (v1 image-to-video's concat falls back to it), an empty one as is."""
+    return (model.model.process_latent_in(samples) if torch.count_nonzero(samples) else samples).float()
+
+
 def check_latent_entries(latent: dict, model_options: dict) -> None:
     """Latent entries this sampler cannot apply (a batch index...) and a noise mask under a mask function are
     refused by name."""
@@ -273,9 +279,7 @@ class HyVideoFP8Sampler:
 
         # the conditioning is resolved on the CPU, before the model loads (a refused entry loads nothing)
         noise = initial_noise(samples.shape, seed)
-        # as ComfyUI's guider: the model sees a non-empty latent in its own scale (v1 I2V's concat falls back to it)
-        latent_image = model.model.process_latent_in(samples) if torch.count_nonzero(samples) else samples
-        latent_image = latent_image.to(device=noise.device, dtype=torch.float32)
+        latent_image = model_latent(model, samples).to(device=noise.device)
         denoise_mask = None
         if "noise_mask" in latent:  # ComfyUI's own shaping of a noise mask to the latent
             denoise_mask = comfy.sampler_helpers.prepare_mask(latent["noise_mask"], noise.shape, noise.device).float()

@@ -173,31 +173,29 @@ def test_fp32_matches_float64(variant, over):
     assert rel(out, ref) < 1e-5  # measured 2e-07 to 3e-07
 
 
+def _whole_and_chunked(cfg, seed: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 outputs of one model without and with token chunks of 10."""
+    model = load_transformer(_strong(cfg, seed=seed), None, dtype=torch.float64)
+    inputs = _inputs(cfg, torch.float64, frames=frames)
+    with torch.no_grad():
+        model.token_chunk = 0
+        whole = model(**inputs)
+        model.token_chunk = 10
+        return whole, model(**inputs)
+
+
 @pytest.mark.parametrize("variant,over", FAMILY, ids=[v for v, _ in FAMILY])
 def test_token_chunks_are_exact(variant, over):
     """Chunked token-wise steps give the same result; with token replace the chunks are cut at the guiding
     frame's last token (24 tokens a frame here, chunks of 10)."""
     cfg = tiny_variant_config(variant, **over)
-    model = load_transformer(_strong(cfg, seed=4), None, dtype=torch.float64)
-    inputs = _inputs(cfg, torch.float64, frames=3)
-    with torch.no_grad():
-        model.token_chunk = 0
-        whole = model(**inputs)
-        model.token_chunk = 10
-        chunked = model(**inputs)
+    whole, chunked = _whole_and_chunked(cfg, seed=4, frames=3)
     assert rel(chunked, whole) < 1e-13
 
 
 def test_token_replace_on_a_one_frame_latent():
     """Every image token is the guiding frame's: each block modulates them all with row 0, the text with row 1."""
-    cfg = tiny_variant_config("v1-i2v")
-    model = load_transformer(_strong(cfg, seed=7), None, dtype=torch.float64)
-    inputs = _inputs(cfg, torch.float64, frames=1)
-    with torch.no_grad():
-        model.token_chunk = 0
-        whole = model(**inputs)
-        model.token_chunk = 10
-        chunked = model(**inputs)
+    whole, chunked = _whole_and_chunked(tiny_variant_config("v1-i2v"), seed=7, frames=1)
     assert torch.isfinite(whole).all() and rel(chunked, whole) < 1e-13
 
 
