@@ -50,6 +50,12 @@ def measure(model, inputs, warmup: int, runs: int, device: str) -> tuple[float, 
     return median(times), peak
 
 
+def emit(rows: list[list], row: list) -> None:
+    """Keep a table row and print it at once, so a run cut short by a time limit still reports what it measured."""
+    rows.append(row)
+    print("[bench_memory] " + " | ".join(str(c) for c in row), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--caps", default=DEFAULT_CAPS, help="size:GiB,GiB;size:GiB (default: %(default)s)")
@@ -79,14 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         inputs = make_inputs(cfg, sizes[size_name], args.device, seed=1, text_tokens=256 if not args.tiny else 8)
         base_time, base_peak = measure(model, inputs, args.warmup, args.runs, args.device)
         activations = max(base_peak - weights, 0)
-        rows.append([size_name, "none", 0, f"{weights / 2**30:.2f}", f"{base_peak / 2**30:.2f}",
+        emit(rows, [size_name, "none", 0, f"{weights / 2**30:.2f}", f"{base_peak / 2**30:.2f}",
                      f"{base_time:.3f}", "1.00x"])
         default_chunk = model.token_chunk
         for chunk in [int(c) for c in args.token_chunks.split(",") if c]:
             model.token_chunk = chunk
             seconds, peak = measure(model, inputs, args.warmup, args.runs, args.device)
             model.token_chunk = default_chunk
-            rows.append([size_name, f"none, token chunk {chunk}", 0, f"{weights / 2**30:.2f}", f"{peak / 2**30:.2f}",
+            emit(rows, [size_name, f"none, token chunk {chunk}", 0, f"{weights / 2**30:.2f}", f"{peak / 2**30:.2f}",
                          f"{seconds:.3f}", f"{seconds / base_time:.2f}x"])
             data.append(dict(size=size_name, cap_gib=None, token_chunk=chunk, peak=peak, seconds=seconds))
         data.append(dict(size=size_name, cap_gib=None, streamed_blocks=0, peak=base_peak, seconds=base_time,
@@ -109,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 if swap is not None:
                     swap.remove()
             streamed = plan.n_double + plan.n_single
-            rows.append([size_name, f"{cap:g} GiB", f"{plan.n_double} + {plan.n_single}",
+            emit(rows, [size_name, f"{cap:g} GiB", f"{plan.n_double} + {plan.n_single}",
                          f"{(weights - plan.streamed_bytes) / 2**30:.2f}", f"{peak / 2**30:.2f}", f"{seconds:.3f}",
                          outcome])
             data.append(dict(size=size_name, cap_gib=cap, streamed_blocks=streamed, n_double=plan.n_double,
