@@ -10,17 +10,27 @@ block once the compute stream is done with it (``record_stream``).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["BlockSwap", "SwapPlan", "enable_block_swap", "plan_block_swap", "tensor_bytes"]
+__all__ = ["BlockSwap", "SwapPlan", "enable_block_swap", "estimate_activation_bytes", "plan_block_swap",
+           "tensor_bytes"]
 
 logger = logging.getLogger("hyvideo_fp8")
 
 _Slot = tuple[nn.Module, str, bool]  # (owner module, tensor name, is a parameter)
+
+# Activation bytes per token and hidden unit: the whole-sequence tensors a block holds at its peak (residual stream,
+# q/k/v, attention output), and the token-chunked temporaries (MLP hidden, linear1/linear2 outputs over one chunk).
+# Chosen to sit above every clean step peak bench_step and bench_memory record, for both families and every preset
+# (tests/test_memory.py checks it against bench/results).
+_BYTES_PER_TOKEN = 12
+_BYTES_PER_CHUNK_TOKEN = 22
+_TEXT_TOKENS = 512  # text, byT5 and vision tokens beside the video's (an upper bound for the released encoders)
 
 
 def _slots(block: nn.Module) -> list[_Slot]:
@@ -164,6 +174,18 @@ class SwapPlan:
     @property
     def swaps(self) -> bool:
         return self.n_double + self.n_single > 0
+
+
+def estimate_activation_bytes(hidden_size: int, patch_size: Sequence[int], latent_shape: Sequence[int],
+                              token_chunk: int) -> int:
+    """GPU memory one forward needs beyond the weights for a latent of ``latent_shape`` (batch, channels, frames,
+    height, width), from above: what a partial load must leave free beside the model. Block swap plans from it, and
+    ComfyUI's model management is given it in place of its generic per-pixel estimate, which for this transformer is
+    several times the real need."""
+    batch, _, *dims = latent_shape
+    tokens = math.prod(math.ceil(d / p) for d, p in zip(dims, patch_size)) + _TEXT_TOKENS
+    chunked = min(tokens, token_chunk) if token_chunk > 0 else tokens
+    return int(batch) * hidden_size * (_BYTES_PER_TOKEN * tokens + _BYTES_PER_CHUNK_TOKEN * chunked)
 
 
 def plan_block_swap(model: nn.Module, *, budget: int | None = None, resident_blocks: int | None = None) -> SwapPlan:

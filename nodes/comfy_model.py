@@ -17,6 +17,7 @@ import torch
 
 from ..fp8.formats import HIGH_PRECISION_DTYPES
 from ..hunyuan.config import HunyuanConfig
+from ..hunyuan.offload import estimate_activation_bytes
 from ..hunyuan.sampler import precision_plan
 
 PACK_KEY = "hyvideo_fp8"  # our entry in ModelPatcher.model_options and wrapper/callback key
@@ -102,6 +103,17 @@ def run_diffusion_model_wrappers(forward: Callable, *args, **kwargs):
     return ext.WrapperExecutor.new_class_executor(forward, forward.__self__, wrappers).execute(*args, **kwargs)
 
 
+def activation_memory(transformer: torch.nn.Module, cfg: HunyuanConfig) -> Callable[..., int]:
+    """Our ``memory_required`` for ComfyUI's ``BaseModel``: its generic per-pixel estimate is several times what this
+    transformer needs, and ComfyUI sizes partial loads (and unloads other models) from it, so with its estimate block
+    swap would stream blocks that could stay on the GPU."""
+
+    def memory_required(input_shape: Sequence[int], *args, **kwargs) -> int:
+        return estimate_activation_bytes(cfg.hidden_size, cfg.patch_size, tuple(input_shape), transformer.token_chunk)
+
+    return memory_required
+
+
 def wrap_transformer(
     transformer: torch.nn.Module,
     cfg: HunyuanConfig,
@@ -125,6 +137,7 @@ def wrap_transformer(
     base = model_config.get_model({}, device=offload_device)
     transformer.forward_wrapper = run_diffusion_model_wrappers
     base.diffusion_model = transformer
+    base.memory_required = activation_memory(transformer, cfg)
     patcher = patcher_class()(base, load_device=mm.get_torch_device(), offload_device=offload_device)
     patcher.block_swap = block_swap
     patcher.model_options[PACK_KEY] = {"hybrid": tuple(hybrid), "config": cfg.to_dict(), "block_swap": block_swap,

@@ -6,16 +6,20 @@ order), in units of one full-length activation ``U = batch x tokens x hidden x i
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from hyvideo_fp8.hunyuan.blocks import token_ranges
-from hyvideo_fp8.hunyuan.config import tiny_config
+from hyvideo_fp8.hunyuan.config import RELEASED, RELEASED_15, tiny_config
 from hyvideo_fp8.hunyuan.loader import build_random
-from hyvideo_fp8.hunyuan.offload import BlockSwap, enable_block_swap
+from hyvideo_fp8.hunyuan.model import DEFAULT_TOKEN_CHUNK
+from hyvideo_fp8.hunyuan.offload import BlockSwap, enable_block_swap, estimate_activation_bytes
 from hyvideo_fp8.hunyuan.policies import get_preset
 
 # hidden 128 with 2 heads: full-length activations outweigh the tiny model's [L, L] attention scores.
@@ -131,3 +135,55 @@ def test_enable_block_swap_rejects_bad_counts(n_double, n_single, match):
     model = build_random(CFG, None, seed=4)
     with pytest.raises(ValueError, match=match):
         enable_block_swap(model, n_double, n_single, device="cpu")
+
+
+def _measured_activations() -> list[tuple[str, str, int, int, float]]:
+    """(file, size, latent tokens' config family, token chunk, activation GiB) for every clean step peak recorded in
+    bench/results: step peaks less the weights, and bench_memory's uncapped rows (also at other token chunks)."""
+    results = Path(__file__).resolve().parent.parent / "bench" / "results"
+    spec = importlib.util.spec_from_file_location("readme_tables", results.parent / "readme_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    out = []
+    for path in sorted(results.glob("step-*.json")):
+        for r in json.loads(path.read_text())["data"]["results"]:
+            clean = (path.name, r["size"]) not in tables.INFLATED_PEAKS and r.get("peak_gib")
+            if clean and not r["variant"].startswith("native") and "+" not in r["variant"]:
+                family = "1.5" if path.name.startswith("step-15-") else "v1"
+                out.append((path.name, r["size"], family, DEFAULT_TOKEN_CHUNK, r["peak_gib"] - r["weight_gib"]))
+    for path in sorted(results.glob("memory-*.json")):
+        rows = json.loads(path.read_text())["data"]["rows"]
+        for r in rows:
+            if r.get("cap_gib") is None:
+                weights = next(b["weights"] for b in rows if b["size"] == r["size"] and "weights" in b)
+                out.append((path.name, r["size"], "v1", r.get("token_chunk") or DEFAULT_TOKEN_CHUNK,
+                            (r["peak"] - weights) / 2**30))
+    return out
+
+
+def test_activation_estimate_sits_above_every_measured_step_peak():
+    """The estimate ComfyUI plans partial loads from must not be below what a step really takes (the card would run
+    out of memory), nor far above it (blocks would stream that could stay): at least every clean peak measured at full
+    size, at most 1.7x the largest one of each size (presets differ: fp8-max holds less than bf16)."""
+    measured = _measured_activations()
+    assert len(measured) >= 20
+    configs = {"v1": RELEASED, "1.5": RELEASED_15}
+    largest: dict[tuple, float] = {}
+    for file, size, family, chunk, gib in measured:
+        cfg = configs[family]
+        h, w, f = (int(x) for x in size.rstrip("f").split("x"))
+        latent = cfg.latent_shape(1, w, h, f)
+        estimate = estimate_activation_bytes(cfg.hidden_size, cfg.patch_size, latent, chunk) / 2**30
+        assert gib <= estimate, (file, size, chunk, gib, estimate)
+        key = (family, size, chunk, estimate)
+        largest[key] = max(largest.get(key, 0.0), gib)
+    for (family, size, chunk, estimate), gib in largest.items():
+        assert estimate <= 1.7 * gib, (family, size, chunk, gib, estimate)
+
+
+def test_activation_estimate_scales_with_batch_and_chunk():
+    latent = RELEASED.latent_shape(1, 1280, 720, 129)
+    one = estimate_activation_bytes(RELEASED.hidden_size, RELEASED.patch_size, latent, DEFAULT_TOKEN_CHUNK)
+    two = estimate_activation_bytes(RELEASED.hidden_size, RELEASED.patch_size, (2, *latent[1:]), DEFAULT_TOKEN_CHUNK)
+    unchunked = estimate_activation_bytes(RELEASED.hidden_size, RELEASED.patch_size, latent, 0)
+    assert two == 2 * one and unchunked > one

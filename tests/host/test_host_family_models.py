@@ -185,3 +185,25 @@ def test_converted_v15_file_runs_in_comfyuis_own_loader(tmp_path, output_format)
     positive = _positive(cfg, {"clip_vision_output": _vision(5, 1152)})
     latent = torch.zeros(1, 32, 3, 4, 4)
     assert _rel(_sample(ours, positive, latent), _sample(stock, positive, latent)) < 1e-4  # measured 2.3e-07 (both)
+
+
+@pytest.mark.parametrize("family", ["v1", "1.5"])
+def test_comfyui_plans_with_our_activation_estimate(family):
+    """ComfyUI sizes partial loads from ``BaseModel.memory_required``: ours answers with the transformer's own
+    estimate (batch and token chunk included), which at a full-size video is below ComfyUI's generic one."""
+    from hyvideo_fp8.hunyuan.config import RELEASED, RELEASED_15
+    from hyvideo_fp8.hunyuan.offload import estimate_activation_bytes
+
+    if family == "1.5" and "vision_in_dim" not in _fields():
+        pytest.skip("this ComfyUI has no HunyuanVideo 1.5 (0.29+ has)")
+    cfg = tiny_variant_config(family, **(V1 if family == "v1" else V15))
+    ours, stock = _both(cfg)
+    full = RELEASED if family == "v1" else RELEASED_15
+    shape = [2, *cfg.latent_shape(1, 1280, 720, 129)[1:]]
+    inner = ours.model.diffusion_model
+    for chunk in (inner.token_chunk, 4096):
+        inner.token_chunk = chunk
+        assert ours.model.memory_required(shape, cond_shapes={}) == \
+            estimate_activation_bytes(cfg.hidden_size, cfg.patch_size, shape, chunk)
+    scale = full.hidden_size / cfg.hidden_size  # the tiny model's estimate at the full model's width
+    assert ours.model.memory_required(shape) * scale < stock.model.memory_required(shape)
