@@ -6,8 +6,9 @@ stays loaded.
 A card of C GiB is made by occupying the rest of the GPU with one tensor before the sample, so ComfyUI's free-memory
 query, its partial-load budget and the caching allocator all see the smaller card, the CUDA context's share
 included. Reported per size and card: what ComfyUI chose (blocks streamed, resident size), the peak GPU memory of
-the sample and of the decode above the blocker, whether each completed, and their seconds (the first sample of a
-size includes the kernels' first-use tuning, as a user's first run does). Random weights; the text encoder is not
+the sample and of the decode above the blocker (the decode's counts our weights until ComfyUI unloads them for the
+VAE), whether each completed, and their seconds (a sample's seconds include loading the model and, for the first
+sample of a size, the kernels' first-use tuning, as a user's first run does). Random weights; the text encoder is not
 run (ComfyUI unloads it before sampling; its conditioning here is random).
 
     python bench/bench_sample_memory.py --comfyui /path/to/ComfyUI          # 720p at 16 and 12 GiB, 544p at 10 GiB
@@ -154,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         write_result("sample-memory", environment(), table, {"rows": data},
                      notes="fp8-balanced 13B with block_swap auto, one euler step through comfy.sample.sample (CFG 1, "
                            f"{TEXT_TOKENS} text tokens), then VAEDecodeTiled with the template's settings; peaks above "
-                           "the memory held before the sample; the card is the GPU less one blocking tensor.")
+                           "the memory held before the sample (the decode's include our weights until ComfyUI "
+                           "unloads them for the VAE); sample seconds include loading and first-use tuning; the card "
+                           "is the GPU less one blocking tensor.")
     return 0
 
 

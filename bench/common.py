@@ -43,6 +43,7 @@ def import_comfy(path: str):
     comfy.cli_args.args.cpu = not torch.cuda.is_available()  # read when comfy.model_management is imported
     import comfy.model_management
     import comfy.sd
+    import comfyui_version  # noqa: F401  (recorded by environment())
 
     return comfy.sd, comfy.model_management
 
@@ -65,6 +66,8 @@ def environment() -> dict:
         env["triton"] = None
     if torch.cuda.is_available():
         env["cudnn"] = torch.backends.cudnn.version()
+    if "comfyui_version" in sys.modules:  # a ComfyUI tree was imported for the native baseline
+        env["comfyui"] = sys.modules["comfyui_version"].__version__
     return env
 
 

@@ -3,7 +3,8 @@
 For every variant and video size the newest step result (``step-*.json`` for v1, ``step-15-*.json`` for
 HunyuanVideo 1.5) that timed both it and ComfyUI's native bf16 model at that size gives the cell; its speed-up is
 against native bf16 *of the same run* (same process, same GPU). The memory table comes from the newest
-``memory-*.json`` (the step under GPU memory caps, with block swap) and ``vae-decode-*.json`` (the decode after it).
+``memory-*.json`` (the step under GPU memory caps, with block swap), ``vae-decode-*.json`` (the decode after it) and
+``sample-memory-*.json`` (the whole ComfyUI sample on a smaller card).
 The README holds the output between two marker lines:
 
     python bench/readme_tables.py            # print the tables
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -46,24 +48,44 @@ def _family_of(path: Path) -> str:
     return "1.5" if path.name.startswith("step-15-") else "v1"
 
 
+def _comfyui_in(command: str) -> str | None:
+    """The ComfyUI version a run's command names in its tree's path (``.../comfy-0.29.0``), if it does."""
+    match = re.search(r"comfy(?:ui)?-v?(\d+\.\d+\.\d+)", command, re.IGNORECASE)
+    return match.group(1) if match else None
+
+
 def load_runs(results: Path = RESULTS, family: str = "v1") -> list[dict]:
     """Every step result file of ``family``: ``{"file", "date", "gpu", "rows": {(variant, size): record}}``."""
     runs = []
     for path in sorted(p for p in results.glob("step-*.json") if _family_of(p) == family):
         data = json.loads(path.read_text(encoding="utf-8"))
         rows = {(r["variant"], r["size"]): r for r in data["data"]["results"]}
-        runs.append({"file": path.name, "date": data["env"]["date"], "gpu": data["env"]["gpu"], "rows": rows})
+        runs.append({"file": path.name, "date": data["env"]["date"], "gpu": data["env"]["gpu"], "rows": rows,
+                     "comfyui": data["env"].get("comfyui") or _comfyui_in(data["env"].get("command", ""))})
     return sorted(runs, key=lambda run: run["date"], reverse=True)
 
 
-def cells(runs: list[dict], sizes: tuple[str, ...] = SIZES) -> dict[tuple[str, str], tuple[dict, dict, dict]]:
-    """(variant, size) -> (record, the same run's native bf16 record, run), newest run first."""
+def short_gpu(name: str) -> str:
+    """"NVIDIA H100 80GB HBM3" -> "H100": the column label of a GPU."""
+    return next((w for w in name.split() if any(c.isdigit() for c in w)), name)
+
+
+def columns(runs: list[dict], sizes: tuple[str, ...] = SIZES) -> list[tuple[str, str]]:
+    """(size, GPU) pairs that have a native bf16 baseline, sizes in order, GPUs in the order they were first run."""
+    gpus = list(dict.fromkeys(run["gpu"] for run in sorted(runs, key=lambda run: run["date"])))
+    return [(size, gpu) for size in sizes for gpu in gpus
+            if any(run["gpu"] == gpu and (BASELINE, size) in run["rows"] for run in runs)]
+
+
+def cells(runs: list[dict], sizes: tuple[str, ...] = SIZES) -> dict[tuple[str, str, str], tuple[dict, dict, dict]]:
+    """(variant, size, GPU) -> (record, the same run's native bf16 record, run), from the newest run on that GPU
+    that timed both (ratios never mix GPUs or runs)."""
     found = {}
     for variant in VARIANTS:
-        for size in sizes:
+        for size, gpu in columns(runs, sizes):
             for run in runs:
-                if (variant, size) in run["rows"] and (BASELINE, size) in run["rows"]:
-                    found[variant, size] = (run["rows"][variant, size], run["rows"][BASELINE, size], run)
+                if run["gpu"] == gpu and (variant, size) in run["rows"] and (BASELINE, size) in run["rows"]:
+                    found[variant, size, gpu] = (run["rows"][variant, size], run["rows"][BASELINE, size], run)
                     break
     return found
 
@@ -74,37 +96,43 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def tables(runs: list[dict], all_sizes: tuple[str, ...] = SIZES) -> str:
-    """Step time with speed-up, output error, memory, and the files they came from."""
+    """Step time with speed-up, output error, memory, and the files they came from; one column per size and GPU."""
     found = cells(runs, all_sizes)
     if not found:
         return ""
-    sizes = [s for s in all_sizes if any((v, s) in found for v in VARIANTS)]
-    variants = [v for v in VARIANTS if any((v, s) in found for s in sizes)]
+    cols = [c for c in columns(runs, all_sizes) if any((v, *c) in found for v in VARIANTS)]
+    several = len({gpu for _, gpu in cols}) > 1
+    labels = [f"{size} ({short_gpu(gpu)})" if several else size for size, gpu in cols]
+    variants = [v for v in VARIANTS if any((v, *c) in found for c in cols)]
     speed, memory = [], []
     for v in variants:
-        speed_row, memory_row = [VARIANTS[v]], [VARIANTS[v]]
-        for s in sizes:
-            if (v, s) not in found:
+        speed_row, memory_row, errors = [VARIANTS[v]], [VARIANTS[v]], []
+        for size, gpu in cols:
+            if (v, size, gpu) not in found:
                 speed_row.append("–")
                 memory_row.append("–")
+                errors.append("–")
                 continue
-            rec, base, run = found[v, s]
+            rec, base, run = found[v, size, gpu]
             cell = f"{rec['step_s']:.3f} s ({base['step_s'] / rec['step_s']:.2f}x)"
             speed_row.append(f"**{cell}**" if v.startswith("fp8-") else cell)
-            peak = "–" if (run["file"], s) in INFLATED_PEAKS else f"{rec['peak_gib']:.1f}"
+            peak = "–" if (run["file"], size) in INFLATED_PEAKS else f"{rec['peak_gib']:.1f}"
             memory_row.append(f"{peak} / {rec['weight_gib']:.1f}")
-        errors = [f"{found[v, s][0]['rel_l2_vs_ours_bf16']:.3f}" if (v, s) in found else "–" for s in sizes]
+            error = rec.get("rel_l2_vs_ours_bf16")
+            errors.append("–" if error is None else f"{error:.3f}")
         speed_row.append("reference" if v == "ours-bf16" else " / ".join(errors))
         speed.append(speed_row)
         memory.append(memory_row)
-    sources = sorted({(run["date"], run["file"], run["gpu"]) for _, _, run in found.values()})
+    sources = sorted({(run["date"], run["file"], run["gpu"] + (f", ComfyUI {run['comfyui']}" if run["comfyui"] else ""))
+                      for _, _, run in found.values()})
     out = [
-        _table(["variant", *sizes, "rel. L2 vs ours bf16"], speed),
+        _table(["variant", *labels, "rel. L2 vs ours bf16"], speed),
         "",
         "Seconds per denoising step (median after warm-up), speed-up over ComfyUI native bf16 in the same run in "
-        "brackets; rel. L2 is the step output's error against our `bf16` output, per size.",
+        "brackets; rel. L2 is the step output's error against our `bf16` output, per column (– where that run had "
+        "no `bf16`).",
         "",
-        _table(["variant", *(f"{s}: peak / weights GiB" for s in sizes)], memory),
+        _table(["variant", *(f"{label}: peak / weights GiB" for label in labels)], memory),
         "",
         "GPU memory: the step's peak and the weights alone (– where that run's peak was not clean). Runs: "
         + "; ".join(f"`{file}` ({gpu}, {date})" for date, file, gpu in sources) + ".",
@@ -175,6 +203,32 @@ def memory_table(results: Path = RESULTS) -> str:
     ])
 
 
+def sample_memory_table(results: Path = RESULTS) -> str:
+    """The whole ComfyUI sample on a smaller card (the newest ``sample-memory-*.json``): what ComfyUI's memory
+    management had our model keep resident, and the peaks of the sample and of the tiled VAE decode after it."""
+    runs = _loaded(results, "sample-memory-*.json")
+    if not runs:
+        return ""
+    run = runs[0]
+    rows = []
+    for r in run["data"]["rows"]:
+        card = f"{r['card_gib']:g} GiB" if r.get("card_gib") else "whole GPU"
+        ok = r["sample_note"] == "ok" and r["decode_note"] == "ok"
+        peak = max(r["sample_peak"], r["decode_peak"]) / 2**30
+        rows.append([r["size"], card, f"{r['streamed']} streamed, {r['resident'] / 2**30:.1f} GiB resident",
+                     f"{r['sample_peak'] / 2**30:.1f}", f"{r['decode_peak'] / 2**30:.1f}",
+                     f"**{peak:.1f} GiB**" if ok else f"{r['sample_note']} / {r['decode_note']}"])
+    return "\n".join([
+        _table(["video", "card", "ComfyUI's choice (double + single blocks)", "sample peak GiB",
+                "VAEDecodeTiled peak GiB", "the card must hold"], rows),
+        "",
+        "One step through ComfyUI's own `comfy.sample.sample` with the loader's `block_swap` on `auto`, then "
+        "VAEDecodeTiled, ComfyUI's memory management deciding what stays loaded; the card is the GPU less one "
+        "blocking tensor, the CUDA context counted in it. The decode's peak counts our weights until ComfyUI unloads "
+        f"them for the VAE. Run: `{run['file']}` ({run['env']['gpu']}, {run['env']['date']}).",
+    ])
+
+
 def block(runs: list[dict], runs15: list[dict] | None = None, results: Path = RESULTS) -> str:
     parts = [tables(runs)]
     v15 = tables(runs15 or [], SIZES_15)
@@ -183,6 +237,9 @@ def block(runs: list[dict], runs15: list[dict] | None = None, results: Path = RE
     memory = memory_table(results)
     if memory:
         parts += ["", "**Memory: your card, what fits, what it costs** (720p and 544p, 129 frames):", "", memory]
+    sample = sample_memory_table(results)
+    if sample:
+        parts += ["", "**The whole sample in ComfyUI on a smaller card** (sampling, then decoding):", "", sample]
     return f"{BEGIN}\n" + "\n".join(parts) + f"\n{END}"
 
 
