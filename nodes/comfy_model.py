@@ -93,14 +93,36 @@ def hybrid_wrapper(hybrid: Sequence[int], high_precision: Callable[[torch.nn.Mod
 def run_diffusion_model_wrappers(forward: Callable, *args, **kwargs):
     """ComfyUI's DIFFUSION_MODEL wrappers (EasyCache, LazyCache, ...) around our forward, as the native HunyuanVideo
     runs them around its own: positional ``(x, timestep, context, y, guidance, attention_mask, transformer_options)``,
-    ``transformer_options`` last, the transformer as ``executor.class_obj``."""
+    ``transformer_options`` last, the transformer as ``executor.class_obj``. Running out of GPU memory raises the same
+    error type (ComfyUI's executor frees memory on it) with what to change."""
     import comfy.patcher_extension as ext
 
     transformer_options = args[-1]
     wrappers = ext.get_all_wrappers(ext.WrappersMP.DIFFUSION_MODEL, transformer_options)
-    if not wrappers:
-        return forward(*args, **kwargs)
-    return ext.WrapperExecutor.new_class_executor(forward, forward.__self__, wrappers).execute(*args, **kwargs)
+    try:
+        if not wrappers:
+            return forward(*args, **kwargs)
+        return ext.WrapperExecutor.new_class_executor(forward, forward.__self__, wrappers).execute(*args, **kwargs)
+    except torch.OutOfMemoryError as e:
+        raise torch.OutOfMemoryError(out_of_memory_advice(forward.__self__, args[0].shape)) from e
+
+
+def out_of_memory_advice(transformer: torch.nn.Module, latent_shape: Sequence[int]) -> str:
+    """What ran out of memory and the option that helps: block swap when it is off, a smaller video when every
+    block already streams."""
+    swap = getattr(transformer, "block_swap", None)
+    streamed = len(swap.blocks) if swap is not None else 0
+    total = len(transformer.double_blocks) + len(transformer.single_blocks)
+    video = "x".join(str(d) for d in latent_shape)
+    where = f"the GPU ran out of memory in a HunyuanVideo FP8 step (latent {video}"
+    if streamed == 0:
+        return (f"{where}, all {total} blocks on the GPU): set block_swap to auto on the HunyuanVideo FP8 Loader to "
+                "stream the blocks that do not fit from host memory, or lower the resolution, frame count or batch")
+    if streamed < total:
+        return (f"{where}, {streamed} of {total} blocks streamed from host memory): set block_swap to fixed on the "
+                "HunyuanVideo FP8 Loader with fewer resident_blocks, or lower the resolution, frame count or batch")
+    return (f"{where}, every block already streamed from host memory): lower the resolution, frame count or batch "
+            "(CFG above 1 runs a batch of 2), or free GPU memory other programs hold")
 
 
 def activation_memory(transformer: torch.nn.Module, cfg: HunyuanConfig) -> Callable[..., int]:
