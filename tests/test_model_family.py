@@ -26,7 +26,7 @@ from hyvideo_fp8.hunyuan.config import (
 from hyvideo_fp8.hunyuan.loader import load_transformer, random_state_dict
 from hyvideo_fp8.hunyuan.policies import get_preset
 from tests.checkpoint_factory import assert_same_state_dict, source_state_dict, write_checkpoint
-from tests.tiny_model import rel
+from tests.tiny_model import FAMILY_NORMS, family_inputs, rel, strong_state_dict
 
 # --- detection ----------------------------------------------------------------------------------------------------
 
@@ -124,40 +124,10 @@ def test_converter_keeps_the_type_embedding_high_precision(tmp_path, output_form
     assert torch.equal(sd["cond_type_embedding.weight"], ref["cond_type_embedding.weight"])
     assert sd["byt5_in.fc1.weight"].dtype == torch.float8_e4m3fn
     model = load_transformer(sd, get_preset("fp8-max"))
-    assert torch.isfinite(model(**_inputs(cfg, torch.bfloat16))).all()
+    assert torch.isfinite(model(**family_inputs(cfg, dtype=torch.bfloat16))).all()
 
 
 # --- the model's inputs ----------------------------------------------------------------------------------------------
-
-def _strong(cfg, seed: int) -> dict[str, torch.Tensor]:
-    sd = random_state_dict(cfg, seed)
-    g = torch.Generator().manual_seed(seed)
-    for k, v in sd.items():
-        norm = k.endswith((".scale", ".norm1.weight", ".norm2.weight", "layernorm.weight", "proj.0.weight",
-                           "proj.4.weight"))
-        sd[k] = 1 + 0.2 * torch.randn(v.shape, generator=g) if norm else v * 5
-    return sd
-
-
-def _inputs(cfg, dtype, b: int = 1, seed: int = 0, frames: int = 2) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    r = dict(x=torch.randn(b, cfg.in_channels, frames, 4, 6, generator=g), timestep=torch.full((b,), 700.0),
-             context=torch.randn(b, 7, cfg.context_in_dim, generator=g))
-    if cfg.vec_in_dim:
-        r["y"] = torch.randn(b, cfg.vec_in_dim, generator=g)
-    if cfg.guidance_embed:
-        r["guidance"] = torch.full((b,), 6.0)
-    if cfg.byt5_dims:
-        r["txt_byt5"] = torch.randn(b, 5, cfg.byt5_dims[0], generator=g)
-    if cfg.vision_in_dim:
-        r["clip_fea"] = torch.randn(b, 3, cfg.vision_in_dim, generator=g)
-    if cfg.meanflow:
-        r["transformer_options"] = {"sigmas": torch.tensor([0.7]), "sample_sigmas": torch.tensor([1.0, 0.7, 0.3, 0.0])}
-    if cfg.variant == "v1-i2v":
-        r["guiding_frame_index"] = torch.zeros(b)
-    return {k: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() and k != "guiding_frame_index"
-            else v for k, v in r.items()}
-
 
 FAMILY = [("v1-i2v", {}), ("v1-skyreels-i2v", {}), ("1.5", {"meanflow": True}), ("1.5-sr", {})]
 
@@ -165,18 +135,18 @@ FAMILY = [("v1-i2v", {}), ("v1-skyreels-i2v", {}), ("1.5", {"meanflow": True}), 
 @pytest.mark.parametrize("variant,over", FAMILY, ids=[v for v, _ in FAMILY])
 def test_fp32_matches_float64(variant, over):
     cfg = tiny_variant_config(variant, **over)
-    sd = _strong(cfg, seed=3)
+    sd = strong_state_dict(3, cfg, FAMILY_NORMS)
     with torch.no_grad():
-        ref = load_transformer(dict(sd), None, dtype=torch.float64)(**_inputs(cfg, torch.float64, b=2))
-        out = load_transformer(dict(sd), None, dtype=torch.float32)(**_inputs(cfg, torch.float32, b=2))
+        ref = load_transformer(dict(sd), None, dtype=torch.float64)(**family_inputs(cfg, batch=2, dtype=torch.float64))
+        out = load_transformer(dict(sd), None, dtype=torch.float32)(**family_inputs(cfg, batch=2, dtype=torch.float32))
     assert torch.isfinite(out).all() and out.shape[1] == cfg.out_channels
     assert rel(out, ref) < 1e-5  # measured 2e-07 to 3e-07
 
 
 def _whole_and_chunked(cfg, seed: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 outputs of one model without and with token chunks of 10."""
-    model = load_transformer(_strong(cfg, seed=seed), None, dtype=torch.float64)
-    inputs = _inputs(cfg, torch.float64, frames=frames)
+    model = load_transformer(strong_state_dict(seed, cfg, FAMILY_NORMS), None, dtype=torch.float64)
+    inputs = family_inputs(cfg, frames=frames, dtype=torch.float64)
     with torch.no_grad():
         model.token_chunk = 0
         whole = model(**inputs)
@@ -205,8 +175,8 @@ def test_fp8_presets_close_to_bf16(variant, preset, bound):
     """The block linears compute in FP8, within the v1 presets' bounds (token replace included); fp8-balanced keeps
     the 1.5 conditioning modules in high precision (fp8-max puts every linear in FP8)."""
     cfg = tiny_variant_config(variant, meanflow=variant == "1.5", depth=4)
-    sd = _strong(cfg, seed=5)
-    inputs = _inputs(cfg, torch.bfloat16)
+    sd = strong_state_dict(5, cfg, FAMILY_NORMS)
+    inputs = family_inputs(cfg, dtype=torch.bfloat16)
     with torch.no_grad():
         want = load_transformer(dict(sd), get_preset("bf16"))(**inputs)
         model = load_transformer(dict(sd), get_preset(preset))
@@ -221,8 +191,8 @@ def test_fp8_presets_close_to_bf16(variant, preset, bound):
 
 def test_v15_text_mask_equals_dropping_the_padding_at_batch_2():
     cfg = tiny_variant_config("1.5")
-    model = load_transformer(_strong(cfg, seed=6), None, dtype=torch.float64)
-    inputs = _inputs(cfg, torch.float64, b=2)
+    model = load_transformer(strong_state_dict(6, cfg, FAMILY_NORMS), None, dtype=torch.float64)
+    inputs = family_inputs(cfg, batch=2, dtype=torch.float64)
     ctx = inputs["context"]
     padded = torch.cat([ctx, torch.randn(2, 3, cfg.context_in_dim, dtype=torch.float64)], dim=1)
     mask = torch.cat([torch.ones(2, 7, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long)], dim=1)
@@ -245,7 +215,7 @@ def test_v15_bad_inputs_raise(change, match):
     cfg = tiny_variant_config("1.5", meanflow=True)
     model = load_transformer(random_state_dict(cfg, 1), None)
     with pytest.raises(ValueError, match=match):
-        model(**dict(_inputs(cfg, torch.float32), **change))
+        model(**dict(family_inputs(cfg, dtype=torch.float32), **change))
 
 
 def test_loader_node_checks_the_variant_before_reading_weights(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ from hyvideo_fp8.hunyuan.parallel import ParallelTransformer, WorkerError  # noq
 from hyvideo_fp8.hunyuan.parallel.layout import split_sizes  # noqa: E402
 from hyvideo_fp8.hunyuan.policies import get_preset  # noqa: E402
 from hyvideo_fp8.hunyuan.sampler import default_high_precision  # noqa: E402
-from tests.tiny_model import rel, strong_state_dict  # noqa: E402
+from tests.tiny_model import FAMILY_NORMS, family_inputs, rel, strong_state_dict  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # 4 heads of 32 (FP8 attention takes head dims from 32): 2 + 2 on two ranks, 2 + 1 + 1 on three
@@ -87,53 +87,17 @@ def test_ranks_equal_the_single_process_model(parallel, single, case):
     assert rel(got, want) < FP32_BOUND, rel(got, want)
 
 
-def family_weights(cfg, seed: int) -> dict[str, torch.Tensor]:
-    """``strong_state_dict`` with every norm scale of the family (1.5's conditioning layer norms too) near 1."""
-    sd = strong_state_dict(seed, cfg)
-    g = torch.Generator().manual_seed(seed + 1)
-    for k, v in sd.items():
-        if k.endswith(("layernorm.weight", "proj.0.weight", "proj.4.weight")):
-            sd[k] = 1 + 0.2 * torch.randn(v.shape, generator=g)
-    return sd
-
-
-def family_inputs(cfg, frames: int, height: int, width: int, batch: int = 1, pad=None, seed: int = 0) -> dict:
-    """Inputs of a family member: its latent channels, and byT5, vision and the sampler's sigmas where it has them."""
-    g = torch.Generator().manual_seed(seed)
-    out = dict(x=torch.randn(batch, cfg.in_channels, frames, height, width, generator=g),
-               timestep=torch.full((batch,), 700.0), context=torch.randn(batch, 7, cfg.context_in_dim, generator=g))
-    if cfg.vec_in_dim:
-        out["y"] = torch.randn(batch, cfg.vec_in_dim, generator=g)
-    if cfg.guidance_embed:
-        out["guidance"] = torch.full((batch,), 6.0)
-    if cfg.byt5_dims:
-        out["txt_byt5"] = torch.randn(batch, 5, cfg.byt5_dims[0], generator=g)
-    if cfg.vision_in_dim:
-        out["clip_fea"] = torch.randn(batch, 3, cfg.vision_in_dim, generator=g)
-    if cfg.meanflow:
-        out["transformer_options"] = {"sigmas": torch.tensor([0.7]), "sample_sigmas": torch.tensor([1.0, 0.7, 0.0])}
-    if pad is not None:
-        mask = torch.ones(batch, 7, dtype=torch.long)
-        for i, p in enumerate(pad):
-            if p:
-                mask[i, -p:] = 0
-        out["attention_mask"] = mask
-    return out
-
-
 def test_fp8_i2v_model_token_replace_and_hybrid_steps_on_three_ranks():
     """An FP8 image-to-video model (its weights FP8 with their scales, as they travel to the ranks) with token
     replace, in bf16 compute. FP8 attention (its CPU emulation) sees the full sequence of its heads, so its per-block
     key scales are the single process's. The hybrid schedule's high-precision context reaches the ranks."""
     cfg = tiny_variant_config("v1-i2v", hidden_size=128, num_heads=4, axes_dim=(8, 12, 12))
-    one = load_transformer(family_weights(cfg, seed=7), get_preset("fp8-max"))
+    one = load_transformer(strong_state_dict(7, cfg, FAMILY_NORMS), get_preset("fp8-max"))
     model = ParallelTransformer(one, 3, device="cpu", grace_s=5.0, timeout_s=60.0)
     # 4 x 2 x 3 image tokens, 8 a rank: the guiding frame's 6 are rank 0's first ones
     args = family_inputs(cfg, frames=4, height=4, width=6, batch=2, pad=[2, 0])
-    args["guiding_frame_index"] = torch.zeros(2)
     # 2 x 3 x 3 image tokens, 6 a rank: the guiding frame's 9 are all of rank 0's and the first 3 of rank 1's
     split = family_inputs(cfg, frames=2, height=6, width=6, pad=[1])
-    split["guiding_frame_index"] = torch.zeros(1)
     try:
         with torch.no_grad():
             want, got = one(**args), model(**args)
@@ -156,7 +120,7 @@ def test_hunyuanvideo_15_and_a_dead_rank_on_two_ranks():
     """1.5 (patch 1x1x1, byT5 and vision tokens after the text, the step-distilled time_r from the sampler's sigmas)
     with and without text padding. A rank that dies is a clear error, and the next call starts the ranks again."""
     cfg = tiny_variant_config("1.5", meanflow=True, hidden_size=128, num_heads=4, axes_dim=(8, 12, 12))
-    one = load_transformer(family_weights(cfg, seed=8), None, dtype=torch.float32)
+    one = load_transformer(strong_state_dict(8, cfg, FAMILY_NORMS), None, dtype=torch.float32)
     model = ParallelTransformer(one, 2, device="cpu", grace_s=5.0, timeout_s=60.0)
     try:
         for case in (dict(), dict(pad=[3]), dict(batch=2, pad=[3, 0])):
@@ -166,7 +130,7 @@ def test_hunyuanvideo_15_and_a_dead_rank_on_two_ranks():
             got = model(**args)
             assert rel(got, want) < FP32_BOUND, (case, rel(got, want))
         args = family_inputs(cfg, frames=2, height=4, width=6)
-        args["transformer_options"] = {"sigmas": torch.tensor([0.7]), "sample_sigmas": torch.tensor([1.0, 0.7, 0.3])}
+        args["transformer_options"] = {"sigmas": torch.tensor([0.7]), "sample_sigmas": torch.tensor([1.0, 0.7, 0.0])}
         assert rel(model(**args), got) > 100 * FP32_BOUND  # the sigmas reach the ranks: another time_r target
         ray.kill(model.workers.actors[-1])
         with pytest.raises(WorkerError, match="died"):
