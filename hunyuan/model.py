@@ -303,12 +303,7 @@ class HunyuanVideoTransformer(nn.Module):
         cfg = self.config
         cdt, ndt = self._dtypes(x)
         b, _, t, h, w = x.shape
-        pt, ph, pw = cfg.patch_size
-        pad = (0, -w % pw, 0, -h % ph, 0, -t % pt)
-        x = x.to(cdt)
-        if any(pad):
-            x = F.pad(x, pad, mode="circular")
-        grid = (x.shape[2] // pt, x.shape[3] // ph, x.shape[4] // pw)
+        x, grid = self._patch_padded(x, cdt)
         timestep = timestep.reshape(-1).expand(b)
 
         img = self.img_in(x)
@@ -417,15 +412,21 @@ class HunyuanVideoTransformer(nn.Module):
             text_mask = torch.cat([*ones[:len(before)], text_mask, *ones[len(before):]], dim=1)
         return torch.cat([*before, text, *after], dim=1), text_mask
 
+    def _patch_padded(self, latent: Tensor, cdt: torch.dtype) -> tuple[Tensor, tuple[int, int, int]]:
+        """``latent`` in ``cdt``, padded circularly to whole patches (as ComfyUI's patch embedder does), and its patch
+        grid (T', H', W')."""
+        pt, ph, pw = self.config.patch_size
+        t, h, w = latent.shape[2:]
+        latent = latent.to(cdt)
+        pad = (0, -w % pw, 0, -h % ph, 0, -t % pt)
+        if any(pad):
+            latent = F.pad(latent, pad, mode="circular")
+        return latent, (latent.shape[2] // pt, latent.shape[3] // ph, latent.shape[4] // pw)
+
     def _reference_tokens(self, ref_latent: Tensor, width: int, cdt: torch.dtype) -> tuple[Tensor, Tensor]:
         """``ref_latent``'s tokens through ``img_in`` and their rotations (time -1, columns after the video's ``width``
         patches)."""
-        pt, ph, pw = self.config.patch_size
-        ref = ref_latent.to(cdt)
-        pad = (0, -ref.shape[4] % pw, 0, -ref.shape[3] % ph, 0, -ref.shape[2] % pt)
-        if any(pad):
-            ref = F.pad(ref, pad, mode="circular")
-        grid = (ref.shape[2] // pt, ref.shape[3] // ph, ref.shape[4] // pw)
+        ref, grid = self._patch_padded(ref_latent, cdt)
         freqs = reference_rope_tables(grid, width, self.config.axes_dim, self.config.theta, ref.device, _upcast(cdt))
         return self.img_in(ref), freqs
 

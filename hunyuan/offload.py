@@ -179,9 +179,9 @@ class SwapPlan:
 def estimate_activation_bytes(hidden_size: int, patch_size: Sequence[int], latent_shape: Sequence[int],
                               token_chunk: int) -> int:
     """GPU memory one forward needs beyond the weights for a latent of ``latent_shape`` (batch, channels, frames,
-    height, width), from above: what a partial load must leave free beside the model. Block swap plans from it, and
-    ComfyUI's model management is given it in place of its generic per-pixel estimate, which for this transformer is
-    several times the real need."""
+    height, width), from above: what a partial load must leave free beside the model. ComfyUI's model management is
+    given it in place of its generic per-pixel estimate (several times the real need for this transformer) and sizes
+    the weight budget that block swap ``auto`` plans from."""
     batch, _, *dims = latent_shape
     tokens = math.prod(math.ceil(d / p) for d, p in zip(dims, patch_size)) + _TEXT_TOKENS
     chunked = min(tokens, token_chunk) if token_chunk > 0 else tokens
