@@ -17,7 +17,7 @@ from ..hunyuan.sampler import initial_noise
 from . import widgets
 from .comfy_model import our_transformer
 from .policy import CATEGORY, POLICY_TYPE, NodePolicy
-from .sampler import check_latent, check_latent_entries, model_conditioning, model_latent, unapplied_model_features
+from .sampler import check_node_inputs, model_conditioning, model_latent
 
 __all__ = ["HyVideoFP8QualityReport", "node_candidates"]
 
@@ -88,17 +88,12 @@ class HyVideoFP8QualityReport:
         import folder_paths
 
         transformer = our_transformer(model)
-        config = transformer.config
         samples = latent["samples"]
-        check_latent_entries(latent, model.model_options)
         if "noise_mask" in latent:
             raise ValueError("the latent carries a noise_mask, which the quality report does not apply (every run "
                              "samples the whole latent from noise): connect the latent without it")
-        unapplied = unapplied_model_features(model, shift)
-        if unapplied:
-            raise ValueError(f"the MODEL carries {', '.join(unapplied)}, which the quality report does not apply (it "
-                             "calls the transformer itself): connect the loader's MODEL without those nodes")
-        check_latent(samples, config.out_channels, config.patch_size, config.vae_spatial_compression)
+        config = check_node_inputs(model, latent, shift, "quality report",
+                                   "connect the loader's MODEL without those nodes")
         cands = node_candidates(candidates, [policy_a, policy_b])
         noise = initial_noise(samples.shape, seed)
         cond = model_conditioning(model, config, positive, noise, model_latent(model, samples), None, seed, guidance)

@@ -37,6 +37,7 @@ LATENT_ENTRIES = frozenset({"samples", "downscale_ratio_spacial", "downscale_rat
 LATENT_NODES = {8: "'EmptyHunyuanLatentVideo' or 'HunyuanImageToVideo'",
                 16: "'EmptyHunyuanVideo15Latent' or 'HunyuanVideo15ImageToVideo'"}
 ENCODERS = "DualCLIPLoader type hunyuan_video for v1, hunyuan_video_15 for 1.5"
+SAMPLER_NODE = "HunyuanVideo FP8 Sampler"
 
 
 def _single_entry(conditioning: Any, which: str) -> tuple[torch.Tensor, dict]:
@@ -151,18 +152,32 @@ def model_latent(model, samples: torch.Tensor) -> torch.Tensor:
     return (model.model.process_latent_in(samples) if torch.count_nonzero(samples) else samples).float()
 
 
-def check_latent_entries(latent: dict, model_options: dict) -> None:
-    """Latent entries this sampler cannot apply (a batch index...) and a noise mask under a mask function are
-    refused by name."""
+def check_latent_entries(latent: dict, model_options: dict, node: str = SAMPLER_NODE) -> None:
+    """Latent entries ``node`` cannot apply (a batch index...) and a noise mask under a mask function are refused by
+    name."""
     unknown = sorted(set(latent) - LATENT_ENTRIES)
     if unknown:
-        raise ValueError(f"the latent carries {', '.join(map(repr, unknown))}, which the HunyuanVideo FP8 Sampler "
-                         "does not apply (it samples the whole batch from the seed's noise): sample with KSampler or "
+        raise ValueError(f"the latent carries {', '.join(map(repr, unknown))}, which the {node} does not apply (it "
+                         "samples the whole batch from the seed's noise): sample with KSampler or "
                          "SamplerCustomAdvanced")
     if "noise_mask" in latent and "denoise_mask_function" in model_options:
         raise ValueError("the MODEL carries a denoise_mask_function (e.g. Differential Diffusion) for the latent's "
-                         "noise_mask, which the HunyuanVideo FP8 Sampler does not apply: sample with KSampler or "
+                         f"noise_mask, which the {node} does not apply: sample with KSampler or "
                          "SamplerCustomAdvanced")
+
+
+def check_node_inputs(model, latent: dict, shift: float, node: str, instead: str) -> HunyuanConfig:
+    """What a node that calls the transformer itself checks before anything loads: the latent's entries, the MODEL
+    features it would not apply (``instead`` says what to do), the latent's shape. Returns the transformer's
+    config."""
+    config = our_transformer(model).config
+    check_latent_entries(latent, model.model_options, node)
+    unapplied = unapplied_model_features(model, shift)
+    if unapplied:
+        raise ValueError(f"the MODEL carries {', '.join(unapplied)}, which the {node} does not apply (it calls the "
+                         f"transformer itself): {instead}")
+    check_latent(latent["samples"], config.out_channels, config.patch_size, config.vae_spatial_compression)
+    return config
 
 
 SAMPLER_FUNCTIONS = ("sampler_cfg_function", "sampler_post_cfg_function", "sampler_pre_cfg_function",
@@ -261,15 +276,10 @@ class HyVideoFP8Sampler:
         import latent_preview
 
         transformer = our_transformer(model)
-        config = transformer.config
         samples = latent["samples"]
-        check_latent_entries(latent, model.model_options)
-        unapplied = unapplied_model_features(model, shift)
-        if unapplied:
-            raise ValueError(f"the MODEL carries {', '.join(unapplied)}, which the HunyuanVideo FP8 Sampler does not "
-                             "apply (it calls the transformer itself): sample with KSampler or SamplerCustomAdvanced, "
-                             "which run them on this MODEL, or remove those nodes (for a shift, set the sampler's)")
-        check_latent(samples, config.out_channels, config.patch_size, config.vae_spatial_compression)
+        config = check_node_inputs(model, latent, shift, SAMPLER_NODE,
+                                   "sample with KSampler or SamplerCustomAdvanced, which run them on this MODEL, or "
+                                   "remove those nodes (for a shift, set the sampler's)")
         if cfg > 1.0 and negative is None:
             raise ValueError(f"cfg is {cfg} but no negative prompt is connected: connect one or set cfg to 1")
         pack = model.model_options.get(PACK_KEY, {})
