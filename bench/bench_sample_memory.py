@@ -21,13 +21,12 @@ import argparse
 import functools
 import gc
 import logging
-import time
 
 import torch
 from bench_memory import parse_caps
 from bench_step import latent_shape
 from bench_vae_decode import random_vae, tiled_args
-from common import environment, import_comfy, load_pack, markdown_table, write_result
+from common import Measured, environment, import_comfy, load_pack, markdown_table, measure_peak, write_result
 
 SIZES = {"544x960x129f": (544, 960, 129), "720x1280x129f": (720, 1280, 129)}
 DEFAULT_CARDS = "720x1280x129f:0,16,12;544x960x129f:10"  # 0: the whole GPU
@@ -51,34 +50,6 @@ def conditioning(cfg, shape, seed: int):
     context = torch.randn(1, TEXT_TOKENS, cfg.context_in_dim, generator=g)
     positive = [[context, {"pooled_output": torch.randn(1, cfg.vec_in_dim, generator=g), "guidance": 6.0}]]
     return positive, torch.zeros(shape), torch.randn(shape, generator=g)
-
-
-class Phase:
-    """Seconds and peak GPU memory (above ``floor`` bytes) of one phase; a clear note when it ran out of memory."""
-
-    def __init__(self, floor: int):
-        self.floor, self.seconds, self.peak, self.note = floor, float("nan"), 0, "ok"
-
-    def run(self, fn):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        out = None
-        try:
-            with torch.inference_mode():  # as ComfyUI runs its nodes
-                out = fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            if not torch.isfinite(out).all():
-                self.note = "non-finite output"
-        except torch.OutOfMemoryError as e:
-            self.note = "out of memory"
-            print(f"[bench_sample_memory] {str(e).splitlines()[0]}", flush=True)
-        self.seconds = time.perf_counter() - started
-        if torch.cuda.is_available():
-            self.peak = torch.cuda.max_memory_allocated() - self.floor
-        return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,19 +91,19 @@ def main(argv: list[str] | None = None) -> int:
             chosen.clear()
             blocker = occupy(card)
             floor = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
-            sample = Phase(floor)
-            samples = sample.run(functools.partial(comfy.sample.sample, model, noise, 1, 1.0, "euler", "simple",
-                                                   positive, positive, latent))
+            sample = measure_peak(functools.partial(comfy.sample.sample, model, noise, 1, 1.0, "euler", "simple",
+                                                    positive, positive, latent), floor)
+            samples = sample.out
             resident = model.loaded_size()
             names = model._streamed  # the blocks our patcher streams (see nodes.model_patcher)
             streamed = f"{sum('double_blocks' in n for n in names)} + {sum('single_blocks' in n for n in names)}"
-            decode = Phase(floor)
             if samples is not None:
-                decode.run(lambda z=samples: vae.decode_tiled(z, **tiled_args(vae)))
+                decode = measure_peak(lambda z=samples: vae.decode_tiled(z, **tiled_args(vae)), floor)
             else:
-                decode.note = "not run"
+                decode = Measured(None, float("nan"), 0, "not run")
             ours_after = model.loaded_size()
             mm.unload_all_models()
+            sample.out = decode.out = None  # the latent and the video: only their figures are kept
             del blocker, samples
             mm.soft_empty_cache(True)
             label = f"{card:g} GiB" if card else "whole GPU"

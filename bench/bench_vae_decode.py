@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 
 import torch
 from bench_step import latent_shape
-from common import environment, import_comfy, markdown_table, write_result
+from common import Measured, environment, import_comfy, markdown_table, measure_peak, write_result
 
 SIZES = {"544x960x129f": (544, 960, 129), "720x1280x129f": (720, 1280, 129)}
 TEMPLATE_TILING = dict(tile_size=256, overlap=64, temporal_size=64, temporal_overlap=8)
@@ -48,20 +47,11 @@ def tiled_args(vae) -> dict:
     return dict(tile_x=tile // c, tile_y=tile // c, overlap=overlap // c, tile_t=t_size, overlap_t=t_overlap)
 
 
-def peak_of(fn, mm) -> tuple[float, int, str]:
+def peak_of(fn, mm) -> Measured:
+    """``fn`` measured with every model unloaded first (the decode's own peak, its weights included)."""
     mm.unload_all_models()
     mm.soft_empty_cache(True)
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    started = time.perf_counter()
-    try:
-        with torch.inference_mode():  # as ComfyUI runs its nodes
-            out = fn()
-        torch.cuda.synchronize()
-        note = "" if torch.isfinite(out).all() else "non-finite"
-    except torch.OutOfMemoryError:
-        note = "out of memory"
-    return time.perf_counter() - started, torch.cuda.max_memory_allocated() - base, note
+    return measure_peak(fn)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,11 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         for how, fn in (("VAEDecode", lambda z=latent: vae.decode(z)),
                         ("VAEDecodeTiled (template)", lambda z=latent: vae.decode_tiled(z, **tiled_args(vae)))):
             fell_back.clear()
-            seconds, peak, note = peak_of(fn, mm)
+            m = peak_of(fn, mm)
+            note = "" if m.note == "ok" else m.note
             if fell_back and how == "VAEDecode":
                 note = (note + "; " if note else "") + "ComfyUI fell back to tiled decoding"
-            rows.append([name, how, f"{peak / 2**30:.2f}", f"{seconds:.1f}", note or "ok"])
-            data.append(dict(size=name, decode=how, peak=peak, seconds=seconds, note=note))
+            rows.append([name, how, f"{m.peak / 2**30:.2f}", f"{m.seconds:.1f}", note or "ok"])
+            data.append(dict(size=name, decode=how, peak=m.peak, seconds=m.seconds, note=note))
     table = markdown_table(["size", "decode", "peak GiB", "seconds", "note"], rows)
     print(table)
     write_result("vae-decode", environment(), table, {"rows": data},

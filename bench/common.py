@@ -12,6 +12,8 @@ import platform
 import shlex
 import statistics
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -69,6 +71,41 @@ def environment() -> dict:
     if "comfyui_version" in sys.modules:  # a ComfyUI tree was imported for the native baseline
         env["comfyui"] = sys.modules["comfyui_version"].__version__
     return env
+
+
+@dataclass
+class Measured:
+    """One call's output (None when it ran out of memory), seconds, peak GPU memory above ``floor`` and a note."""
+
+    out: object
+    seconds: float
+    peak: int
+    note: str
+
+
+def measure_peak(fn: Callable[[], torch.Tensor], floor: int | None = None) -> Measured:
+    """Run ``fn`` under ``torch.inference_mode`` (as ComfyUI runs its nodes), synchronized: its seconds and peak GPU
+    memory above ``floor`` bytes (default: what is allocated when it starts), "out of memory" instead of raising,
+    "non-finite" for an output with NaN/Inf."""
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        floor = torch.cuda.memory_allocated() if floor is None else floor
+    started = time.perf_counter()
+    out, note = None, "ok"
+    try:
+        with torch.inference_mode():
+            out = fn()
+        if cuda:
+            torch.cuda.synchronize()
+        if not torch.isfinite(out).all():
+            note = "non-finite"
+    except torch.OutOfMemoryError as e:
+        note = "out of memory"
+        print(f"[{Path(sys.argv[0]).stem}] {str(e).splitlines()[0]}", flush=True)
+    peak = torch.cuda.max_memory_allocated() - floor if cuda else 0
+    return Measured(out, time.perf_counter() - started, peak, note)
 
 
 def time_cuda(fn: Callable[[], object], warmup: int = 1, runs: int = 3) -> list[float]:
