@@ -334,11 +334,13 @@ def test_weight_patch_hooks_merge_a_lora_into_the_real_weight_and_restore_exactl
     layer = FP8Linear.from_float(w, torch.randn(48) * 0.01, "fp8", compute_dtype=torch.float32)
     codes = layer.weight.detach().clone()
     real = layer.convert_weight(layer.weight.float(), inplace=True)
-    assert ((real - w).norm() / w.norm()).item() < 0.03  # the real weight, not the codes (measured ~0.02)
+    # the real weight, not the codes: e4m3 rounds every normal value to within 2**-4 of itself, so no draw can pass
+    # 1/16 (measured 0.018-0.031 over 300 draws; a fixed 0.03 failed about one draw in 60)
+    assert ((real - w).norm() / w.norm()).item() < 2**-4
     delta = (torch.randn(48, 4) @ torch.randn(4, 64)) * 1e-3  # a rank-4 LoRA
     layer.set_weight(real + delta)
     merged = dequantized(layer, torch.float32)
-    assert ((merged - (w + delta)).norm() / (w + delta).norm()).item() < 0.03  # measured ~0.02
+    assert ((merged - (w + delta)).norm() / (w + delta).norm()).item() < 2**-4  # as above
     assert torch.isfinite(merged).all()
     layer.set_weight(layer.convert_weight(codes.float()), inplace_update=True)  # unpatch from the FP8 backup
     assert torch.equal(layer.weight.view(torch.uint8), codes.view(torch.uint8))
